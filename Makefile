@@ -1,0 +1,32 @@
+# Fresh-machine entry points: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+# On machines without an NVIDIA GPU, pin the CPU build of torch.
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+CONSTRAINTS := $(if $(HAS_GPU),,-c constraints-cpu.txt)
+
+.PHONY: install test demo lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints-cpu.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(CONSTRAINTS) -e '.[dev]'
+	touch $(STAMP)
+
+test: install
+	$(PY) -m ruff check src tests bench
+	$(PY) -m pytest -q
+
+demo: install
+	$(VENV)/bin/padt demo
+
+lint: install
+	$(PY) -m ruff check src tests bench
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

@@ -1,0 +1,1 @@
+"""PaDT: Patch-as-Decodable-Token on current transformers."""

@@ -1,0 +1,85 @@
+"""Task prompts and answer templates, worded exactly as the reference preprocessing writes them (padt-method.md §4.4).
+
+Answers use ``<|Obj_k|>`` placeholders (numbered in order of appearance); at training time each placeholder
+is replaced by a run of VRT strings, at inference the model writes the runs itself.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+TASKS = ("rec", "res", "ovd", "ric")
+
+REC_PROMPT = 'Please carefully check the image and detect the object this sentence describes: "{}".'
+REC_ANSWER = 'The "{}" refers to {} in this image.'
+OVD_PROMPT = "Please carefully check the image and detect the following objects: {}."
+OVD_ANSWER_NONE = "No objects from the list are present in the image."
+RIC_PROMPT = "Please describe this image."
+
+
+def object_placeholder(k: int) -> str:
+    """The placeholder of the k-th object of an answer template."""
+    return f"<|Obj_{k}|>"
+
+
+def rec_prompt(sentence: str) -> str:
+    """REC/RES prompt for a referring sentence."""
+    return REC_PROMPT.format(sentence)
+
+
+def rec_answer_template(sentence: str) -> str:
+    """REC/RES answer template: one object."""
+    return REC_ANSWER.format(sentence, object_placeholder(0))
+
+
+def ovd_prompt(class_names: Sequence[str]) -> str:
+    """OVD prompt listing class names as a JSON list (``["person", "car"]``)."""
+    return OVD_PROMPT.format(json.dumps(list(class_names)))
+
+
+def ovd_answer_template(class_names: Sequence[str], counts: Sequence[int]) -> str:
+    """OVD answer for the classes of the prompt, in prompt order, with their instance counts.
+
+    Classes with a zero count are left out; 0, 1 and several present classes use the reference's three forms.
+    """
+    present = [(name, int(n)) for name, n in zip(class_names, counts, strict=True) if int(n) > 0]
+    k = 0
+
+    def runs(n: int) -> str:
+        nonlocal k
+        out = ", ".join(object_placeholder(k + i) for i in range(n))
+        k += n
+        return out
+
+    if not present:
+        return OVD_ANSWER_NONE
+    if len(present) == 1:
+        name, n = present[0]
+        verb = "is" if n == 1 else "are"
+        return f'There {verb} {n} "{name}" ({runs(n)}) in this image.'
+    parts = [f'{n} "{name}" ({runs(n)})' for name, n in present]
+    return "In this image, there are " + ", ".join(parts) + "."
+
+
+def ric_prompt() -> str:
+    """Referring image captioning prompt."""
+    return RIC_PROMPT
+
+
+def task_prompt(task: str, text: str = "") -> str:
+    """Build the prompt of ``task`` from user text: a sentence (rec/res), a comma-separated class list (ovd),
+    nothing (ric)."""
+    task = task.lower()
+    if task in ("rec", "res"):
+        if not text.strip():
+            raise ValueError(f"task {task!r} needs a referring sentence; pass it as the prompt text")
+        return rec_prompt(text.strip())
+    if task == "ovd":
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        if not names:
+            raise ValueError("task 'ovd' needs a comma-separated class list, e.g. 'person, car, dog'")
+        return ovd_prompt(names)
+    if task == "ric":
+        return ric_prompt()
+    raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
