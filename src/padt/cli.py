@@ -22,8 +22,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-class CLIError(Exception):
-    """An error the user can fix; printed as one line, exit code 2."""
+from padt.errors import PaDTError
+
+
+class CLIError(PaDTError):
+    """A command-line problem the user can fix."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 0
         return int(_load(args._module).run(args) or 0)
-    except CLIError as exc:
+    except PaDTError as exc:
         print(f"padt: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
