@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from padt.errors import PaDTError
+
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("padt.inference", "ground a prompt in images: text, boxes, masks and scores"),
@@ -21,8 +23,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("padt.data.cli", "prepare datasets and generate synthetic scenes"),
 }
 
-
-from padt.errors import PaDTError
 
 
 class CLIError(PaDTError):
