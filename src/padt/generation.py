@@ -1,0 +1,70 @@
+"""Generation with visual reference tokens, on transformers' own generation loop.
+
+What PaDT adds to stock ``generate`` (padt-method.md §1.4, §10.5):
+
+- the prompt's prototypes, VRT layout and logit mask are computed once at prefill and passed to every decode
+  step (:meth:`PaDTForConditionalGeneration._update_model_kwargs_for_generation`);
+- the decoder needs, for every generated VRT, the last-layer state of the step that emitted it. Instead of
+  keeping every layer's hidden states for every step (``output_hidden_states=True``), a
+  :class:`VRTStateRecorder` keeps one ``D``-vector per *emitted VRT*, nothing else;
+- prefill logits are computed for the last position only (``logits_to_keep``), as in stock generation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class VRTStateRecorder:
+    """Keeps the last-layer hidden state of every step that emitted a VRT.
+
+    The model hands it the ``B x D`` last-position state after every forward; when the token that state produced
+    becomes visible (next ``prepare_inputs_for_generation``, or the end of ``generate``) the rows whose token is a
+    VRT are stored. Memory: one vector per generated VRT.
+
+    Attributes:
+        vocab_size: ``V``; ids ``>= V`` are VRTs.
+        prompt_length: padded prompt length (sequences index ``prompt_length + step``).
+        states: per batch row, ``{step: D-vector}``.
+    """
+
+    vocab_size: int
+    prompt_length: int
+    states: dict[int, dict[int, torch.Tensor]] = field(default_factory=dict)
+    _pending: torch.Tensor | None = None
+    _pending_step: int = -1
+    _forward_calls: int = 0
+
+    def after_forward(self, last_hidden_state: torch.Tensor) -> None:
+        """Called after each forward with its ``B x L x D`` last-layer output: the last position predicts the
+        next token (step ``_forward_calls``)."""
+        self._pending = last_hidden_state[:, -1].detach()
+        self._pending_step = self._forward_calls
+        self._forward_calls += 1
+
+    def observe(self, sequences: torch.Tensor) -> None:
+        """Called with the sequences so far; stores the pending state for rows whose newest token is a VRT."""
+        step = sequences.shape[1] - 1 - self.prompt_length
+        if self._pending is None or step != self._pending_step:
+            return
+        rows = (sequences[:, -1] >= self.vocab_size).nonzero().flatten().tolist()
+        for row in rows:
+            self.states.setdefault(row, {})[step] = self._pending[row]
+        self._pending = None
+
+    def finish(self, sequences: torch.Tensor) -> None:
+        """End of generation: store the last token's state and drop steps that generation undid."""
+        self.observe(sequences)
+        num_steps = sequences.shape[1] - self.prompt_length
+        for row in self.states:
+            self.states[row] = {s: h for s, h in self.states[row].items() if s < num_steps}
+
+    def features(self, row: int, steps: list[int]) -> torch.Tensor:
+        """``len(steps) x D`` states that emitted the VRTs at completion positions ``steps`` of ``row``."""
+        try:
+            return torch.stack([self.states[row][s] for s in steps])
+        except KeyError as exc:
+            raise ValueError(f"no recorded state for a VRT at step {exc.args[0]} of sample {row}") from None
