@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_outputs import BaseModelOutputWithPooling, MultimodalCausalLMOutputWithPast
 from transformers.utils import ModelOutput
 from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
@@ -36,6 +38,13 @@ REFERENCE_KEY_MAPPING = {
     r"^visual": "model.visual",
     r"^model(?!\.(language_model|visual))": "model.language_model",
 }
+# Registered for the class, so loading renames 4.50 keys and save_pretrained writes the reference's layout back
+# (checkpoints stay loadable by the reference code), whether the model was loaded or built from a config.
+register_checkpoint_conversion_mapping(
+    "PaDTForConditionalGeneration",
+    [WeightRenaming(source_patterns=k, target_patterns=v) for k, v in REFERENCE_KEY_MAPPING.items()],
+    overwrite=True,
+)
 PADT_MODULE_PREFIXES = ("vis_norm.", "vis_proj.", "vl_decoder.")
 PROTOTYPE_RANK = 64  # the reference's rank-64 bottleneck (``lora_r``)
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -150,7 +159,6 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             )
         if not os.path.isdir(path) and os.environ.get("HF_HUB_OFFLINE") == "1":
             raise PaDTError(f"model folder {path} does not exist")
-        kwargs.setdefault("key_mapping", REFERENCE_KEY_MAPPING)
         user_wants_info = kwargs.pop("output_loading_info", False)
         try:
             model, info = super().from_pretrained(path, *args, output_loading_info=True, **kwargs)

@@ -1,0 +1,244 @@
+"""PaDTForConditionalGeneration on tiny random models: loading, several images per sample, text-only samples,
+the VRT embedding/head, the decoder API and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import Qwen2_5_VLForConditionalGeneration
+
+from padt.errors import PaDTError
+from padt.modeling import PaDTForConditionalGeneration
+from padt.testing import tiny_config, tiny_model
+from padt.vrt import VRTLayout
+
+TEXT_ID = 5  # any ordinary text token
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(seed=0)
+
+
+def make_batch(model, samples: list[list[tuple[int, int]]], text_len: int = 6, seed: int = 0):
+    """Left-padded batch: each sample is a list of image patch grids (h, w); every image is wrapped in
+    vision_start/end with N image tokens, followed by ``text_len`` text tokens."""
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    rows, grids = [], []
+    for images in samples:
+        row = []
+        for h, w in images:
+            row += [cfg.vision_start_token_id] + [cfg.image_token_id] * (h * w // 4) + [cfg.vision_end_token_id]
+            grids.append([1, h, w])
+        row += torch.randint(10, 200, (text_len,), generator=g).tolist()
+        rows.append(row)
+    length = max(len(r) for r in rows)
+    pad = cfg.text_config.pad_token_id
+    ids = torch.tensor([[pad] * (length - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (length - len(r)) + [1] * len(r) for r in rows])
+    grid = torch.tensor(grids) if grids else None
+    n = int(grid.prod(-1).sum()) if grids else 0
+    pixels = torch.randn(n, 3 * 2 * 14 * 14, generator=g) if grids else None
+    return ids, mask, pixels, grid
+
+
+def pixels_of(pixels, grid, images):
+    """Rows of ``pixels`` belonging to the given image indices."""
+    sizes = grid.prod(-1).tolist()
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return torch.cat([pixels[starts[i]: starts[i] + sizes[i]] for i in images])
+
+
+# ------------------------------------------------------------------------------------------------ batches
+def test_several_images_text_only_and_mixed_batch_equal_single_runs(model):
+    samples = [[(4, 4), (6, 4)], [], [(4, 8)]]
+    ids, mask, pixels, grid = make_batch(model, samples)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, image_grid_thw=grid)
+    layout = out.vrt_layout
+    assert layout.image_sample.tolist() == [0, 0, 2]
+    n_per_image = [4, 6, 8]
+    assert out.logits.shape == (3, ids.shape[1], model.vocab_size + sum(n_per_image))
+    image_of_sample = {0: [0, 1], 1: [], 2: [2]}
+    for b, images in image_of_sample.items():
+        real = mask[b].bool()
+        single_ids = ids[b, real][None]
+        single_mask = torch.ones_like(single_ids)
+        single_grid = grid[images] if images else None
+        with torch.no_grad():
+            single = model(
+                input_ids=single_ids, attention_mask=single_mask,
+                pixel_values=pixels_of(pixels, grid, images) if images else None, image_grid_thw=single_grid,
+            )
+        torch.testing.assert_close(out.last_hidden_state[b, real], single.last_hidden_state[0], atol=1e-5, rtol=1e-4)
+        # Text logits agree, the sample's own VRT columns agree, every other VRT column is -inf.
+        v = model.vocab_size
+        torch.testing.assert_close(out.logits[b, real, :v], single.logits[0, :, :v], atol=1e-4, rtol=1e-4)
+        start = int(layout.sample_global_offset[b])
+        own = slice(v + start, v + start + int(layout.sample_num_vrts[b]))
+        torch.testing.assert_close(out.logits[b, real, own], single.logits[0, :, v:], atol=1e-4, rtol=1e-4)
+        others = torch.ones(out.logits.shape[-1] - v, dtype=torch.bool)
+        others[own.start - v: own.stop - v] = False
+        assert torch.isinf(out.logits[b, :, v:][:, others]).all()
+
+
+def test_vrt_logits_are_dot_products_with_prototypes(model):
+    ids, mask, pixels, grid = make_batch(model, [[(4, 4)], [(4, 6)]])
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, image_grid_thw=grid)
+        h = out.last_hidden_state
+        expected = h[1] @ out.vision.prototypes[4:].T
+    torch.testing.assert_close(out.logits[1, :, model.vocab_size + 4:], expected)
+    assert out.vision.prototypes.abs().sum() > 0
+
+
+def test_vrt_ids_embed_as_prototypes(model):
+    _, _, pixels, grid = make_batch(model, [[(4, 4)], [(4, 6)]])
+    with torch.no_grad():
+        vision = model.encode_images(pixels, grid)
+        vrt_ids = torch.tensor([[model.vocab_size + 3, 11], [model.vocab_size + 9, model.vocab_size + 4]])
+        emb = model.embed_tokens_with_vrts(vrt_ids, vision.prototypes)
+    torch.testing.assert_close(emb[0, 0], vision.prototypes[3])
+    torch.testing.assert_close(emb[1, 0], vision.prototypes[9])
+    torch.testing.assert_close(emb[1, 1], vision.prototypes[4])
+    torch.testing.assert_close(emb[0, 1], model.get_input_embeddings().weight[11])
+
+
+def test_image_tokens_get_raw_merger_features(model):
+    """Changing vis_norm changes VRT embeddings but not what the prompt's image tokens see."""
+    ids, mask, pixels, grid = make_batch(model, [[(4, 4)]])
+    with torch.no_grad():
+        a = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, image_grid_thw=grid)
+        saved = model.vis_norm.weight.clone()
+        model.vis_norm.weight.mul_(3.0)
+        try:
+            b = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, image_grid_thw=grid)
+        finally:
+            model.vis_norm.weight.copy_(saved)
+    torch.testing.assert_close(a.last_hidden_state, b.last_hidden_state)
+    assert not torch.allclose(a.vision.prototypes, b.vision.prototypes)
+
+
+# ------------------------------------------------------------------------------------------------ decoder
+def test_decoder_batched_equals_one_object_at_a_time(model):
+    samples = [[(4, 4), (6, 8)], [(8, 4)]]
+    ids, mask, pixels, grid = make_batch(model, samples)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, image_grid_thw=grid)
+    g = torch.Generator().manual_seed(1)
+    d = model.config.text_config.hidden_size
+    feats = [[torch.randn(5, d, generator=g), torch.randn(2, d, generator=g)], [torch.randn(7, d, generator=g)]]
+    images = [[1, 0], [2]]
+    with torch.no_grad():
+        batched = model.decode_objects(feats, out.vision, out.vrt_layout, object_images=images)
+    assert batched.sample_idx.tolist() == [0, 0, 1]
+    assert batched.pred_mask_valid_hw.tolist() == [[6, 8], [4, 4], [8, 4]]
+    assert batched.pred_mask.shape == (3, 32, 32)
+    k = 0
+    for b, objects in enumerate(feats):
+        for o, f in enumerate(objects):
+            with torch.no_grad():
+                single = model.vl_decoder([f], torch.tensor([images[b][o]]), out.vision.prototypes,
+                                          out.vision.high_res_image_embeds, out.vision.visual_pe, grid)
+            torch.testing.assert_close(batched.pred_boxes[k], single.pred_boxes[0], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(batched.pred_score[k], single.pred_score[0], atol=1e-5, rtol=1e-4)
+            h, w = single.pred_mask_valid_hw[0].tolist()
+            torch.testing.assert_close(batched.pred_mask[k, : 4 * h, : 4 * w], single.pred_mask[0], atol=1e-5,
+                                       rtol=1e-4)
+            assert (batched.pred_mask[k, 4 * h:] == 0).all() and (batched.pred_mask[k, :, 4 * w:] == 0).all()
+            k += 1
+    assert ((batched.pred_boxes >= 0) & (batched.pred_boxes <= 1)).all()
+
+
+def test_decoder_without_objects_and_image_choice_errors(model):
+    ids, mask, pixels, grid = make_batch(model, [[(4, 4), (4, 4)], []])
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, image_grid_thw=grid)
+        empty = model.decode_objects([[], []], out.vision, out.vrt_layout)
+    assert empty.pred_boxes.shape == (0, 4) and empty.pred_score.shape == (0, 1)
+    d = model.config.text_config.hidden_size
+    with pytest.raises(PaDTError, match="sample 0 has 2 images; pass object_images"):
+        model.decode_objects([[torch.zeros(2, d)], []], out.vision, out.vrt_layout)
+    with pytest.raises(PaDTError, match=r"object_images\[0\] must give one of the sample's images"):
+        model.decode_objects([[torch.zeros(2, d)], []], out.vision, out.vrt_layout, object_images=[[5], []])
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def test_bad_inputs_give_clear_errors(model):
+    ids, mask, pixels, grid = make_batch(model, [[(4, 4)], [(4, 4)]])
+    with pytest.raises(PaDTError, match="without image_grid_thw"):
+        model(input_ids=ids, attention_mask=mask, pixel_values=pixels)
+    bad = ids.clone()
+    bad[0, -1] = model.vocab_size + 4  # image 1's first VRT: belongs to the other sample
+    with pytest.raises(PaDTError, match="not one of the sample's own images"):
+        model(input_ids=bad, attention_mask=mask, pixel_values=pixels, image_grid_thw=grid)
+    bad[0, -1] = model.vocab_size + 8  # beyond every image of the batch
+    with pytest.raises(PaDTError, match="not one of the sample's own images"):
+        model(input_ids=bad, attention_mask=mask, pixel_values=pixels, image_grid_thw=grid)
+    text_ids, text_mask, _, _ = make_batch(model, [[]])
+    text_ids[0, -1] = model.vocab_size
+    with pytest.raises(PaDTError, match="not one of the sample's own images"):
+        model(input_ids=text_ids, attention_mask=text_mask)
+    with pytest.raises(PaDTError, match="patches but image_grid_thw describes"):
+        model(input_ids=ids, attention_mask=mask, pixel_values=pixels[:-4], image_grid_thw=grid)
+
+
+# ------------------------------------------------------------------------------------------------ loading
+@pytest.mark.parametrize("tied", [True, False])
+def test_save_and_load_round_trip(tmp_path, tied):
+    model = tiny_model(seed=1, tie_word_embeddings=tied)
+    model.save_pretrained(tmp_path)
+    keys = set(load_file(tmp_path / "model.safetensors"))
+    # Saved in the reference's layout: loadable by the reference implementation too.
+    assert any(k.startswith("visual.") for k in keys) and any(k.startswith("model.layers.") for k in keys)
+    assert ("lm_head.weight" in keys) is (not tied)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["vl_decoder"]["llm_hidden_state"] == 64 and config["use_visual_prototype_projection"] is True
+    loaded = PaDTForConditionalGeneration.from_pretrained(tmp_path)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    if not tied:
+        assert not torch.equal(loaded.lm_head.weight, loaded.get_input_embeddings().weight)
+
+
+def test_loading_refuses_incomplete_or_foreign_checkpoints(tmp_path):
+    with pytest.raises(PaDTError, match="no model weights"):
+        PaDTForConditionalGeneration.from_pretrained(tmp_path)
+    # A plain Qwen2.5-VL checkpoint lacks the PaDT modules.
+    torch.manual_seed(0)
+    base = Qwen2_5_VLForConditionalGeneration(tiny_config())
+    base.save_pretrained(tmp_path / "base")
+    with pytest.raises(PaDTError, match=r"missing keys \[.*vis_norm.bias.*vl_decoder") as err:
+        PaDTForConditionalGeneration.from_pretrained(tmp_path / "base")
+    assert "init_padt_modules=True" in str(err.value)
+    started = PaDTForConditionalGeneration.from_pretrained(tmp_path / "base", init_padt_modules=True)
+    assert (started.vis_norm.weight == 0).all() and (started.vis_norm.bias == 0).all()
+    # An unexpected tensor is refused and named.
+    model = tiny_model(seed=2)
+    model.save_pretrained(tmp_path / "extra")
+    tensors = load_file(tmp_path / "extra" / "model.safetensors")
+    tensors["vl_decoder.not_a_parameter"] = torch.zeros(3)
+    save_file(tensors, tmp_path / "extra" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(PaDTError, match=r"unexpected keys \['vl_decoder.not_a_parameter'\]"):
+        PaDTForConditionalGeneration.from_pretrained(tmp_path / "extra")
+    # A decoder of another size does not fit.
+    model.save_pretrained(tmp_path / "other")
+    cfg = json.loads((tmp_path / "other" / "config.json").read_text())
+    cfg["vl_decoder"]["intermediate_size"] = 48
+    (tmp_path / "other" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(PaDTError, match=r"mismatched keys \[.*vl_decoder.*mlp"):
+        PaDTForConditionalGeneration.from_pretrained(tmp_path / "other")
+
+
+def test_layout_from_model_matches_vrt_module(model):
+    ids, mask, pixels, grid = make_batch(model, [[(4, 4)], [], [(4, 6), (4, 4)]])
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, image_grid_thw=grid)
+    expected = VRTLayout.from_input_ids(ids, grid, vocab_size=model.vocab_size,
+                                        image_token_id=model.config.image_token_id)
+    assert torch.equal(out.vrt_layout.image_sample, expected.image_sample)
+    assert torch.equal(out.vrt_allowed, expected.allowed_mask())
