@@ -160,12 +160,9 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         if not os.path.isdir(path) and os.environ.get("HF_HUB_OFFLINE") == "1":
             raise PaDTError(f"model folder {path} does not exist")
         user_wants_info = kwargs.pop("output_loading_info", False)
-        try:
-            model, info = super().from_pretrained(path, *args, output_loading_info=True, **kwargs)
-        except RuntimeError as exc:
-            if "size mismatch" in str(exc) or "mismatch" in str(exc).lower():
-                raise PaDTError(f"checkpoint {path} does not fit this architecture: {exc}") from exc
-            raise
+        # Load mismatched shapes as "mismatched" (instead of transformers' unnamed error) so they can be listed.
+        kwargs.setdefault("ignore_mismatched_sizes", True)
+        model, info = super().from_pretrained(path, *args, output_loading_info=True, **kwargs)
         problems = []
         missing = [k for k in info.get("missing_keys", []) if not (init_padt_modules and k.startswith(PADT_MODULE_PREFIXES))]
         if missing:
@@ -173,7 +170,9 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         if info.get("unexpected_keys"):
             problems.append(f"unexpected keys {sorted(info['unexpected_keys'])}")
         if info.get("mismatched_keys"):
-            problems.append(f"mismatched keys {sorted(str(k) for k in info['mismatched_keys'])}")
+            shapes = sorted(f"{k[0]} (checkpoint {tuple(k[1])}, model {tuple(k[2])})" if isinstance(k, tuple) else str(k)
+                            for k in info["mismatched_keys"])
+            problems.append(f"mismatched keys [{', '.join(shapes)}]")
         if problems:
             hint = "" if init_padt_modules else " (to start from a plain Qwen2.5-VL checkpoint pass init_padt_modules=True)"
             raise PaDTError(f"checkpoint {path} does not match PaDT: " + "; ".join(problems) + hint)
