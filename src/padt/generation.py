@@ -13,6 +13,7 @@ What PaDT adds to stock ``generate`` (padt-method.md §1.4, §10.5):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -29,11 +30,14 @@ class VRTStateRecorder:
         vocab_size: ``V``; ids ``>= V`` are VRTs.
         prompt_length: padded prompt length (sequences index ``prompt_length + step``).
         states: per batch row, ``{step: D-vector}``.
+        vision, vrt_layout: the prefill's vision outputs and VRT layout (what the decoder needs afterwards).
     """
 
     vocab_size: int
     prompt_length: int
     states: dict[int, dict[int, torch.Tensor]] = field(default_factory=dict)
+    vision: Any = None
+    vrt_layout: Any = None
     _pending: torch.Tensor | None = None
     _pending_step: int = -1
     _forward_calls: int = 0

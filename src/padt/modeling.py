@@ -453,4 +453,6 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             model_kwargs["vrt_allowed"] = outputs.vrt_allowed
         if (recorder := model_kwargs.get("vrt_recorder")) is not None:
             recorder.after_forward(outputs.last_hidden_state)
+            if recorder.vision is None:
+                recorder.vision, recorder.vrt_layout = outputs.vision, outputs.vrt_layout
         return model_kwargs

@@ -1,0 +1,128 @@
+"""End to end on a tiny random model: generate -> parse -> decode -> pixels, the Python API and `padt predict`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from padt.cli import main
+from padt.generation import VRTStateRecorder
+from padt.inference import PaDT, predict
+from padt.postprocess import rle_to_mask
+from padt.processing import PaDTProcessor
+from padt.testing import tiny_model, tiny_processor
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    model = tiny_model(seed=0)
+    return PaDT(model, PaDTProcessor(tiny_processor(max_pixels=224 * 224), model.vocab_size))
+
+
+def image(seed: int, w: int, h: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def test_batched_generation_equals_one_by_one(pipe):
+    images = [image(0, 112, 140), [image(1, 168, 84), image(2, 112, 112)], None]
+    prompts = ["the red circle", "compare the two images", "hello there"]
+    batched = pipe(images, prompts, max_new_tokens=10)
+    for b in range(3):
+        [single] = pipe([images[b]], [prompts[b]], max_new_tokens=10)
+        assert single.text == batched[b].text
+        assert len(single.objects) == len(batched[b].objects)
+        for a, s in zip(batched[b].objects, single.objects):
+            assert a.vrt_ids == s.vrt_ids and a.label == s.label
+            np.testing.assert_allclose(a.box_xyxy, s.box_xyxy, atol=1e-3)
+            assert abs(a.score - s.score) < 1e-4
+            assert (a.mask == s.mask).mean() > 0.999
+
+
+def test_objects_pair_with_the_states_that_emitted_them(pipe):
+    """Each decoded object is the decoder applied to the recorded states of its VRT steps."""
+    model, processor = pipe.model, pipe.processor
+    img = image(3, 140, 112)
+    [pred] = pipe([img], ["find the object"], max_new_tokens=8)
+    assert pred.objects, "this seed emits VRTs"
+    batch = processor(["find the object"], [img])
+    recorder = VRTStateRecorder(model.vocab_size, batch.inputs["input_ids"].shape[1])
+    with torch.no_grad():
+        seq = model.generate(**batch.inputs, max_new_tokens=8, do_sample=False, vrt_recorder=recorder)
+    new = seq[0, batch.inputs["input_ids"].shape[1]:]
+    steps = (new >= model.vocab_size).nonzero().flatten().tolist()
+    # A teacher-forced pass over the generated sequence gives the same states at the step before each VRT.
+    with torch.no_grad():
+        out = model(input_ids=seq, attention_mask=torch.ones_like(seq), pixel_values=batch.inputs["pixel_values"],
+                    image_grid_thw=batch.inputs["image_grid_thw"])
+    prompt = batch.inputs["input_ids"].shape[1]
+    expected = out.last_hidden_state[0, [prompt - 1 + s for s in steps]]
+    torch.testing.assert_close(recorder.features(0, steps), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_boxes_and_masks_are_on_the_original_image(pipe):
+    img = image(4, 150, 90)
+    [pred] = pipe([img], ["locate it"], max_new_tokens=6)
+    for obj in pred.objects:
+        x0, y0, x1, y1 = obj.box_xyxy
+        assert 0 <= x0 <= x1 <= 150 and 0 <= y0 <= y1 <= 90
+        assert obj.mask.shape == (90, 150)
+        assert (rle_to_mask(obj.mask_rle) == obj.mask).all()
+        assert 0 < obj.score < 1
+
+
+def test_predict_function_single_sample(pipe):
+    preds = predict(pipe.model, pipe.processor, image(5, 112, 112), "the thing", max_new_tokens=4)
+    assert len(preds) == 1 and isinstance(preds[0].text, str)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, pipe):
+    folder = tmp_path_factory.mktemp("ckpt")
+    pipe.model.save_pretrained(folder)
+    pipe.processor.save_pretrained(folder)
+    img = folder / "scene.png"
+    image(6, 140, 112).save(img)
+    return folder, img
+
+
+def test_cli_predict_writes_json_and_overlay(checkpoint, tmp_path, capsys):
+    folder, img = checkpoint
+    out_json, out_png = tmp_path / "out.json", tmp_path / "out.png"
+    code = main(["predict", "--model", str(folder), "--image", str(img), "--prompt", "the red square",
+                 "--task", "rec", "--json", str(out_json), "--overlay", str(out_png), "--show-vrt",
+                 "--max-new-tokens", "8"])
+    assert code == 0
+    data = json.loads(out_json.read_text())
+    assert set(data) >= {"text", "objects"}
+    for obj in data["objects"]:
+        assert set(obj) >= {"label", "vrt_ids", "box_xyxy", "score", "mask_rle"}
+    # The CLI is a thin layer: the same numbers as the Python API on the same checkpoint.
+    api = PaDT.from_pretrained(folder, device="cpu")
+    [pred] = api([str(img)], ["the red square"], task="rec", max_new_tokens=8)
+    assert data["text"] == pred.text
+    assert [o["box_xyxy"] for o in data["objects"]] == [list(o.box_xyxy) for o in pred.objects]
+    overlay = Image.open(out_png)
+    assert overlay.size == (140, 112)
+    if data["objects"]:
+        assert np.abs(np.asarray(overlay, dtype=int) - np.asarray(Image.open(img).convert("RGB"), dtype=int)).sum() > 0
+
+
+def test_cli_predict_bad_input(checkpoint, tmp_path, capsys):
+    folder, img = checkpoint
+    assert main(["predict", "--model", str(folder), "--image", str(tmp_path / "nope.png"), "--prompt", "x"]) == 2
+    assert "image file not found" in capsys.readouterr().err
+    assert main(["predict", "--model", str(tmp_path / "none"), "--image", str(img), "--prompt", "x"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["predict", "--model", str(folder), "--image", str(img), "--prompt", " "]) == 2
+    assert "prompt is empty" in capsys.readouterr().err
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    assert main(["predict", "--model", str(folder), "--image", str(broken), "--prompt", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("padt: error: cannot read image") and "broken.png" in err
