@@ -1,0 +1,155 @@
+"""COCO box mAP for open-vocabulary detection (padt-method.md §7.2).
+
+:func:`coco_bbox_map` scores a COCO results list against COCO ground truth with faster-coco-eval, which
+reproduces pycocotools' ``COCOeval`` numbers. Two ground truths are possible:
+
+- the official annotation file (e.g. ``instances_val2017.json``): the standard number;
+- :func:`rebuild_coco_gt` from PaDT's preprocessed val records, which is what the reference scores against:
+  only the objects kept by preprocessing (each covering at least one merged patch, classes with at most 50
+  instances, images up to 1288 px), boxes rounded to integer pixels, image and category lists from the
+  official file. Numbers on this GT are comparable with the reference's, not with other COCO results.
+
+Predictions that name a class instead of an id (the reference's ``{"image_id", "category", "bbox", "score"}``
+lines) go through :func:`results_from_named`, which keeps only exact lower-case name matches, as the
+reference does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from padt.data.records import Record
+from padt.errors import PaDTError
+
+# Order of COCOeval.stats for iouType="bbox".
+STAT_NAMES = (
+    "map",
+    "map50",
+    "map75",
+    "map_small",
+    "map_medium",
+    "map_large",
+    "mar1",
+    "mar10",
+    "mar100",
+    "mar_small",
+    "mar_medium",
+    "mar_large",
+)
+
+
+def coco_bbox_map(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """COCO bbox metrics (``map`` = mAP@[.5:.95], ``map50``, ``map75``, ``map_small`` ... ``mar100`` ...).
+
+    ``gt`` is a COCO annotation dict (``images``, ``annotations``, ``categories``); ``results`` a list of
+    ``{"image_id", "category_id", "bbox": [x, y, w, h] pixels, "score"}``. No NMS or top-k is applied beyond
+    COCO's 100 detections per image. An empty results list scores 0.
+    """
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    _check_results(gt, results)
+    coco_gt = COCO(copy.deepcopy(dict(gt)))
+    if not results:
+        return dict.fromkeys(STAT_NAMES, 0.0)
+    coco_dt = coco_gt.loadRes([dict(r) for r in results])
+    evaluator = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=lambda *a, **k: None)
+    # faster-coco-eval's summarize() prints the table through print_function, but be safe about stdout.
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.run()
+    stats = np.asarray(evaluator.stats, dtype=np.float64)
+    return {name: float(stats[i]) for i, name in enumerate(STAT_NAMES)}
+
+
+def _check_results(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) -> None:
+    image_ids = {img["id"] for img in gt.get("images", [])}
+    category_ids = {c["id"] for c in gt.get("categories", [])}
+    for i, r in enumerate(results):
+        missing = [k for k in ("image_id", "category_id", "bbox", "score") if k not in r]
+        if missing:
+            raise PaDTError(
+                f"result {i} lacks {', '.join(missing)}; results are "
+                "{image_id, category_id, bbox: [x, y, w, h], score}"
+            )
+        if r["image_id"] not in image_ids:
+            raise PaDTError(f"result {i}: image_id {r['image_id']!r} is not in the ground truth's images")
+        if r["category_id"] not in category_ids:
+            raise PaDTError(f"result {i}: category_id {r['category_id']!r} is not a ground-truth category")
+        if len(r["bbox"]) != 4:
+            raise PaDTError(f"result {i}: bbox must be [x, y, w, h] in pixels, got {r['bbox']!r}")
+
+
+def results_from_named(
+    predictions: Iterable[Mapping[str, Any]], categories: Sequence[Mapping[str, Any]]
+) -> tuple[list[dict[str, Any]], int]:
+    """Map ``{"image_id", "category": name, "bbox", "score"}`` predictions to category ids.
+
+    ``category.lower()`` must equal a category name exactly, otherwise the prediction is dropped
+    (padt-method.md §7.2). Returns ``(results, number_dropped)``. Predictions with a ``category_id`` pass
+    through unchanged.
+    """
+    by_name = {str(c["name"]): c["id"] for c in categories}
+    out: list[dict[str, Any]] = []
+    dropped = 0
+    for p in predictions:
+        if "category_id" in p:
+            out.append(dict(p))
+            continue
+        cid = by_name.get(str(p.get("category", "")).lower())
+        if cid is None:
+            dropped += 1
+            continue
+        r = {k: v for k, v in p.items() if k != "category"}
+        r["category_id"] = cid
+        out.append(r)
+    return out, dropped
+
+
+def rebuild_coco_gt(records: Iterable[Record], official: Mapping[str, Any]) -> dict[str, Any]:
+    """The reference's OVD ground truth built from preprocessed val records (padt-method.md §7.2).
+
+    Each record object becomes an annotation: category id by name, bbox = the normalised xyxy box times the
+    official image size, rounded to integer pixels, as xywh; ``iscrowd`` and ``area`` copied. The image and
+    category lists are the official file's, so images without kept objects still count (their detections
+    are false positives).
+    """
+    images = {img["id"]: img for img in official.get("images", [])}
+    categories = list(official.get("categories", []))
+    by_name = {c["name"]: c["id"] for c in categories}
+    annotations = []
+    for rec in records:
+        img = images.get(rec.id)
+        if img is None:
+            raise PaDTError(
+                f"record id {rec.id!r} is not an image of the official annotation file; "
+                "pair the val records with the file they were made from"
+            )
+        w, h = int(img["width"]), int(img["height"])
+        for obj in rec.objects:
+            if obj.label not in by_name:
+                raise PaDTError(
+                    f"record id {rec.id!r}: label {obj.label!r} is not a category of the official "
+                    "file; pair the val records with the file they were made from"
+                )
+            x1, y1, x2, y2 = (round(v * s) for v, s in zip(obj.bbox, (w, h, w, h), strict=True))
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": rec.id,
+                    "category_id": by_name[obj.label],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": obj.area,
+                    "iscrowd": obj.iscrowd,
+                }
+            )
+    return {
+        "info": copy.deepcopy(official.get("info", {})),
+        "images": copy.deepcopy(list(images.values())),
+        "annotations": annotations,
+        "categories": copy.deepcopy(categories),
+    }
