@@ -1,0 +1,188 @@
+"""Decoder outputs -> boxes, masks and scores on the original image (padt-method.md §7.1).
+
+The decoder predicts, per object, a box ``(cx, cy, w, h)`` normalised to the (resized) image, a score logit
+and mask logits at 4x4 per 14-px patch (``(4H, 4W)`` valid region of a zero-padded ``(4H_max, 4W_max)`` map,
+``(H, W)`` = the image's patch grid). Normalised coordinates are resolution-free, so they are mapped straight
+to the ORIGINAL image, whatever resizing the processor did.
+
+- :func:`boxes_to_pixel_xyxy`: pixel corners clipped to the image (the user-facing format).
+- :func:`boxes_to_coco_xywh`: the reference evaluation's integer COCO boxes, rounding quirks included.
+- :func:`masks_to_original`: mask logits -> bool masks at the original size; :func:`mask_to_rle` -> COCO RLE.
+- :func:`detected_objects`: all of it for one image's objects, as :class:`DetectedObject` records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pycocotools import mask as mask_utils
+
+from padt.box_ops import box_cxcywh_to_xyxy
+
+#: Mask logits per 14-px patch side (the decoder's 4x4 upsampling, padt-method.md §3.7).
+MASK_PER_PATCH = 4
+
+
+@dataclass
+class DetectedObject:
+    """One decoded object on the original image.
+
+    Attributes:
+        label: the quoted phrase of the completion the object belongs to (``""`` if none).
+        vrt_ids: local VRT indices (``id - V``) of the object's run.
+        box_xyxy: ``(x0, y0, x1, y1)`` in pixels of the original image, clipped to it.
+        score: confidence ``sigmoid(score_logit)`` (trained as a GIoU proxy, padt-method.md §3.7).
+        mask: ``(height, width)`` bool mask at the original size, or None when masks were not decoded.
+        mask_rle: the same mask as COCO RLE ``{"size": [h, w], "counts": str}``, or None.
+    """
+
+    label: str
+    vrt_ids: list[int]
+    box_xyxy: tuple[float, float, float, float]
+    score: float
+    mask: np.ndarray | None = None
+    mask_rle: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict: ``label, vrt_ids, box_xyxy, score, mask_rle`` (the bool mask is left out)."""
+        return {
+            "label": self.label,
+            "vrt_ids": [int(v) for v in self.vrt_ids],
+            "box_xyxy": [float(v) for v in self.box_xyxy],
+            "score": float(self.score),
+            "mask_rle": self.mask_rle,
+        }
+
+
+def _scale(image_size: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+    width, height = image_size
+    return torch.tensor([width, height, width, height], dtype=like.dtype, device=like.device)
+
+
+def boxes_to_pixel_xyxy(boxes_cxcywh: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """Normalised ``(..., 4)`` cxcywh -> pixel xyxy on an image of ``image_size = (width, height)``, clipped
+    to the image."""
+    boxes = boxes_cxcywh.float()
+    size = _scale(image_size, boxes)
+    return torch.minimum((box_cxcywh_to_xyxy(boxes) * size).clamp(min=0), size)
+
+
+def boxes_to_coco_xywh(boxes_cxcywh: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """The reference evaluation's integer COCO ``(x, y, w, h)`` boxes, for the paper protocol (§7.1).
+
+    ``x = max(cx - w/2, 0)``, ``y = max(cy - h/2, 0)``, ``w = min(w, 1)``, ``h = min(h, 1)``, times the image
+    size, rounded. Kept as the reference writes it (padt-method.md §7.1): the right/bottom edges are not
+    clipped, so ``x + w`` may pass the image border. Returns int64.
+    """
+    boxes = boxes_cxcywh.float()
+    x0y0 = box_cxcywh_to_xyxy(boxes)[..., :2].clamp(min=0)
+    wh = boxes[..., 2:].clamp(max=1)
+    return torch.round(torch.cat([x0y0, wh], dim=-1) * _scale(image_size, boxes)).long()
+
+
+def masks_to_original(
+    mask_logits: torch.Tensor,
+    valid_hw: torch.Tensor | Sequence[Sequence[int]],
+    image_size: tuple[int, int],
+    threshold: float = 0.5,
+) -> np.ndarray:
+    """Mask logits -> bool masks on the original image.
+
+    Args:
+        mask_logits: ``(O, 4*H_max, 4*W_max)`` decoder mask logits (zero-padded beyond each object's grid).
+        valid_hw: ``(O, 2)`` patch grid ``(H, W)`` of each object's image (``image_grid_thw[1:]``); only
+            ``[:4H, :4W]`` is valid.
+        image_size: original ``(width, height)``.
+        threshold: on ``sigmoid(logit)``; the reference uses 0.5.
+
+    Returns:
+        ``(O, height, width)`` bool array: each valid region bilinearly resized to the image, then
+        thresholded.
+    """
+    width, height = image_size
+    hw = torch.as_tensor(valid_hw).reshape(-1, 2).tolist()
+    if len(hw) != mask_logits.shape[0]:
+        raise ValueError(f"{mask_logits.shape[0]} masks but {len(hw)} valid sizes")
+    out = np.zeros((len(hw), height, width), dtype=bool)
+    for o, (h, w) in enumerate(hw):
+        valid = mask_logits[o, : MASK_PER_PATCH * h, : MASK_PER_PATCH * w].float()
+        resized = F.interpolate(valid[None, None], size=(height, width), mode="bilinear", align_corners=False)
+        out[o] = (resized[0, 0].sigmoid() > threshold).cpu().numpy()
+    return out
+
+
+def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
+    """COCO RLE of one ``(h, w)`` bool mask, with ``counts`` as str so it serialises to JSON."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
+    """Inverse of :func:`mask_to_rle` (accepts ``counts`` as str or bytes)."""
+    counts = rle["counts"]
+    encoded = {
+        "size": list(rle["size"]),
+        "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
+    }
+    return mask_utils.decode(encoded).astype(bool)
+
+
+def detected_objects(
+    pred_boxes: torch.Tensor,
+    pred_score: torch.Tensor,
+    image_size: tuple[int, int],
+    *,
+    labels: Sequence[str],
+    vrt_ids: Sequence[Sequence[int]],
+    pred_mask: torch.Tensor | None = None,
+    pred_mask_valid_hw: torch.Tensor | Sequence[Sequence[int]] | None = None,
+) -> list[DetectedObject]:
+    """Decoder outputs of the objects of ONE image -> :class:`DetectedObject` records.
+
+    Args:
+        pred_boxes: ``(O, 4)`` normalised cxcywh.
+        pred_score: ``(O, 1)`` or ``(O,)`` score logits.
+        image_size: original ``(width, height)`` of the image.
+        labels, vrt_ids: per object, from the parsed completion.
+        pred_mask, pred_mask_valid_hw: mask logits and their valid patch grids; masks are skipped when None.
+    """
+    count = pred_boxes.shape[0]
+    if len(labels) != count or len(vrt_ids) != count:
+        raise ValueError(f"{count} boxes but {len(labels)} labels and {len(vrt_ids)} VRT runs")
+    boxes = boxes_to_pixel_xyxy(pred_boxes, image_size).tolist()
+    scores = pred_score.float().reshape(count).sigmoid().tolist()
+    masks: np.ndarray | None = None
+    if pred_mask is not None:
+        if pred_mask_valid_hw is None:
+            raise ValueError("pred_mask needs pred_mask_valid_hw (the valid patch grid of each mask)")
+        masks = masks_to_original(pred_mask, pred_mask_valid_hw, image_size)
+    out = []
+    for o in range(count):
+        mask = masks[o] if masks is not None else None
+        out.append(
+            DetectedObject(
+                label=labels[o],
+                vrt_ids=[int(v) for v in vrt_ids[o]],
+                box_xyxy=tuple(float(v) for v in boxes[o]),
+                score=float(scores[o]),
+                mask=mask,
+                mask_rle=mask_to_rle(mask) if mask is not None else None,
+            )
+        )
+    return out
+
+
+__all__ = [
+    "DetectedObject",
+    "boxes_to_coco_xywh",
+    "boxes_to_pixel_xyxy",
+    "detected_objects",
+    "mask_to_rle",
+    "masks_to_original",
+    "rle_to_mask",
+]

@@ -1,0 +1,123 @@
+"""Post-processing: pixel boxes, masks at the original size, COCO RLE, JSON records (padt-method.md §7.1)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from padt.postprocess import (
+    DetectedObject,
+    boxes_to_coco_xywh,
+    boxes_to_pixel_xyxy,
+    detected_objects,
+    mask_to_rle,
+    masks_to_original,
+    rle_to_mask,
+)
+
+FIXTURE = Path("/work/shared/parity/tied")
+
+
+def test_pixel_boxes_are_clipped_to_the_original_image():
+    boxes = torch.tensor([[0.5, 0.5, 0.5, 0.25], [0.1, 0.9, 0.4, 0.4]])
+    out = boxes_to_pixel_xyxy(boxes, (200, 100))
+    # (cx±w/2)*W, (cy±h/2)*H; the second box leaves the image at the left and the bottom.
+    torch.testing.assert_close(out, torch.tensor([[50.0, 37.5, 150.0, 62.5], [0.0, 70.0, 60.0, 100.0]]))
+
+
+def test_coco_boxes_follow_the_reference_rounding():
+    boxes = torch.tensor([[0.1, 0.9, 0.4, 0.4], [0.5, 0.5, 1.2, 0.3], [0.3, 0.4, 0.123, 0.2]])
+    out = boxes_to_coco_xywh(boxes, (200, 100))
+    assert out.dtype == torch.long
+    # x = max(cx - w/2, 0), w = min(w, 1); bottom/right not clipped (70 + 40 > 100).
+    # Third box: x = (0.3 - 0.0615) * 200 = 47.7 -> 48, w = 0.123 * 200 = 24.6 -> 25.
+    assert out.tolist() == [[0, 70, 80, 40], [0, 35, 200, 30], [48, 30, 25, 20]]
+
+
+def test_masks_use_only_the_valid_region_and_resize_bilinearly():
+    logits = torch.full((1, 8, 12), 5.0)  # padding outside the valid 4x8 region is positive on purpose
+    logits[0, :4, :8] = -1.0
+    logits[0, :4, :4] = 1.0  # left half of the valid region
+    masks = masks_to_original(logits, torch.tensor([[1, 2]]), (16, 8))  # patch grid 1x2 -> 4x8 logits
+    assert masks.shape == (1, 8, 16) and masks.dtype == bool
+    # x2 bilinear upsampling (half-pixel centres): column 7 = 0.75*(+1) + 0.25*(-1) > 0, column 8 < 0.
+    expected = np.zeros((8, 16), dtype=bool)
+    expected[:, :8] = True
+    assert np.array_equal(masks[0], expected)
+
+
+def test_masks_at_native_size_threshold_sigmoid_half():
+    logits = torch.tensor([[[0.3, -0.2, 0.0, 2.0], [-1.0, 0.1, 4.0, -3.0], [0, 0, 0, 0], [0, 0, 0, 0]]])
+    masks = masks_to_original(logits, [[1, 1]], (4, 4))
+    assert np.array_equal(masks[0], (logits[0] > 0).numpy())  # sigmoid(x) > 0.5 <=> x > 0
+
+
+def test_rle_matches_hand_encoding_and_round_trips():
+    mask = np.array([[0, 1, 1], [0, 1, 0]], dtype=bool)
+    # Column-major runs: 2 zeros, 3 ones, 1 zero.
+    assert mask_to_rle(mask) == {"size": [2, 3], "counts": "231"}
+    column = np.array([0, 1, 1, 0, 0, 0, 1], dtype=bool)[:, None]
+    # Runs 1, 2, 3, 1; from the 4th run on COCO stores the difference to the run two back: 1 - 2 = -1 -> 'O'.
+    assert mask_to_rle(column)["counts"] == "123O"
+    for m in (mask, column, np.zeros((3, 5), bool), np.ones((4, 2), bool)):
+        assert np.array_equal(rle_to_mask(mask_to_rle(m)), m)
+    assert json.loads(json.dumps(mask_to_rle(mask))) == mask_to_rle(mask)
+
+
+def test_detected_objects_and_json():
+    boxes = torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.25, 0.25, 0.5, 0.5]])
+    scores = torch.tensor([[0.0], [2.0]])
+    logits = torch.full((2, 4, 4), -1.0)
+    logits[1, :2, :2] = 1.0
+    objects = detected_objects(
+        boxes,
+        scores,
+        (8, 8),
+        labels=["cat", "dog"],
+        vrt_ids=[[1, 2], [0]],
+        pred_mask=logits,
+        pred_mask_valid_hw=[[1, 1], [1, 1]],
+    )
+    cat, dog = objects
+    assert cat.box_xyxy == (2.0, 2.0, 6.0, 6.0) and cat.score == 0.5
+    assert dog.score == pytest.approx(1 / (1 + np.exp(-2.0)))
+    assert not cat.mask.any() and dog.mask[:4, :4].all() and not dog.mask[4:, :].any()
+    assert np.array_equal(rle_to_mask(dog.mask_rle), dog.mask)
+    record = dog.to_json()
+    assert set(record) == {"label", "vrt_ids", "box_xyxy", "score", "mask_rle"}
+    assert record["vrt_ids"] == [0] and record["box_xyxy"] == [0.0, 0.0, 4.0, 4.0]
+    json.dumps(record)
+    plain = detected_objects(boxes[:1], scores[:1, 0], (8, 8), labels=[""], vrt_ids=[[3]])
+    assert plain[0].mask is None and plain[0].to_json()["mask_rle"] is None
+    assert isinstance(plain[0], DetectedObject)
+
+
+@pytest.mark.skipif(not (FIXTURE / "expected.safetensors").is_file(), reason="no parity fixture")
+def test_reference_decoder_outputs_map_to_the_original_image():
+    from safetensors.torch import load_file
+
+    expected = load_file(FIXTURE / "expected.safetensors")
+    meta = json.loads((FIXTURE / "meta.json").read_text())
+    width, height = meta["samples"][1]["image_size_wh"]
+    count = expected["gen_pred_boxes"].shape[0]
+    objects = detected_objects(
+        expected["gen_pred_boxes"],
+        expected["gen_pred_score"],
+        (width, height),
+        labels=[""] * count,
+        vrt_ids=[[0]] * count,
+        pred_mask=expected["gen_pred_mask"],
+        pred_mask_valid_hw=expected["gen_pred_mask_valid_hw"],
+    )
+    for obj, box in zip(objects, expected["gen_pred_boxes"]):
+        cx, cy, w, h = box.tolist()
+        assert obj.box_xyxy == pytest.approx(
+            ((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height),
+            abs=1e-3,
+        )
+        assert obj.mask.shape == (height, width)
+        assert obj.mask_rle["size"] == [height, width]
