@@ -1,0 +1,412 @@
+"""PaDT's losses (padt-method.md §5.4, §5.6): hand-computed values on tiny cases, edge cases, the weight dict,
+and parity with the loss pieces the reference trainer computed for the parity fixtures."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+
+from padt.box_ops import box_cxcywh_to_xyxy, box_iou, generalized_box_iou
+from padt.errors import PaDTError
+from padt.losses import (
+    DEFAULT_LOSS_WEIGHTS,
+    PaDTCriterion,
+    box_losses,
+    build_foreground_sets,
+    gt_mask_for_loss,
+    mask_losses,
+    matched_box_iou,
+    robust_token_loss,
+    score_loss,
+    stack_mask_targets,
+    weighted_total,
+)
+
+
+def _fixture_dirs() -> list[Path]:
+    """Parity fixture folders: ``PADT_PARITY_FIXTURES`` (colon-separated) or every folder of shared/parity."""
+    env = os.environ.get("PADT_PARITY_FIXTURES")
+    if env:
+        return [Path(p) for p in env.split(":") if p]
+    root = Path(__file__).resolve().parents[1].parent / "shared" / "parity"
+    return sorted(p for p in root.glob("*") if (p / "meta.json").is_file())
+
+
+def _lse(values) -> float:
+    return math.log(sum(math.exp(v) for v in values))
+
+
+# ------------------------------------------------------------------------------------------- token loss
+
+V = 3  # text ids 0..2, then VRT ids 3..6
+
+
+def test_robust_token_loss_by_hand():
+    row_vrt = [1.0, 2.0, 0.0, 0.5, 3.0, -1.0, 2.0]
+    row_text = [0.3, 2.0, -0.7, 1.0, 0.0, 0.2, -2.0]
+    logits = torch.tensor([[row_vrt, row_text]])
+    targets = torch.tensor([[V + 1, 1]])
+    mask = torch.ones(1, 2)
+    # The object's foreground VRTs are 3, 4 (the target) and 6: 3 and 6 leave the softmax of position 0.
+    out = robust_token_loss(logits, targets, mask, [[3, 4, 6]], V)
+    l0 = -3.0 + _lse([1.0, 2.0, 0.0, 3.0, -1.0])
+    l1 = -2.0 + _lse(row_text)
+    assert out["token_loss_per_token"][0].tolist() == pytest.approx([l0, l1], abs=1e-6)
+    assert out["token_loss_per_sample"].item() == pytest.approx((l0 + l1) / (2 + 1e-4), abs=1e-6)
+    assert out["loss_token"].item() == pytest.approx((l0 + l1) / (2 + 1e-4), abs=1e-6)
+    # The same exclusion as the reference's boolean row (True = leave out).
+    row = torch.tensor([[False, False, False, True, False, False, True]])
+    torch.testing.assert_close(robust_token_loss(logits, targets, mask, row, V)["loss_token"], out["loss_token"])
+    # Without a foreground set beyond the target itself it is the plain cross-entropy.
+    plain = robust_token_loss(logits, targets, mask, [[4]], V)["token_loss_per_token"][0, 0].item()
+    assert plain == pytest.approx(-3.0 + _lse(row_vrt), abs=1e-6)
+
+
+def test_robust_token_loss_several_objects_images_and_padding():
+    # Sample 0 owns image 0 (VRT rows 0..3), sample 1 owns images 1 and 2 (rows 4..5 and 6..9): V + 10 classes.
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, V + 10, generator=gen)
+    targets = torch.tensor([[V + 0, V + 2, 1, 0], [V + 5, 2, V + 7, 0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    picked = [[0], [2], [1], [1]]  # per object, its patch index within its image
+    patches = [[0, 1], [2, 3], [0, 1], [1, 2, 3]]
+    offsets = [0, 0, 4, 6]  # global offset of each object's image
+    sets = build_foreground_sets(picked, patches, offsets, V)
+    assert [s.tolist() for s in sets] == [[3, 4], [5, 6], [7, 8], [10, 11, 12]]
+    out = robust_token_loss(logits, targets, mask, sets, V)
+
+    excluded = {(0, 0): [V + 1], (0, 1): [V + 3], (1, 0): [V + 4], (1, 2): [V + 8, V + 9]}
+    expected = torch.zeros(2, 4)
+    for b in range(2):
+        for t in range(4):
+            row = logits[b, t].tolist()
+            keep = [z for c, z in enumerate(row) if c not in excluded.get((b, t), [])]
+            expected[b, t] = -row[targets[b, t]] + _lse(keep)
+    torch.testing.assert_close(out["token_loss_per_token"], expected, atol=1e-5, rtol=0)
+    per_sample = torch.stack([(expected[b] * mask[b]).sum() / (mask[b].sum() + 1e-4) for b in range(2)])
+    torch.testing.assert_close(out["token_loss_per_sample"], per_sample, atol=1e-5, rtol=0)
+    assert out["loss_token"].item() == pytest.approx(per_sample.mean().item(), abs=1e-5)
+
+
+def test_robust_token_loss_gradient_ignores_other_foreground_vrts():
+    logits = torch.tensor([[[0.5, -1.0, 0.0, 2.0, 1.0, 0.0, 3.0]]], requires_grad=True)
+    out = robust_token_loss(logits, torch.tensor([[V + 1]]), torch.ones(1, 1), [[3, 4, 6]], V)
+    out["loss_token"].backward()
+    grad = logits.grad[0, 0] * (1 + 1e-4)  # undo the per-sample normaliser
+    kept = [0, 1, 2, 4, 5]
+    z = [logits[0, 0, c].item() for c in kept]
+    softmax = {c: math.exp(v - _lse(z)) for c, v in zip(kept, z)}
+    for c in range(7):
+        want = 0.0 if c in (3, 6) else softmax[c] - (c == 4)
+        assert grad[c].item() == pytest.approx(want, abs=1e-6)
+
+
+def test_robust_token_loss_runs_in_float32_and_keeps_its_input():
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(1, 3, V + 4, generator=gen).to(torch.bfloat16)
+    before = logits.clone()
+    targets = torch.tensor([[V + 2, 0, V + 3]])
+    sets = [[V + 2, V + 3], [V + 2, V + 3]]
+    out = robust_token_loss(logits, targets, torch.ones(1, 3), sets, V)
+    ref = robust_token_loss(logits.float(), targets, torch.ones(1, 3), sets, V)
+    assert out["token_loss_per_token"].dtype == torch.float32
+    torch.testing.assert_close(out["token_loss_per_token"], ref["token_loss_per_token"], atol=0, rtol=0)
+    assert torch.equal(logits, before)
+
+
+def test_robust_token_loss_ignores_negative_targets_and_checks_its_inputs():
+    logits = torch.zeros(1, 2, V + 2)
+    out = robust_token_loss(logits, torch.tensor([[1, -100]]), torch.ones(1, 2), [], V)
+    assert out["token_loss_per_token"][0].tolist() == pytest.approx([math.log(5), 0.0])
+    assert out["loss_token"].item() == pytest.approx(math.log(5) / (1 + 1e-4))
+    with pytest.raises(PaDTError, match="one foreground set per VRT"):
+        robust_token_loss(logits, torch.tensor([[V, 1]]), torch.ones(1, 2), [], V)
+    with pytest.raises(PaDTError, match="global VRT ids"):
+        robust_token_loss(logits, torch.tensor([[V, 1]]), torch.ones(1, 2), [[0, V]], V)
+    with pytest.raises(PaDTError):
+        robust_token_loss(logits, torch.tensor([1, 1]), torch.ones(1, 2), [], V)
+    with pytest.raises(PaDTError, match="boolean"):
+        robust_token_loss(logits, torch.tensor([[V, 1]]), torch.ones(1, 2), torch.zeros(1, V, dtype=torch.bool), V)
+    with pytest.raises(PaDTError):
+        build_foreground_sets([[1]], [[1], [2]], [0], V)
+
+
+# ------------------------------------------------------------------------------------------- boxes
+
+
+def test_box_losses_by_hand():
+    # Prediction: the centred square [0.25, 0.75]^2; GT: [0.5, 1.0]^2.
+    # IoU = 0.0625 / 0.4375 = 1/7, enclosing box 0.75^2 = 0.5625, GIoU = 1/7 - 0.125 / 0.5625.
+    pred = torch.tensor([[0.5, 0.5, 0.5, 0.5]])
+    gt = torch.tensor([[0.5, 0.5, 1.0, 1.0]])
+    giou = 1 / 7 - 0.125 / 0.5625
+    iou, g = matched_box_iou(pred, gt)
+    assert iou.item() == pytest.approx(1 / 7, abs=1e-6)
+    assert g.item() == pytest.approx(giou, abs=1e-6)
+    out = box_losses(pred, gt)
+    # L1 against the GT's cxcywh (0.75, 0.75, 0.5, 0.5): 0.25 + 0.25 + 0 + 0.
+    assert out["loss_bbox_l1"].item() == pytest.approx(0.5 / (1 + 1e-4), abs=1e-6)
+    assert out["loss_bbox_giou"].item() == pytest.approx(1 - giou / (1 + 1e-4), abs=1e-6)
+    assert out["iou"].item() == pytest.approx(1 / 7, abs=1e-6)
+    # Two objects: the second one predicted perfectly (GIoU 1, L1 0).
+    pred2 = torch.cat([pred, torch.tensor([[0.3, 0.4, 0.2, 0.4]])])
+    gt2 = torch.cat([gt, torch.tensor([[0.2, 0.2, 0.4, 0.6]])])
+    out2 = box_losses(pred2, gt2)
+    assert out2["loss_bbox_l1"].item() == pytest.approx(0.5 / (2 + 1e-4), abs=1e-6)
+    assert out2["loss_bbox_giou"].item() == pytest.approx(1 - (giou + 1) / (2 + 1e-4), abs=1e-6)
+    assert out2["giou"].item() == pytest.approx((giou + 1) / 2, abs=1e-6)
+
+
+def test_score_loss_by_hand():
+    # 2σ(0) - 1 = 0 and 2σ(ln 3) - 1 = 0.5.
+    scores = torch.tensor([[0.0], [math.log(3)]], requires_grad=True)
+    giou = torch.tensor([0.2, -0.1], requires_grad=True)
+    out = score_loss(scores, giou)
+    assert out["loss_score"].item() == pytest.approx((0.2**2 + 0.6**2) / (2 + 1e-4), abs=1e-6)
+    out["loss_score"].backward()
+    assert giou.grad is None  # the GIoU is a fixed target
+    with pytest.raises(PaDTError):
+        score_loss(torch.zeros(3), torch.zeros(2))
+
+
+def test_degenerate_gt_boxes_give_finite_losses():
+    pred = torch.tensor([[0.5, 0.4, 0.2, 0.4], [0.5, 0.5, 0.6, 0.6]], requires_grad=True)
+    gt = torch.tensor([[0.5, 0.2, 0.5, 0.6], [0.8, 0.8, 0.2, 0.2]])  # zero width; corners swapped
+    out = box_losses(pred, gt)
+    total = out["loss_bbox_l1"] + out["loss_bbox_giou"]
+    total.backward()
+    assert torch.isfinite(total) and torch.isfinite(pred.grad).all()
+    # Swapped corners mean the same box.
+    same = box_losses(pred[1:].detach(), torch.tensor([[0.2, 0.2, 0.8, 0.8]]))
+    swapped = box_losses(pred[1:].detach(), gt[1:])
+    assert swapped["loss_bbox_giou"].item() == pytest.approx(same["loss_bbox_giou"].item(), abs=1e-7)
+    # A collapsed prediction does not break the IoU either.
+    iou, giou = matched_box_iou(torch.tensor([[0.5, 0.5, 0.0, 0.0]]), gt[:1])
+    assert torch.isfinite(iou).all() and torch.isfinite(giou).all()
+    with pytest.raises(PaDTError):
+        box_losses(pred, gt[:1])
+
+
+def test_no_objects_give_zero_losses_that_carry_grad():
+    pred_boxes = torch.zeros(0, 4, requires_grad=True)
+    pred_scores = torch.zeros(0, 1, requires_grad=True)
+    pred_masks = torch.zeros(0, 8, 8, requires_grad=True)
+    crit = PaDTCriterion({k: w for k, w in DEFAULT_LOSS_WEIGHTS.items() if k != "loss_token"})
+    out = crit(
+        pred_boxes=pred_boxes, pred_scores=pred_scores, gt_boxes=torch.zeros(0, 4),
+        pred_masks=pred_masks, gt_masks=torch.zeros(0, 8, 8), valid_masks=torch.zeros(0, 8, 8),
+    )
+    for name in ("loss_bbox_l1", "loss_bbox_giou", "loss_score", "loss_mask_dice", "loss_mask_focal", "loss"):
+        assert out[name].item() == 0.0, name
+    assert out["loss"].requires_grad
+    out["loss"].backward()
+    assert pred_boxes.grad is not None and pred_masks.grad is not None
+
+
+# ------------------------------------------------------------------------------------------- masks
+
+
+def _focal(p: float, g: int) -> float:
+    p_t = p if g else 1 - p
+    alpha_t = 0.25 if g else 0.75
+    return alpha_t * (1 - p_t) ** 2 * -math.log(p_t)
+
+
+def test_mask_losses_by_hand():
+    # One object whose valid region is the left 2x2 of a 2x3 layout (the third column is padding).
+    logits = torch.tensor([[[0.0, math.log(3), 5.0], [-math.log(3), 0.0, 5.0]]])  # σ: .5 .75 | .25 .5
+    gt = torch.tensor([[[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]])
+    valid = torch.tensor([[[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]]])
+    out = mask_losses(logits, gt, valid)
+    # Σσgv = 1.25, Σσv = 2, Σgv = 2: dice = 1 - 3.5 / 5.
+    num = 1 + 1e-5
+    assert out["loss_mask_dice"].item() == pytest.approx(0.3 / num, abs=1e-6)
+    focal = (_focal(0.5, 1) + _focal(0.75, 1) + _focal(0.25, 0) + _focal(0.5, 0)) / (4 + 1e-5)
+    assert out["loss_mask_focal"].item() == pytest.approx(focal / num, abs=1e-6)
+
+    # A second object without a GT mask is left out entirely.
+    logits2 = torch.cat([logits, torch.full((1, 2, 3), 2.0)])
+    gt2 = torch.cat([gt, torch.zeros(1, 2, 3)])
+    valid2 = torch.cat([valid, torch.ones(1, 2, 3)])
+    out2 = mask_losses(logits2, gt2, valid2, torch.tensor([True, False]))
+    assert out2["loss_mask_dice"].item() == pytest.approx(out["loss_mask_dice"].item(), abs=1e-7)
+    assert out2["loss_mask_focal"].item() == pytest.approx(out["loss_mask_focal"].item(), abs=1e-7)
+    with pytest.raises(PaDTError):
+        mask_losses(logits, gt[:, :1], valid)
+
+
+def test_gt_mask_for_loss_and_stacking():
+    # The left half of a 28x28 image, on a 2x2 patch grid -> an 8x8 target: bilinear samples at
+    # x = 3.5 * i + 1.25 fall inside the left half (x < 14) for i <= 3.
+    image = np.zeros((28, 28), dtype=np.uint8)
+    image[:, :14] = 1
+    rle = mask_utils.encode(np.asfortranarray(image))
+    target = gt_mask_for_loss(rle, (2, 2))
+    assert target.dtype == torch.bool and target.shape == (8, 8)
+    assert target[:, :4].all() and not target[:, 4:].any()
+    np.testing.assert_array_equal(gt_mask_for_loss(image, (2, 2)).numpy(), target.numpy())
+
+    gt, valid, has_mask = stack_mask_targets([target, None], [[2, 2], [2, 3]])
+    assert gt.shape == valid.shape == (2, 8, 12)
+    assert torch.equal(gt[0, :, :8].bool(), target) and gt[0, :, 8:].sum() == 0 and gt[1].sum() == 0
+    assert valid[0].sum() == 64 and valid[0, :, 8:].sum() == 0 and valid[1].sum() == 96
+    assert has_mask.tolist() == [True, False]
+    with pytest.raises(PaDTError):
+        stack_mask_targets([target], [[3, 3]])
+
+
+# ------------------------------------------------------------------------------------------- weights
+
+
+def test_weight_dict_combines_and_switches_terms_off():
+    terms = {"loss_token": torch.tensor(2.0), "loss_bbox_l1": torch.tensor(3.0), "iou": torch.tensor(0.5)}
+    assert weighted_total(terms, {"loss_token": 1.0, "loss_bbox_l1": 0.5}).item() == 3.5
+    assert weighted_total(terms, {"loss_token": 1.0, "loss_bbox_l1": 0.0, "loss_mask_dice": 0}).item() == 2.0
+    with pytest.raises(PaDTError, match="loss_score"):
+        weighted_total(terms, {"loss_score": 1.0})
+    with pytest.raises(PaDTError):
+        PaDTCriterion({"loss_bogus": 1.0})
+
+    pred = torch.tensor([[0.5, 0.5, 0.5, 0.5]])
+    gt = torch.tensor([[0.5, 0.5, 1.0, 1.0]])
+    # Only the GIoU term: no scores, masks or logits needed, and nothing else computed.
+    out = PaDTCriterion({"loss_bbox_giou": 2.0})(pred_boxes=pred, gt_boxes=gt)
+    assert "loss_token" not in out and "loss_score" not in out and "loss_mask_dice" not in out
+    assert out["loss"].item() == pytest.approx(2 * out["loss_bbox_giou"].item())
+    with pytest.raises(PaDTError, match="pred_scores"):
+        PaDTCriterion({"loss_score": 1.0})(pred_boxes=pred, gt_boxes=gt)
+
+
+# ------------------------------------------------------------------------------------------- parity
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    actual = actual.detach().float().reshape(expected.shape)
+    tol = 1e-4 * max(1.0, expected.abs().max().item())
+    assert (actual - expected).abs().max().item() <= tol
+
+
+def _load(fixture: Path):
+    from safetensors.torch import load_file
+
+    meta = json.loads((fixture / "meta.json").read_text())
+    return meta, load_file(fixture / "expected.safetensors"), load_file(fixture / "inputs.safetensors")
+
+
+def _objects(meta) -> list[tuple[dict, int]]:
+    return [(obj, sample["P_offset"]) for sample in meta["samples"] for obj in sample["objects"]]
+
+
+@pytest.mark.parametrize("fixture", _fixture_dirs(), ids=lambda p: p.name)
+def test_parity_token_loss(fixture: Path):
+    meta, exp, inp = _load(fixture)
+    vocab = meta["vrt_id_convention"]["V"]
+    prompt_len = meta["prompt_length_padded"]
+    objects = _objects(meta)
+    sets = build_foreground_sets(
+        [o["picked"] for o, _ in objects], [o["patches"] for o, _ in objects], [p for _, p in objects], vocab
+    )
+    # Our foreground sets are the reference's loss_masks rows once the target itself is put back.
+    rows = torch.zeros(len(sets), exp["loss_vrt_masks"].shape[1], dtype=torch.bool)
+    targets = inp["input_ids_global"][:, prompt_len:]
+    vrt_targets = targets[targets >= vocab]
+    for r, ids in enumerate(sets):
+        rows[r, ids] = True
+        rows[r, vrt_targets[r]] = False
+    assert torch.equal(rows, exp["loss_vrt_masks"])
+
+    out = robust_token_loss(
+        exp["logits"][:, prompt_len - 1 : -1], targets, inp["completion_attention_mask"], sets, vocab
+    )
+    for key in ("loss_per_token", "loss_warmup_per_token"):
+        _close(out["token_loss_per_token"], exp[key])
+    for key in ("loss_sft_per_sample", "loss_warmup_sft_per_sample"):
+        _close(out["token_loss_per_sample"], exp[key])
+    # The reference's own boolean layout gives the same losses.
+    out_mask = robust_token_loss(
+        exp["logits"][:, prompt_len - 1 : -1], targets, inp["completion_attention_mask"], exp["loss_vrt_masks"], vocab
+    )
+    torch.testing.assert_close(out_mask["token_loss_per_token"], out["token_loss_per_token"], atol=0, rtol=0)
+    _close(out["loss_token"], torch.tensor(meta["loss"]["main"]["metrics_logged_by_trainer"]["sft_loss"][0]))
+
+
+def _mask_targets(meta, exp):
+    grids = exp["tf_pred_mask_valid_hw"]
+    masks = [
+        gt_mask_for_loss(obj["rle"], hw) if obj.get("rle") else None
+        for (obj, _), hw in zip(_objects(meta), grids.tolist())
+    ]
+    return stack_mask_targets(masks, grids, out_hw=tuple(exp["tf_pred_mask"].shape[1:]))
+
+
+@pytest.mark.parametrize("fixture", _fixture_dirs(), ids=lambda p: p.name)
+def test_parity_mask_targets(fixture: Path):
+    meta, exp, _ = _load(fixture)
+    gt, valid, _ = _mask_targets(meta, exp)
+    assert torch.equal(gt.bool(), exp["loss_gt_mask"])
+    assert torch.equal(valid.bool(), exp["loss_valid_mask"])
+
+
+@pytest.mark.parametrize("run", ["main", "warmup"])
+@pytest.mark.parametrize("fixture", _fixture_dirs(), ids=lambda p: p.name)
+def test_parity_box_score_and_mask_losses(fixture: Path, run: str):
+    meta, exp, inp = _load(fixture)
+    pre = "loss_" if run == "main" else "loss_warmup_"
+    pred_boxes = exp["tf_pred_boxes"] if run == "main" else exp["loss_warmup_pred_boxes"]
+    pred_scores = exp["tf_pred_score"] if run == "main" else exp["loss_warmup_pred_score"]
+    # The fixture stores the GT boxes after the reference's bfloat16 cast; the reference also converts them
+    # to cxcywh in bfloat16, which reference_gt_dtype reproduces.
+    gt_boxes = exp["loss_gt_bboxes_bf16_as_f32"]
+
+    pred_xyxy = box_cxcywh_to_xyxy(pred_boxes)
+    _close(box_iou(pred_xyxy, gt_boxes)[0], exp[pre + "iou_matrix"])
+    _close(generalized_box_iou(pred_xyxy, gt_boxes), exp[pre + "giou_matrix"])
+    _, giou = matched_box_iou(pred_boxes, gt_boxes, reference_gt_dtype=torch.bfloat16)
+    _close(giou, exp[pre + "giou_diag"])
+
+    out = box_losses(pred_boxes, gt_boxes, reference_gt_dtype=torch.bfloat16)
+    _close(out["loss_bbox_l1"], exp[pre + "bbox_l1_term"])
+    _close(out["loss_bbox_giou"], exp[pre + "bbox_giou_term"])
+    _close(out["loss_bbox_l1"] + out["loss_bbox_giou"], exp[pre + "bbox_total"])
+    logged = meta["loss"][run]["metrics_logged_by_trainer"]
+    _close(out["iou"], torch.tensor(logged["iou"][0]))
+    _close(out["giou"], torch.tensor(logged["giou"][0]))
+    _close(score_loss(pred_scores, out["matched_giou"])["loss_score"], exp[pre + "score"])
+
+    sft = exp[pre + "sft_per_sample"].mean()
+    if run == "warmup":
+        # The warm-up decoder's mask logits are not stored: check the total with the stored mask term.
+        total = sft + out["loss_bbox_l1"] + out["loss_bbox_giou"]
+        total = total + score_loss(pred_scores, out["matched_giou"])["loss_score"] + exp[pre + "mask_total"]
+        _close(total, exp[pre + "total"])
+        return
+
+    gt, valid, has_mask = _mask_targets(meta, exp)
+    masks = mask_losses(exp["tf_pred_mask"], gt, valid, has_mask)
+    _close(masks["loss_mask_dice"], exp["loss_dice"])
+    _close(masks["loss_mask_focal"], exp["loss_focal"])
+    _close(masks["loss_mask_dice"] + masks["loss_mask_focal"], exp["loss_mask_total"])
+
+    # The whole criterion, all weights 1, against the trainer's return value.
+    vocab = meta["vrt_id_convention"]["V"]
+    prompt_len = meta["prompt_length_padded"]
+    objects = _objects(meta)
+    full = PaDTCriterion(reference_gt_dtype=torch.bfloat16)(
+        logits=exp["logits"][:, prompt_len - 1 : -1],
+        targets=inp["input_ids_global"][:, prompt_len:],
+        completion_mask=inp["completion_attention_mask"],
+        foreground_sets=build_foreground_sets(
+            [o["picked"] for o, _ in objects], [o["patches"] for o, _ in objects], [p for _, p in objects], vocab
+        ),
+        vocab_size=vocab,
+        pred_boxes=pred_boxes, pred_scores=pred_scores, gt_boxes=gt_boxes,
+        pred_masks=exp["tf_pred_mask"], gt_masks=gt, valid_masks=valid, has_mask=has_mask,
+    )
+    _close(full["loss"], exp["loss_total"])
