@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +27,7 @@ from padt.losses import (
     stack_mask_targets,
     weighted_total,
 )
-
-
-def _fixture_dirs() -> list[Path]:
-    """Parity fixture folders: ``PADT_PARITY_FIXTURES`` (colon-separated) or every folder of shared/parity."""
-    env = os.environ.get("PADT_PARITY_FIXTURES")
-    if env:
-        return [Path(p) for p in env.split(":") if p]
-    root = Path(__file__).resolve().parents[1].parent / "shared" / "parity"
-    return sorted(p for p in root.glob("*") if (p / "meta.json").is_file())
+from parity import fixture_dirs
 
 
 def _lse(values) -> float:
@@ -304,7 +295,7 @@ def _objects(meta) -> list[tuple[dict, int]]:
     return [(obj, sample["P_offset"]) for sample in meta["samples"] for obj in sample["objects"]]
 
 
-@pytest.mark.parametrize("fixture", _fixture_dirs(), ids=lambda p: p.name)
+@pytest.mark.parametrize("fixture", fixture_dirs(), ids=lambda p: p.name)
 def test_parity_token_loss(fixture: Path):
     meta, exp, inp = _load(fixture)
     vocab = meta["vrt_id_convention"]["V"]
@@ -346,7 +337,7 @@ def _mask_targets(meta, exp):
     return stack_mask_targets(masks, grids, out_hw=tuple(exp["tf_pred_mask"].shape[1:]))
 
 
-@pytest.mark.parametrize("fixture", _fixture_dirs(), ids=lambda p: p.name)
+@pytest.mark.parametrize("fixture", fixture_dirs(), ids=lambda p: p.name)
 def test_parity_mask_targets(fixture: Path):
     meta, exp, _ = _load(fixture)
     gt, valid, _ = _mask_targets(meta, exp)
@@ -355,7 +346,7 @@ def test_parity_mask_targets(fixture: Path):
 
 
 @pytest.mark.parametrize("run", ["main", "warmup"])
-@pytest.mark.parametrize("fixture", _fixture_dirs(), ids=lambda p: p.name)
+@pytest.mark.parametrize("fixture", fixture_dirs(), ids=lambda p: p.name)
 def test_parity_box_score_and_mask_losses(fixture: Path, run: str):
     meta, exp, inp = _load(fixture)
     pre = "loss_" if run == "main" else "loss_warmup_"

@@ -12,8 +12,6 @@ Tolerance: ids, strings, boolean masks and the ``-inf`` pattern of the logits ex
 from __future__ import annotations
 
 import json
-import os
-import sys
 from functools import cache
 from pathlib import Path
 
@@ -24,22 +22,10 @@ from transformers.vision_utils import get_vision_window_index
 
 from padt.generation import VRTStateRecorder
 from padt.modeling import PaDTForConditionalGeneration
+from parity import fixture_dirs, report
 
-REPO = Path(__file__).resolve().parents[1]
 REQUIRED_FILES = ("config.json", "model.safetensors", "inputs.safetensors", "expected.safetensors", "meta.json")
-
-
-def fixture_dirs() -> list[str]:
-    env = os.environ.get("PADT_PARITY_FIXTURES")
-    if env:
-        return [p for p in env.split(":") if p]
-    root = REPO.parent / "shared" / "parity"
-    found = sorted(str(p) for p in root.glob("*") if p.is_dir()) if root.is_dir() else []
-    # No folder at all is a failure of its own (reported by test_fixtures_present), not a silent pass.
-    return found or [str(root / "<no fixture folder found>")]
-
-
-FIXTURES = fixture_dirs()
+FIXTURES = [str(p) for p in fixture_dirs()]
 
 
 def test_fixtures_present():
@@ -117,11 +103,6 @@ def forward(folder: str):
 @cache
 def generation(folder: str):
     return load(folder).generate()
-
-
-def report(line: str) -> None:
-    # Written past pytest's output capture so every run shows the differences.
-    print(f"[parity] {line}", file=sys.__stdout__, flush=True)
 
 
 def assert_close(name: str, ours: torch.Tensor, ref: torch.Tensor) -> None:

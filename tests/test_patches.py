@@ -4,7 +4,6 @@ and the patch lists the reference preprocessing wrote for the parity fixtures.""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +18,7 @@ from padt.data.patches import (
     segmentation_to_mask,
 )
 from padt.errors import PaDTError
-
-
-def _fixture_dirs() -> list[Path]:
-    """Parity fixture folders: ``PADT_PARITY_FIXTURES`` (colon-separated) or every folder of shared/parity."""
-    env = os.environ.get("PADT_PARITY_FIXTURES")
-    if env:
-        return [Path(p) for p in env.split(":") if p]
-    root = Path(__file__).resolve().parents[1].parent / "shared" / "parity"
-    return sorted(p for p in root.glob("*") if (p / "meta.json").is_file())
-
+from parity import fixture_dirs
 
 # ------------------------------------------------------------------------------------- the 1/28 rule
 
@@ -185,7 +175,7 @@ def test_segmentation_errors():
 _RULES = (("patches_refcoco_rule", True), ("patches_coco_rule", False), ("patches_ric_rule", False))
 
 
-@pytest.mark.parametrize("fixture", _fixture_dirs(), ids=lambda p: p.name)
+@pytest.mark.parametrize("fixture", fixture_dirs(), ids=lambda p: p.name)
 def test_reference_patch_lists(fixture: Path):
     meta = json.loads((fixture / "meta.json").read_text())
     entries = meta["foreground_patch_assignment"]

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,16 +20,10 @@ from padt.processing import (
     vrt_run,
 )
 from padt.testing import QWEN_SPECIAL_TOKENS, TINY_VOCAB_SIZE, tiny_processor, tiny_tokenizer
+from parity import fixture_dirs
 
 V = TINY_VOCAB_SIZE
-DEFAULT_FIXTURE = Path("/work/shared/parity/tied")
-
-
-def fixture_dirs() -> list[Path]:
-    """Parity fixture folders: ``PADT_PARITY_FIXTURES`` (os.pathsep-separated) or the shared default."""
-    env = os.environ.get("PADT_PARITY_FIXTURES")
-    dirs = [Path(p) for p in env.split(os.pathsep) if p] if env else [DEFAULT_FIXTURE]
-    return [d for d in dirs if (d / "meta.json").is_file()]
+DEFAULT_FIXTURE = fixture_dirs()[0]
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +58,6 @@ def test_tiny_processor_is_a_qwen_processor():
     assert out["image_grid_thw"].tolist() == [[1, 4, 4]]  # capped: at most 60x60 px -> 56x56
 
 
-@pytest.mark.skipif(not (DEFAULT_FIXTURE / "chat_template.json").is_file(), reason="no fixture")
 def test_chat_template_and_pretokenisation_are_the_reference_ones():
     saved = json.loads((DEFAULT_FIXTURE / "chat_template.json").read_text())["chat_template"]
     assert saved == QWEN2_5_VL_CHAT_TEMPLATE
@@ -292,11 +283,10 @@ def test_parse_completion_is_a_pure_function(proc):
 
 
 # ------------------------------------------------------------------------------------------ parity fixtures
-@pytest.fixture(scope="module", params=fixture_dirs() or [None], ids=lambda d: d.name if d else "none")
+@pytest.fixture(scope="module", params=fixture_dirs(), ids=lambda d: d.name)
 def fx(request):
     folder = request.param
-    if folder is None:
-        pytest.skip("no parity fixture folder (set PADT_PARITY_FIXTURES)")
+    assert (folder / "meta.json").is_file(), f"parity fixture {folder} is missing or malformed (no meta.json)"
     from safetensors.torch import load_file
 
     meta = json.loads((folder / "meta.json").read_text())

@@ -4,7 +4,6 @@ the positional mode, and the reference's own picks and completions from the pari
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -13,16 +12,7 @@ import pytest
 
 from padt.errors import PaDTError
 from padt.training.sampling import fill_answer_template, sample_foreground_vrts
-
-
-def _fixture_dirs() -> list[Path]:
-    """Parity fixture folders: ``PADT_PARITY_FIXTURES`` (colon-separated) or every folder of shared/parity."""
-    env = os.environ.get("PADT_PARITY_FIXTURES")
-    if env:
-        return [Path(p) for p in env.split(":") if p]
-    root = Path(__file__).resolve().parents[1].parent / "shared" / "parity"
-    return sorted(p for p in root.glob("*") if (p / "meta.json").is_file())
-
+from parity import fixture_dirs
 
 DRAWS = 6000
 
@@ -121,7 +111,7 @@ def test_fill_answer_template():
         fill_answer_template("<|Obj_0|>", [[]])
 
 
-@pytest.mark.parametrize("fixture", _fixture_dirs(), ids=lambda p: p.name)
+@pytest.mark.parametrize("fixture", fixture_dirs(), ids=lambda p: p.name)
 def test_reference_picks_and_completions(fixture: Path):
     meta = json.loads((fixture / "meta.json").read_text())
     if not meta.get("trainer_args_used", {}).get("random_select_patch", True):
