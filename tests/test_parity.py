@@ -1,9 +1,10 @@
 """Parity with the reference implementation.
 
 Each fixture folder holds a tiny checkpoint saved by the reference code, fixed inputs, and the outputs the
-reference computed on them (see the folder's README). Folders come from ``PADT_PARITY_FIXTURES``
-(colon-separated paths) or, by default, every folder under ``<repo>/../shared/parity``. A missing or malformed
-folder fails; it is never skipped.
+reference computed on them (see the folder's README): the forward pass, the decoder, greedy generation and
+the training loss items (token, box, score and mask losses, and their total). Folders come from
+``PADT_PARITY_FIXTURES`` (colon-separated paths) or, by default, every folder under ``<repo>/../shared/parity``.
+A missing or malformed folder fails; it is never skipped.
 
 Tolerance: ids, strings, boolean masks and the ``-inf`` pattern of the logits exactly; floats within
 ``1e-4 * max(1, max |reference|)``. Every comparison prints its max abs difference.
@@ -20,7 +21,19 @@ import torch
 from safetensors.torch import load_file
 from transformers.vision_utils import get_vision_window_index
 
+from padt.box_ops import box_cxcywh_to_xyxy, box_iou, generalized_box_iou
 from padt.generation import VRTStateRecorder
+from padt.losses import (
+    PaDTCriterion,
+    box_losses,
+    build_foreground_sets,
+    gt_mask_for_loss,
+    mask_losses,
+    matched_box_iou,
+    robust_token_loss,
+    score_loss,
+    stack_mask_targets,
+)
 from padt.modeling import PaDTForConditionalGeneration
 from parity import fixture_dirs, report
 
@@ -288,3 +301,131 @@ def test_greedy_generation(folder):
         if vrt_steps:
             assert_close(f"gen VRT states (sample {row})", recorder.features(row, vrt_steps),
                          ref["gen_step_last_hidden"][row, vrt_steps])
+
+
+# ------------------------------------------------------------------------------------------------ losses
+# The loss pieces the reference trainer computed on the fixture's teacher-forced batch (padt-method.md §5.4,
+# §5.6), recomputed by padt.losses from the stored logits, decoder outputs and objects.
+
+
+def _close(name: str, actual: torch.Tensor, expected: torch.Tensor) -> None:
+    assert_close(name, actual.detach().float().reshape(expected.shape), expected)
+
+
+def _load(folder: str):
+    fixture = Path(folder)
+    meta = json.loads((fixture / "meta.json").read_text())
+    return meta, load_file(fixture / "expected.safetensors"), load_file(fixture / "inputs.safetensors")
+
+
+def _objects(meta) -> list[tuple[dict, int]]:
+    return [(obj, sample["P_offset"]) for sample in meta["samples"] for obj in sample["objects"]]
+
+
+@pytest.mark.parametrize("folder", FIXTURES)
+def test_parity_token_loss(folder: str):
+    meta, exp, inp = _load(folder)
+    vocab = meta["vrt_id_convention"]["V"]
+    prompt_len = meta["prompt_length_padded"]
+    objects = _objects(meta)
+    sets = build_foreground_sets(
+        [o["picked"] for o, _ in objects], [o["patches"] for o, _ in objects], [p for _, p in objects], vocab
+    )
+    # Our foreground sets are the reference's loss_masks rows once the target itself is put back.
+    rows = torch.zeros(len(sets), exp["loss_vrt_masks"].shape[1], dtype=torch.bool)
+    targets = inp["input_ids_global"][:, prompt_len:]
+    vrt_targets = targets[targets >= vocab]
+    for r, ids in enumerate(sets):
+        rows[r, ids] = True
+        rows[r, vrt_targets[r]] = False
+    assert torch.equal(rows, exp["loss_vrt_masks"])
+
+    out = robust_token_loss(
+        exp["logits"][:, prompt_len - 1 : -1], targets, inp["completion_attention_mask"], sets, vocab
+    )
+    for key in ("loss_per_token", "loss_warmup_per_token"):
+        _close(key, out["token_loss_per_token"], exp[key])
+    for key in ("loss_sft_per_sample", "loss_warmup_sft_per_sample"):
+        _close(key, out["token_loss_per_sample"], exp[key])
+    # The reference's own boolean layout gives the same losses.
+    out_mask = robust_token_loss(
+        exp["logits"][:, prompt_len - 1 : -1], targets, inp["completion_attention_mask"], exp["loss_vrt_masks"], vocab
+    )
+    torch.testing.assert_close(out_mask["token_loss_per_token"], out["token_loss_per_token"], atol=0, rtol=0)
+    _close("sft_loss (logged)", out["loss_token"],
+           torch.tensor(meta["loss"]["main"]["metrics_logged_by_trainer"]["sft_loss"][0]))
+
+
+def _mask_targets(meta, exp):
+    grids = exp["tf_pred_mask_valid_hw"]
+    masks = [
+        gt_mask_for_loss(obj["rle"], hw) if obj.get("rle") else None
+        for (obj, _), hw in zip(_objects(meta), grids.tolist())
+    ]
+    return stack_mask_targets(masks, grids, out_hw=tuple(exp["tf_pred_mask"].shape[1:]))
+
+
+@pytest.mark.parametrize("folder", FIXTURES)
+def test_parity_mask_targets(folder: str):
+    meta, exp, _ = _load(folder)
+    gt, valid, _ = _mask_targets(meta, exp)
+    assert torch.equal(gt.bool(), exp["loss_gt_mask"])
+    assert torch.equal(valid.bool(), exp["loss_valid_mask"])
+
+
+@pytest.mark.parametrize("run", ["main", "warmup"])
+@pytest.mark.parametrize("folder", FIXTURES)
+def test_parity_box_score_and_mask_losses(folder: str, run: str):
+    meta, exp, inp = _load(folder)
+    pre = "loss_" if run == "main" else "loss_warmup_"
+    pred_boxes = exp["tf_pred_boxes"] if run == "main" else exp["loss_warmup_pred_boxes"]
+    pred_scores = exp["tf_pred_score"] if run == "main" else exp["loss_warmup_pred_score"]
+    # The fixture stores the GT boxes after the reference's bfloat16 cast; the reference also converts them
+    # to cxcywh in bfloat16, which reference_gt_dtype reproduces.
+    gt_boxes = exp["loss_gt_bboxes_bf16_as_f32"]
+
+    pred_xyxy = box_cxcywh_to_xyxy(pred_boxes)
+    _close(pre + "iou_matrix", box_iou(pred_xyxy, gt_boxes)[0], exp[pre + "iou_matrix"])
+    _close(pre + "giou_matrix", generalized_box_iou(pred_xyxy, gt_boxes), exp[pre + "giou_matrix"])
+    _, giou = matched_box_iou(pred_boxes, gt_boxes, reference_gt_dtype=torch.bfloat16)
+    _close(pre + "giou_diag", giou, exp[pre + "giou_diag"])
+
+    out = box_losses(pred_boxes, gt_boxes, reference_gt_dtype=torch.bfloat16)
+    _close(pre + "bbox_l1_term", out["loss_bbox_l1"], exp[pre + "bbox_l1_term"])
+    _close(pre + "bbox_giou_term", out["loss_bbox_giou"], exp[pre + "bbox_giou_term"])
+    _close(pre + "bbox_total", out["loss_bbox_l1"] + out["loss_bbox_giou"], exp[pre + "bbox_total"])
+    logged = meta["loss"][run]["metrics_logged_by_trainer"]
+    _close(f"{run} iou (logged)", out["iou"], torch.tensor(logged["iou"][0]))
+    _close(f"{run} giou (logged)", out["giou"], torch.tensor(logged["giou"][0]))
+    _close(pre + "score", score_loss(pred_scores, out["matched_giou"])["loss_score"], exp[pre + "score"])
+
+    sft = exp[pre + "sft_per_sample"].mean()
+    if run == "warmup":
+        # The warm-up decoder's mask logits are not stored: check the total with the stored mask term.
+        total = sft + out["loss_bbox_l1"] + out["loss_bbox_giou"]
+        total = total + score_loss(pred_scores, out["matched_giou"])["loss_score"] + exp[pre + "mask_total"]
+        _close(pre + "total", total, exp[pre + "total"])
+        return
+
+    gt, valid, has_mask = _mask_targets(meta, exp)
+    masks = mask_losses(exp["tf_pred_mask"], gt, valid, has_mask)
+    _close("loss_dice", masks["loss_mask_dice"], exp["loss_dice"])
+    _close("loss_focal", masks["loss_mask_focal"], exp["loss_focal"])
+    _close("loss_mask_total", masks["loss_mask_dice"] + masks["loss_mask_focal"], exp["loss_mask_total"])
+
+    # The whole criterion, all weights 1, against the trainer's return value.
+    vocab = meta["vrt_id_convention"]["V"]
+    prompt_len = meta["prompt_length_padded"]
+    objects = _objects(meta)
+    full = PaDTCriterion(reference_gt_dtype=torch.bfloat16)(
+        logits=exp["logits"][:, prompt_len - 1 : -1],
+        targets=inp["input_ids_global"][:, prompt_len:],
+        completion_mask=inp["completion_attention_mask"],
+        foreground_sets=build_foreground_sets(
+            [o["picked"] for o, _ in objects], [o["patches"] for o, _ in objects], [p for _, p in objects], vocab
+        ),
+        vocab_size=vocab,
+        pred_boxes=pred_boxes, pred_scores=pred_scores, gt_boxes=gt_boxes,
+        pred_masks=exp["tf_pred_mask"], gt_masks=gt, valid_masks=valid, has_mask=has_mask,
+    )
+    _close("loss_total", full["loss"], exp["loss_total"])
