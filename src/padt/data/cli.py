@@ -5,6 +5,7 @@ adds the subcommand's arguments and a function that runs it; a runner imports it
 ``padt data --help`` stays fast.
 
 - ``padt data synthetic``: write a synthetic grounding dataset (:mod:`padt.data.synthetic`).
+- ``padt data prepare``: turn a public dataset into a records file (:mod:`padt.data.prepare`).
 """
 
 from __future__ import annotations
@@ -50,12 +51,25 @@ def _run_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
-# subcommand -> (one-line help, add its arguments, run it). Further dataset commands (e.g. ``prepare``, which
-# turns public datasets into records) register here.
+def _add_prepare(parser: argparse.ArgumentParser) -> None:
+    from padt.data.prepare import add_arguments
+
+    add_arguments(parser)
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from padt.data.prepare import run
+
+    return run(args)
+
+
+# subcommand -> (one-line help, add its arguments, run it). Further dataset commands register here.
 DATA_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
                                Callable[[argparse.Namespace], int]]] = {
     "synthetic": ("generate a synthetic grounding dataset (shapes with exact masks) for rec/res/ovd/ric",
                   _add_synthetic, _run_synthetic),
+    "prepare": ("turn a PaDT, RefCOCO, COCO or user JSONL dataset into a records file (prompts, masks, patches)",
+                _add_prepare, _run_prepare),
 }
 
 

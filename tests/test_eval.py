@@ -1,0 +1,252 @@
+"""``padt eval`` on a tiny random model: every task end to end, resume, sharding, index files, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from padt.cli import main
+from padt.data.records import read_records, write_jsonl
+from padt.errors import PaDTError
+from padt.evaluation.driver import (
+    PREDICTIONS_FILE,
+    evaluate,
+    merge_predictions,
+    ovd_official_from_records,
+    predict_shard,
+    read_prediction_lines,
+    read_vlmr1_index,
+    score_predictions,
+)
+from padt.evaluation.metrics import paper_key
+from padt.inference import PaDT
+from padt.processing import PaDTProcessor
+from padt.testing import tiny_model, tiny_processor
+
+SPEC = "synthetic:n=4,seed=1,max_size=160"
+RUN = {"batch_size": 2, "max_new_tokens": 10, "progress": False}
+EXPECTED = {
+    "rec": ("acc@0.5", "acc@0.75", "acc@0.5_best"),
+    "res": ("miou", "ciou"),
+    "ovd": ("map", "map50", "map75", "mar100"),
+    "ric": ("cider", "bleu4", "meteor", "rouge_l", "greedy_precision", "greedy_recall"),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model's matrices are too small to gain from threads, which on a busy machine cost ten-fold."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    model = tiny_model(seed=0)
+    return PaDT(model, PaDTProcessor(tiny_processor(max_pixels=112 * 112), model.vocab_size))
+
+
+class Counting:
+    """A pipeline that counts the queries it answers and can crash after ``fail_after`` batches."""
+
+    def __init__(self, pipe, fail_after=None):
+        self.pipe, self.model, self.fail_after = pipe, pipe.model, fail_after
+        self.batches = self.queries = 0
+
+    def __call__(self, images, prompts, **kwargs):
+        if self.fail_after is not None and self.batches >= self.fail_after:
+            raise RuntimeError("injected crash")
+        self.batches += 1
+        self.queries += len(prompts)
+        return self.pipe(images, prompts, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def reference(pipe, tmp_path_factory):
+    """An uninterrupted REC run on 6 scenes."""
+    out = tmp_path_factory.mktemp("reference")
+    evaluate(pipe, "synthetic:n=6,seed=2,max_size=160", "rec", out, **RUN)
+    return out
+
+
+def _lines(out):
+    return (out / PREDICTIONS_FILE).read_text().splitlines()
+
+
+@pytest.mark.parametrize("task", ["rec", "res", "ovd", "ric"])
+def test_each_task_end_to_end_matches_padt_score(pipe, tmp_path, capsys, task):
+    metrics = evaluate(pipe, SPEC, task, tmp_path, meteor=task == "ric", **RUN)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    for key in EXPECTED[task]:
+        assert 0.0 <= metrics[key] <= 1.0, key
+    preds = read_prediction_lines(tmp_path / PREDICTIONS_FILE)
+    assert [p["index"] for p in preds] == list(range(4))
+    assert all({"objects", "width", "height", "text"} <= set(p) for p in preds)
+    if task == "res":
+        assert all("mask" in o for p in preds for o in p["objects"])
+    # The same numbers as 'padt score' on the written files.
+    gt = tmp_path / "data" / "records.jsonl"
+    argv = ["score", "--task", task, "--gt", str(gt), "--pred", str(tmp_path / PREDICTIONS_FILE)]
+    if task == "ovd":
+        official = tmp_path / "official.json"
+        official.write_text(json.dumps(ovd_official_from_records(read_records(gt), preds)))
+        argv += ["--coco", str(official)]
+    if task == "ric":
+        argv.append("--no-meteor")  # METEOR's Java start-up is slow; checked above
+    capsys.readouterr()
+    assert main(argv) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored == {k: v for k, v in metrics.items() if k != "meteor"}
+
+
+def test_resume_after_a_crash_redoes_only_the_rest(pipe, reference, tmp_path):
+    spec = "synthetic:n=6,seed=2,max_size=160"
+    crashing = Counting(pipe, fail_after=1)
+    with pytest.raises(RuntimeError, match="injected crash"):
+        evaluate(crashing, spec, "rec", tmp_path, model_name="in-memory model", **RUN)
+    assert len(_lines(tmp_path)) == 2  # the first batch was flushed
+    resumed = Counting(pipe)
+    evaluate(resumed, spec, "rec", tmp_path, model_name="in-memory model", **RUN)
+    assert resumed.queries == 4
+    assert _lines(tmp_path) == _lines(reference)
+    assert (tmp_path / "metrics.json").read_text() == (reference / "metrics.json").read_text()
+
+
+def test_torn_last_line_is_redone(pipe, reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    path = out / PREDICTIONS_FILE
+    path.write_bytes(path.read_bytes()[:-25])  # a crash in the middle of the last line
+    assert len(read_prediction_lines(path)) == 5
+    counting = Counting(pipe)
+    evaluate(counting, "synthetic:n=6,seed=2,max_size=160", "rec", out, model_name="in-memory model", **RUN)
+    assert counting.queries == 1
+    assert _lines(out) == _lines(reference)
+
+
+def test_other_settings_are_refused(pipe, reference):
+    with pytest.raises(PaDTError, match=r"other settings \(data: .* use another --out or delete"):
+        evaluate(pipe, "synthetic:n=7,seed=2,max_size=160", "rec", reference, **RUN)
+    with pytest.raises(PaDTError, match="max_new_tokens: 10 -> 11"):
+        evaluate(pipe, "synthetic:n=6,seed=2,max_size=160", "rec", reference, **{**RUN, "max_new_tokens": 11})
+    # The same data spec written differently is the same data.
+    counting = Counting(pipe)
+    evaluate(counting, "synthetic:seed=2,max_size=160,n=6,task=rec", "rec", reference,
+             model_name="in-memory model", **RUN)
+    assert counting.queries == 0
+
+
+def test_sharded_run_equals_single_process(pipe, reference, tmp_path):
+    spec = "synthetic:n=6,seed=2,max_size=160"
+    records = read_records(reference / "data" / "records.jsonl")
+    root = reference / "data"
+    for rank in (0, 1):
+        predict_shard(pipe, records, "rec", tmp_path, image_root=root, batch_size=2, max_new_tokens=10,
+                      rank=rank, world_size=2, progress=False)
+    assert [p["index"] for p in read_prediction_lines(tmp_path / "predictions.rank1.jsonl")] == [1, 3, 5]
+    counting = Counting(pipe)
+    metrics = evaluate(counting, spec, "rec", tmp_path, model_name="in-memory model", **RUN)
+    assert counting.queries == 0  # everything came from the rank files
+    assert not list(tmp_path.glob("predictions.rank*"))
+    single = [json.loads(x) for x in _lines(reference)]
+    sharded = [json.loads(x) for x in _lines(tmp_path)]
+    assert [p["index"] for p in sharded] == list(range(6))
+    for a, b in zip(single, sharded, strict=True):
+        assert a["text"] == b["text"] and len(a["objects"]) == len(b["objects"])
+        for oa, ob in zip(a["objects"], b["objects"]):
+            assert oa["bbox"] == pytest.approx(ob["bbox"], abs=0.05)
+    assert metrics == json.loads((reference / "metrics.json").read_text())
+    assert merge_predictions(tmp_path) == sharded
+
+
+def test_vlmr1_index_file_rekeys_the_paper_protocol(reference, tmp_path):
+    records = read_records(reference / "data" / "records.jsonl")[:3]
+    sentences = [r.objects[0].label for r in records]
+
+    def box(r):  # the ground truth in pixels (synthetic masks carry the image size)
+        h, w = r.objects[0].rle["size"]
+        x1, y1, x2, y2 = r.objects[0].bbox
+        return [x1 * w, y1 * h, x2 * w, y2 * h]
+
+    preds = [
+        {"index": 0, "objects": [{"bbox": box(records[0]), "label": sentences[0]}]},  # right, echoed
+        {"index": 1, "objects": [{"bbox": box(records[1]), "label": "something else"}]},  # not echoed
+        {"index": 2, "objects": [{"bbox": box(records[2]), "label": sentences[2]}]},  # right, not indexed
+    ]
+    index = [
+        {"image": f"coco/train2014/COCO_train2014_{records[0].id:012d}.jpg", "normal_caption": sentences[0],
+         "solution": [0, 0, 1, 1]},
+        {"image": f"COCO_train2014_{records[0].id:012d}.jpg", "normal_caption": sentences[0]},  # duplicate
+        {"image": f"COCO_train2014_{records[1].id:012d}.jpg", "normal_caption": sentences[1]},
+        {"image": "COCO_train2014_000000999999.jpg", "normal_caption": "no such sentence"},  # no ground truth
+    ]
+    path = tmp_path / "refcoco_val.json"
+    path.write_text(json.dumps(index))
+    assert read_vlmr1_index(path) == [
+        paper_key(records[0].id, sentences[0]), paper_key(records[1].id, sentences[1]), "999999_no such sentence"
+    ]
+    metrics = score_predictions(records, preds, "rec", index_file=path)
+    assert metrics["acc@0.5"] == pytest.approx(1 / 3)
+    assert metrics["num_keys"] == 3 and metrics["num_missing"] == 2
+    assert metrics["num_keys_without_ground_truth"] == 1
+    # Without the index file every record is a key.
+    assert score_predictions(records, preds, "rec", protocol="paper")["acc@0.5"] == pytest.approx(2 / 3)
+    path.write_text(json.dumps([{"image": "x.jpg"}]))
+    with pytest.raises(PaDTError, match=r"entry 0 needs 'image' .* and 'normal_caption'"):
+        read_vlmr1_index(path)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(pipe, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt")
+    pipe.model.save_pretrained(folder)
+    pipe.processor.save_pretrained(folder)
+    return folder
+
+
+def test_cli_eval_on_a_records_file(checkpoint, reference, tmp_path, capsys):
+    data = tmp_path / "records.jsonl"
+    write_jsonl(read_records(reference / "data" / "records.jsonl"), data)
+    argv = ["eval", "--model", str(checkpoint), "--data", str(data), "--image-root", str(reference / "data"),
+            "--task", "rec", "--out", str(tmp_path / "out"), "--batch-size", "3", "--max-new-tokens", "10",
+            "--limit", "3", "--no-progress", "--dtype", "fp32", "--device", "cpu"]
+    assert main(argv) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["num_samples"] == 3 and set(EXPECTED["rec"]) <= set(metrics)
+    settings = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert settings == {"model": str(checkpoint.resolve()), "data": str(data.resolve()), "task": "rec",
+                        "max_new_tokens": 10}
+    # A checkpoint's answers are the in-memory pipeline's.
+    texts = [json.loads(x)["text"] for x in _lines(tmp_path / "out")]
+    assert texts == [json.loads(x)["text"] for x in _lines(reference)[:3]]
+
+
+def _error(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("padt: error: ")
+    return err[0]
+
+
+def test_cli_eval_bad_input(checkpoint, reference, tmp_path, capsys):
+    base = ["eval", "--model", str(checkpoint), "--task", "rec", "--no-progress", "--max-new-tokens", "4"]
+    assert "does not exist" in _error([*base, "--data", str(tmp_path / "none.jsonl"), "--out",
+                                       str(tmp_path / "a")], capsys)
+    assert "unknown item 'colour=red'" in _error([*base, "--data", "synthetic:n=2,colour=red", "--out",
+                                                  str(tmp_path / "b")], capsys)
+    assert "needs n=" in _error([*base, "--data", "synthetic:seed=2", "--out", str(tmp_path / "b")], capsys)
+    assert "cannot be evaluated as rec" in _error([*base, "--data", "synthetic:task=ovd,n=2", "--out",
+                                                   str(tmp_path / "b")], capsys)
+    data = tmp_path / "records.jsonl"
+    shutil.copy(reference / "data" / "records.jsonl", data)  # its images are elsewhere
+    msg = _error([*base, "--data", str(data), "--out", str(tmp_path / "c")], capsys)
+    assert "image file not found" in msg and "000000.png" in msg and "--image-root" in msg
+    msg = _error([*base, "--data", str(data), "--task", "ovd", "--out", str(tmp_path / "d")], capsys)
+    assert "not ovd" in msg
+    assert "does not exist" in _error(["eval", "--model", str(tmp_path / "nope"), "--task", "rec", "--data",
+                                       SPEC, "--out", str(tmp_path / "e")], capsys)
