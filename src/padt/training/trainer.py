@@ -97,6 +97,39 @@ class PaDTTrainer(Trainer):
         self._term_count += 1
         return (terms["loss"], terms) if return_outputs else terms["loss"]
 
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        """Resume the weights of a plain (not peft, DeepSpeed or FSDP) run.
+
+        Checkpoints are written by ``save_pretrained`` in the reference's key layout (``padt.modeling``), which
+        ``Trainer``'s own ``load_state_dict(strict=False)`` would silently not match: rename the keys back and
+        require every weight to arrive.
+        """
+        model = self.model if model is None else model
+        folder = Path(resume_from_checkpoint)
+        index = folder / "model.safetensors.index.json"
+        files = sorted({folder / f for f in json.loads(index.read_text())["weight_map"].values()}) \
+            if index.is_file() else [folder / "model.safetensors"]
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled or hasattr(model, "peft_config") \
+                or not all(f.is_file() for f in files):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return
+        from safetensors.torch import load_file
+
+        from padt.modeling import REFERENCE_KEY_MAPPING
+
+        state: dict[str, torch.Tensor] = {}
+        for file in files:
+            for key, value in load_file(file, device="cpu").items():
+                for pattern, replacement in REFERENCE_KEY_MAPPING.items():
+                    key = re.sub(pattern, replacement, key, count=1)
+                state[key] = value
+        result = model.load_state_dict(state, strict=False)
+        tied = {"lm_head.weight"} if getattr(unwrap_padt(model).config, "tie_word_embeddings", False) else set()
+        missing = sorted(set(result.missing_keys) - tied)
+        if missing or result.unexpected_keys:
+            raise PaDTError(f"checkpoint {folder} does not match the model: missing {missing[:5]}, "
+                            f"unexpected {sorted(result.unexpected_keys)[:5]}")
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._term_count:
             for name, total in self._term_sums.items():
@@ -222,9 +255,15 @@ def training_arguments(config: Mapping[str, Any]) -> TrainingArguments:
         "report_to": ["tensorboard"] if importlib.util.find_spec("tensorboard") else [],
         "seed": int(config.get("seed", 42)),
         "data_seed": int(config.get("seed", 42)),
+        # The decoder runs after the model's forward (padt_loss), so DDP's search for unused parameters at the
+        # end of the forward would mark its parameters ready before their gradients exist.
+        "ddp_find_unused_parameters": False,
     }
     for key, value in defaults.items():
         args.setdefault(key, value)
+    for key, value in args.items():
+        if key.endswith("_strategy") and value is False:  # YAML 1.1 reads `save_strategy: no` as false
+            args[key] = "no"
     if importlib.util.find_spec("wandb") and "wandb" not in args["report_to"] and os.environ.get("WANDB_PROJECT"):
         args["report_to"] = [*args["report_to"], "wandb"]
     args["remove_unused_columns"] = False  # the collator needs the records

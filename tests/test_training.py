@@ -1,0 +1,420 @@
+"""Training (padt-method.md §5): config, the collator and per-step loss, resume, LoRA, two processes, overfitting.
+
+Everything runs a tiny model on 112-px synthetic scenes with one torch thread (two cores are shared here), so
+the whole file takes a couple of minutes on a CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+import padt.training.batch as batch_module
+from padt.cli import main
+from padt.data.synthetic import generate_dataset
+from padt.errors import PaDTError
+from padt.losses import PaDTCriterion
+from padt.processing import PaDTProcessor
+from padt.testing import tiny_model, tiny_processor
+from padt.training.batch import PaDTCollator, StepOptions, build_completions, padt_loss
+from padt.training.config import load_config
+from padt.training.trainer import (
+    PaDTTrainer,
+    build_dataset,
+    build_model_and_processor,
+    build_trainer,
+    save_final,
+    train,
+    training_arguments,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+PIXELS = 112 * 112  # native size of the scenes: 8x8 patches, a 4x4 VRT grid per image
+DECODER_PREFIXES = ("vl_decoder.", "vis_norm.", "vis_proj.")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    """Eight mixed REC/OVD/RIC scenes."""
+    out = tmp_path_factory.mktemp("scenes")
+    return generate_dataset("all", 8, 1, out, min_size=112, max_size=112, progress=False).records_path
+
+
+def make_config(records: Path, out: Path, *overrides: str) -> dict:
+    return load_config(None, [
+        "model.tiny={hidden_size: 32}", f"processor.max_pixels={PIXELS}", f"data.train=[{{records: '{records}'}}]",
+        "padt.patches=recompute", "padt.warmup_steps=2", f"training.output_dir='{out}'",
+        "training.per_device_train_batch_size=2", "training.learning_rate=1e-3", "training.max_steps=2",
+        "training.save_strategy=no", "training.logging_steps=1", "training.report_to=[]",
+        "training.disable_tqdm=true", *overrides,
+    ])
+
+
+# ------------------------------------------------------------------------------------------------ config
+def test_overrides_parse_types_and_nested_keys(tmp_path):
+    config = make_config(tmp_path / "r.jsonl", tmp_path / "run", "training.max_steps=100", "padt.robust_loss=false",
+                         "training.learning_rate=3e-5", "lora.r=8", "training.fsdp_config.min_num_params=5",
+                         "components.vision=freeze", "seed=7", "resume=false", "training.run_name=my run")
+    assert config["training"]["max_steps"] == 100
+    assert config["padt"]["robust_loss"] is False
+    assert config["training"]["learning_rate"] == pytest.approx(3e-5)  # YAML 1.1 reads 3e-5 as a string
+    assert config["lora"] == {"r": 8, "alpha": 32, "dropout": 0.05}  # merged into the defaults
+    assert config["training"]["fsdp_config"] == {"min_num_params": 5}
+    assert config["model"]["tiny"] == {"hidden_size": 32}
+    assert config["data"]["train"] == [{"records": str(tmp_path / "r.jsonl")}]
+    assert config["components"] == {"vision": "freeze", "llm": "train", "decoder": "train"}
+    assert (config["seed"], config["resume"], config["training"]["run_name"]) == (7, False, "my run")
+    # YAML reads `no` as false; the *_strategy fields still get transformers' "no".
+    args = training_arguments(make_config(tmp_path / "r.jsonl", tmp_path / "run", "training.save_strategy=no"))
+    assert args.save_strategy == "no"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("bogus.key=1", "unknown section(s) ['bogus']"),
+    ("components.llm=half", "components.llm must be train, freeze or lora, got 'half'"),
+    ("components.audio=train", "unknown component 'audio'"),
+    ("training.output_dir=", "set training.output_dir"),
+    ("padt.answer_format=xml", "padt.answer_format must be vrt or text"),
+    ("model.dtype=int8", "model.dtype must be fp32, bf16 or fp16"),
+])
+def test_config_errors_are_one_line(tmp_path, override, message):
+    with pytest.raises(PaDTError) as info:
+        make_config(tmp_path / "r.jsonl", tmp_path / "run", override)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_cli_print_config_and_errors(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # main() rewrites sys.argv
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model: {{tiny: {{hidden_size: 32}}}}\ndata: {{train: [{{records: {tmp_path}/r.jsonl}}]}}\n"
+                      "training: {output_dir: runs/x, max_steps: 5}\n")
+    assert main(["train", "--config", str(config), "--print-config", "--max-steps", "9",
+                 "--output-dir", str(tmp_path / "o"), "padt.vrts_per_object=3", "--no-resume"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["training"] == {"output_dir": str(tmp_path / "o"), "max_steps": 9}
+    assert printed["padt"]["vrts_per_object"] == 3 and printed["resume"] is False
+
+    for argv, message in [
+        (["train", "--config", str(tmp_path / "none.yaml")], "config file not found"),
+        (["train", "--config", str(config), "padt.robust_loss"], "cannot read override 'padt.robust_loss'"),
+        (["train", "--config", str(config), "components.llm=maybe"], "components.llm must be"),
+        (["train", "--config", str(config)], "training records not found"),
+        (["train", "--config", str(config), "training.no_such_field=1"], "training.no_such_field is not a"),
+    ]:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("padt: error: ") and message in err, err
+
+
+# ------------------------------------------------------------------------------------- collator and loss
+class RecordingCriterion(PaDTCriterion):
+    """The criterion, remembering the arguments padt_loss gave it."""
+
+    def __call__(self, **kwargs):
+        self.seen = kwargs
+        return super().__call__(**kwargs)
+
+
+@pytest.fixture(scope="module")
+def step_batch(scenes, tmp_path_factory):
+    """A random tiny model (informative prototypes) and a collated batch of four scenes."""
+    model = tiny_model(seed=0, hidden_size=32).train()
+    processor = PaDTProcessor(tiny_processor(max_pixels=PIXELS), model.vocab_size)
+    dataset = build_dataset(make_config(scenes, tmp_path_factory.mktemp("unused")), Path("unused"))
+    collator = PaDTCollator(processor, patches="recompute")
+    return model, processor, dataset, collator([dataset[i] for i in range(4)])
+
+
+def test_completions_draw_vrts_from_each_objects_foreground(step_batch):
+    model, processor, dataset, inputs = step_batch
+    extra = inputs["padt"]
+    assert extra.indices == [0, 1, 2, 3]
+    objects = [o for sample in extra.objects for o in sample]
+    assert len(objects) > 4  # OVD scenes hold several objects
+    # At native resolution the recomputed foreground patches are the record's own lists.
+    assert [o.patches for o in objects] == [list(o.patches) for r in extra.records for o in r.objects]
+    for vrts in (5, 3, -1):
+        texts, runs = build_completions(extra, np.random.default_rng(0), StepOptions(vrts_per_object=vrts))
+        for text, sample_runs, sample_objects in zip(texts, runs, extra.objects):
+            assert text.endswith("<|im_end|>") and "<|Obj_" not in text
+            assert len(re.findall(r"<\|VRT_\d+\|>", text)) == sum(len(run) for run in sample_runs)
+            for run, obj in zip(sample_runs, sample_objects):
+                local = [v - obj.local_offset for v in run]
+                assert set(local) <= set(obj.patches)
+                if vrts < 0:
+                    assert local == sorted(obj.patches)
+                else:
+                    assert len(run) == vrts
+                    if len(obj.patches) >= vrts:
+                        assert len(set(local)) == vrts  # without replacement when there are enough
+    # Fresh draws: another generator, other VRTs.
+    first = build_completions(extra, np.random.default_rng(0), StepOptions())[0]
+    assert build_completions(extra, np.random.default_rng(0), StepOptions())[0] == first
+    assert build_completions(extra, np.random.default_rng(1), StepOptions())[0] != first
+
+
+def test_vrt_targets_carry_their_objects_foreground_sets(step_batch):
+    model, processor, _, inputs = step_batch
+    vocab = model.vocab_size
+    extra = inputs["padt"]
+    criterion = RecordingCriterion()
+    terms = padt_loss(model, processor, inputs, np.random.default_rng(0), criterion=criterion)
+    assert {"loss", "loss_token", "loss_bbox_l1", "loss_bbox_giou", "loss_score", "loss_mask_dice",
+            "loss_mask_focal"} <= set(terms)
+    seen = criterion.seen
+    targets, sets = seen["targets"], seen["foreground_sets"]
+    vrt_targets = targets[targets >= vocab]  # row-major: (sample, object, pick)
+    objects = [o for sample in extra.objects for o in sample]
+    assert vrt_targets.numel() == len(sets) == 5 * len(objects)
+    offsets = extra.layout.image_global_offset.tolist()
+    for k, (target, fg) in enumerate(zip(vrt_targets.tolist(), sets)):
+        obj = objects[k // 5]
+        expected = {vocab + offsets[obj.image] + p for p in obj.patches}
+        assert set(fg.tolist()) == expected and target in expected
+    torch.testing.assert_close(seen["gt_boxes"], torch.tensor([o.bbox for o in objects]))
+    assert seen["pred_boxes"].shape == (len(objects), 4)
+
+
+def test_plain_loss_is_cross_entropy_and_robust_loss_is_lower(step_batch):
+    model, processor, _, inputs = step_batch
+    vocab = model.vocab_size
+    plain = RecordingCriterion()
+    terms = padt_loss(model, processor, inputs, np.random.default_rng(0), criterion=plain,
+                      options=StepOptions(robust_loss=False))
+    seen = plain.seen
+    targets, logits, mask = seen["targets"], seen["logits"], seen["completion_mask"]
+    assert [s.tolist() for s in seen["foreground_sets"]] == [[t] for t in targets[targets >= vocab].tolist()]
+    per_sample = [
+        F.cross_entropy(logits[b].float(), targets[b], ignore_index=-100, reduction="sum") / (mask[b].sum() + 1e-4)
+        for b in range(targets.shape[0])
+    ]
+    torch.testing.assert_close(terms["loss_token"], torch.stack(per_sample).mean(), rtol=1e-5, atol=1e-5)
+    # Same draws with the robust loss: the object's other foreground VRTs leave the softmax, never raising a term.
+    robust = padt_loss(model, processor, inputs, np.random.default_rng(0))
+    assert robust["loss_token"] < terms["loss_token"]
+    torch.testing.assert_close(robust["loss_bbox_l1"], terms["loss_bbox_l1"])
+
+
+def test_warmup_feeds_the_decoder_the_ground_truth_prototypes(step_batch):
+    model, processor, _, inputs = step_batch
+    vocab = model.vocab_size
+    # Checkpoint-style N(0, 0.02) weights leave the decoder's outputs near-constant; PyTorch's default
+    # (fan-in scaled) initialisation makes them depend visibly on the features.
+    model = copy.deepcopy(model)
+    for module in model.vl_decoder.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.reset_parameters()
+    calls = []
+    decode = model.decode_objects
+
+    def recording_decode(features, vision, layout, **kwargs):
+        out = decode(features, vision, layout, **kwargs)
+        calls.append((torch.cat([f for sample in features for f in sample]).detach(), vision.prototypes.detach(), out))
+        return out
+
+    model.decode_objects = recording_decode
+    recorded = RecordingCriterion()
+    padt_loss(model, processor, inputs, np.random.default_rng(0), warmup=True, criterion=recorded)
+    padt_loss(model, processor, inputs, np.random.default_rng(0), warmup=False)
+    (warm_feats, prototypes, warm), (feats, _, main_out) = calls
+    targets = recorded.seen["targets"]
+    torch.testing.assert_close(warm_feats, prototypes[targets[targets >= vocab] - vocab], rtol=0, atol=0)
+    assert feats.shape == warm_feats.shape and not torch.allclose(feats, warm_feats)
+    assert (warm.pred_boxes - main_out.pred_boxes).abs().max() > 1e-3
+    assert (warm.pred_mask - main_out.pred_mask).abs().max() > 1e-3
+
+
+def test_text_answers_write_box_coordinates_and_only_the_token_loss(step_batch):
+    model, processor, _, inputs = step_batch
+    extra = inputs["padt"]
+    options = StepOptions(answer_format="text")
+    texts, runs = build_completions(extra, np.random.default_rng(0), options)
+    for text, sample_objects, record in zip(texts, extra.objects, extra.records):
+        assert "<|VRT_" not in text and "<|Obj_" not in text
+        boxes = re.findall(r"\[(\d+),(\d+),(\d+),(\d+)\]", text)
+        assert len(boxes) == len(sample_objects) == len(record.objects)
+        for box, obj in zip(boxes, sample_objects):
+            assert [int(v) / 112 for v in box] == pytest.approx(obj.bbox, abs=0.5 / 112)
+    terms = padt_loss(model, processor, inputs, np.random.default_rng(0), options=options)
+    assert {k for k, v in terms.items() if k.startswith("loss") and v.ndim == 0} == {"loss", "loss_token"}
+    torch.testing.assert_close(terms["loss"], terms["loss_token"])
+
+
+# ------------------------------------------------------------------------------------------------ resume
+class Crash(RuntimeError):
+    pass
+
+
+class StopAt(TrainerCallback):
+    """Simulates a crash: raises when the given optimizer step is about to start."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise Crash(f"stopped before step {self.step}")
+
+
+def test_resume_reproduces_the_uninterrupted_run(scenes, tmp_path, monkeypatch):
+    drawn: list[list[str]] = []  # every step's completions, in call order
+    original = batch_module.build_completions
+
+    def recording(*args, **kwargs):
+        texts, runs = original(*args, **kwargs)
+        drawn.append(texts)
+        return texts, runs
+
+    monkeypatch.setattr(batch_module, "build_completions", recording)
+    # 8 scenes, batch 2: the run crosses an epoch boundary after step 4 and leaves warm-up after step 3.
+    settings = ("training.max_steps=6", "training.save_strategy=steps", "training.save_steps=3", "padt.warmup_steps=4")
+    whole = train(make_config(scenes, tmp_path / "whole", *settings))
+    uninterrupted = list(drawn)
+    assert len(uninterrupted) == 6
+
+    config = make_config(scenes, tmp_path / "resumed", *settings)
+    trainer = build_trainer(config)
+    trainer.add_callback(StopAt(4))
+    drawn.clear()
+    with pytest.raises(Crash):
+        trainer.train()
+    assert len(drawn) == 4 and drawn == uninterrupted[:4]
+    assert sorted(p.name for p in (tmp_path / "resumed").glob("checkpoint-*")) == ["checkpoint-3"]
+
+    drawn.clear()
+    resumed = train(config)  # resume: auto finds checkpoint-3
+    assert drawn == uninterrupted[3:]  # the VRT draws of steps 3..5, not a fresh stream
+    expected, actual = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=1e-6, msg=key)
+
+    # The comparison sees the VRT stream: resuming with other draws ends elsewhere.
+    wrong = make_config(scenes, tmp_path / "wrong", *settings)
+    shutil.copytree(tmp_path / "resumed" / "checkpoint-3", tmp_path / "wrong" / "checkpoint-3")
+    fresh = PaDTTrainer.sampling_rngs
+    monkeypatch.setattr(PaDTTrainer, "sampling_rngs",
+                        lambda self, indices: fresh(self, [i + 1000 for i in indices]))
+    drawn.clear()
+    other = load_file(train(wrong) / "model.safetensors")
+    assert drawn != uninterrupted[3:]
+    assert max((other[k] - expected[k]).abs().max().item() for k in expected) > 1e-4
+
+
+# ------------------------------------------------------------------------------------------------- LoRA
+def test_lora_trains_adapters_and_decoder_only_and_merges(scenes, tmp_path):
+    from padt.inference import PaDT
+
+    config = make_config(scenes, tmp_path / "lora", "components={llm: lora, vision: freeze, decoder: train}",
+                         "training.max_steps=3", "training.learning_rate=1e-2", "lora.dropout=0.0")
+    initial = build_model_and_processor(config)[0].state_dict()
+    trainer = build_trainer(config)
+    trainer.train()
+    peft_model = trainer.model
+    state = {k.removeprefix("base_model.model."): v.detach().clone() for k, v in peft_model.state_dict().items()}
+
+    lora = {k: v for k, v in state.items() if ".lora_" in k}
+    assert lora and all(k.startswith("model.language_model.") for k in lora)
+    assert all(v.abs().max() > 0 for k, v in lora.items() if ".lora_B." in k)  # lora_B starts at zero
+    for key, value in initial.items():
+        if key.startswith(DECODER_PREFIXES):  # trained as a full copy next to the untouched original
+            module, rest = key.split(".", 1)
+            assert torch.equal(state[f"{module}.original_module.{rest}"], value), key
+            assert not torch.equal(state[f"{module}.modules_to_save.default.{rest}"], value), key
+        else:  # vision, embeddings, norms and the base weights under the adapters: unchanged
+            stem, _, leaf = key.rpartition(".")
+            assert torch.equal(state.get(key, state.get(f"{stem}.base_layer.{leaf}")), value), key
+    assert sum(p.requires_grad for n, p in peft_model.named_parameters() if "visual" in n) == 0
+
+    # The merged folder computes what the adapter model computed.
+    model = peft_model.eval()
+    processor = trainer.padt_processor
+    inputs = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    with torch.no_grad():
+        before = padt_loss(model, processor, inputs, np.random.default_rng(0))
+    folder = save_final(trainer, tmp_path / "lora")
+    pipe = PaDT.from_pretrained(folder, device="cpu", dtype="fp32")
+    merged = load_file(folder / "model.safetensors")
+    assert torch.equal(merged["visual.patch_embed.proj.weight"], initial["model.visual.patch_embed.proj.weight"])
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged[q], initial["model.language_model.layers.0.self_attn.q_proj.weight"])
+    with torch.no_grad():
+        after = padt_loss(pipe.model, pipe.processor, inputs, np.random.default_rng(0))
+    for name in ("loss_token", "loss_bbox_l1", "loss_mask_dice"):
+        torch.testing.assert_close(after[name], before[name], rtol=1e-4, atol=1e-5)
+    record = trainer.train_dataset.records[0]
+    [prediction] = pipe([record.images[0]], [record.prompt], max_new_tokens=8)
+    assert isinstance(prediction.text, str)
+
+
+# ------------------------------------------------------------------------------------------- two processes
+def test_two_processes_with_gloo(scenes, tmp_path):
+    out = tmp_path / "ddp"
+    config = REPO / "configs" / "cpu.yaml"
+    overrides = [f"data.train=[{{records: '{scenes}'}}]", "data.synthetic=null", "model.tiny.hidden_size=32",
+                 "training.per_device_train_batch_size=2", "training.save_strategy=no", "training.ddp_backend=gloo"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "padt.cli", "train", "--config", str(config), "--output-dir", str(out), "--max-steps", "2",
+               *overrides]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "model written to" in result.stdout
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["global_step"] == 2
+    from padt.modeling import PaDTForConditionalGeneration
+
+    trained = PaDTForConditionalGeneration.from_pretrained(out).state_dict()
+    initial = build_model_and_processor(load_config(config, [*overrides, f"training.output_dir={out}"]))[0].state_dict()
+    assert trained.keys() == initial.keys()
+    changed = {k.split(".")[0] if not k.startswith("model.") else ".".join(k.split(".")[:2])
+               for k in trained if not torch.equal(trained[k], initial[k])}
+    assert {"model.visual", "model.language_model", "vl_decoder", "vis_proj"} <= changed
+
+
+# -------------------------------------------------------------------------------------------------- overfit
+def test_overfits_a_few_rec_samples(tmp_path):
+    records = generate_dataset("rec", 4, 3, tmp_path / "rec", min_size=112, max_size=112, progress=False).records_path
+    config = make_config(records, tmp_path / "run")
+    dataset = build_dataset(config, tmp_path)
+    model = tiny_model(seed=0, hidden_size=32, random_prototypes=False).train()  # PaDT's zero-initialised vis_norm
+    processor = PaDTProcessor(tiny_processor(max_pixels=PIXELS), model.vocab_size)
+    inputs = PaDTCollator(processor, patches="recompute")([dataset[i] for i in range(len(dataset))])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    token, box = [], []
+    for step in range(120):
+        terms = padt_loss(model, processor, inputs, np.random.default_rng(step))
+        optimizer.zero_grad()
+        terms["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        token.append(terms["loss_token"].item())
+        box.append((terms["loss_bbox_l1"] + terms["loss_bbox_giou"]).item())
+    start_token, end_token = np.mean(token[:3]), np.mean(token[-10:])
+    start_box, end_box = np.mean(box[:3]), np.mean(box[-10:])
+    assert end_token < 0.1 * start_token, (start_token, end_token)
+    assert end_box < 0.5 * start_box, (start_box, end_box)
