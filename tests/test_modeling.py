@@ -242,3 +242,64 @@ def test_layout_from_model_matches_vrt_module(model):
                                         image_token_id=model.config.image_token_id)
     assert torch.equal(out.vrt_layout.image_sample, expected.image_sample)
     assert torch.equal(out.vrt_allowed, expected.allowed_mask())
+
+
+# ------------------------------------------------------------------------------------ decoder orderings
+def _grid_positions(grid: torch.Tensor) -> torch.Tensor:
+    rows = []
+    for _, h, w in grid.tolist():
+        hh, ww = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        rows.append(torch.stack([hh.flatten(), ww.flatten()], -1))
+    return torch.cat(rows)
+
+
+def test_window_to_raster_puts_every_patch_at_its_own_cell():
+    from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
+
+    from padt.modeling import window_to_raster
+
+    grid = torch.tensor([[1, 8, 20], [1, 12, 10], [1, 4, 4]])  # several windows, odd unit counts
+    window_index, _ = get_vision_window_index(grid, spatial_merge_size=2, window_size=112, patch_size=14)
+    positions = get_vision_position_ids(grid, 2)  # unit order, 2x2 sub-patches consecutive
+    seq = torch.cat([positions.view(-1, 4, 2)[window_index]]).reshape(-1, 2)  # window order
+    perm = window_to_raster(window_index, grid, 2)
+    assert torch.equal(seq[perm], _grid_positions(grid))
+    assert sorted(perm.tolist()) == list(range(len(perm)))
+
+
+def _decode_both(grid_thw: list[int], absolute: bool = False):
+    torch.manual_seed(0)
+    ref = tiny_model(seed=3)
+    for module in ref.vl_decoder.modules():  # default init: outputs that depend visibly on every input
+        if isinstance(module, torch.nn.Linear):
+            module.reset_parameters()
+    raster = tiny_model(seed=3, decoder_ordering="raster", decoder_absolute_position=absolute)
+    raster.vl_decoder.load_state_dict(ref.vl_decoder.state_dict())
+    grid = torch.tensor([grid_thw])
+    n = grid_thw[1] * grid_thw[2]
+    d = ref.config.vision_config.hidden_size
+    feats = [torch.randn(3, ref.config.text_config.hidden_size)]
+    args = (torch.tensor([0]), torch.randn(n // 4, ref.config.text_config.hidden_size), torch.randn(n, d),
+            (torch.randn(n, d // 2).cos(), torch.randn(n, d // 2).sin()), grid)
+    with torch.no_grad():
+        return ref.vl_decoder(feats, *args), raster.vl_decoder(feats, *args)
+
+
+def test_raster_decoder_equals_reference_where_the_orders_coincide():
+    # One unit wide and at most one window tall: window order, unit order and patch raster order are the same
+    # sequence, so both orderings compute the same function.
+    a, b = _decode_both([1, 8, 2])
+    for key in ("pred_boxes", "pred_score", "pred_mask"):
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+    # Wider images: the reference ordering mixes positions (§3.9), the raster one does not.
+    a, b = _decode_both([1, 4, 12])
+    assert (a.pred_mask - b.pred_mask).abs().max() > 1e-4
+
+
+def test_absolute_position_code_needs_raster_and_changes_the_output():
+    from padt.decoder import PaDTDecoderConfig
+
+    with pytest.raises(ValueError, match="raster"):
+        PaDTDecoderConfig(hidden_size=32, num_heads=2, absolute_position=True)
+    plain, coded = _decode_both([1, 8, 2])[1], _decode_both([1, 8, 2], absolute=True)[1]
+    assert (plain.pred_boxes - coded.pred_boxes).abs().max() > 1e-6

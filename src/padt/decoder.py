@@ -21,6 +21,9 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLRMSNorm
 from transformers.utils import ModelOutput
 
 
+ORDERINGS = ("reference", "raster")
+
+
 @dataclass
 class PaDTDecoderConfig:
     """The ``vl_decoder`` dict of a PaDT ``config.json``, with the reference's key names (§3.1).
@@ -39,8 +42,20 @@ class PaDTDecoderConfig:
     use_mask_loss: bool = True
     name: str = "PaDTDecoder"
     attn_implementation: str = "flash_attention_2"
+    #: ``"reference"``: the published decoders' mixed window/raster orders (§3.9), required for their weights.
+    #: ``"raster"``: every input in its true spatial order (for decoders trained from scratch with padt).
+    ordering: str = "reference"
+    #: Add a fixed sinusoidal code of each memory token's normalised (x, y) to the image memory (raster
+    #: ordering only). The published decoders rely on the pre-trained ViT's features to know where a patch is;
+    #: a ViT trained from scratch at tiny scale carries little absolute position, and the box head then cannot
+    #: learn (RoPE only shapes attention weights; the values it mixes carry no position).
+    absolute_position: bool = False
 
     def __post_init__(self) -> None:
+        if self.ordering not in ORDERINGS:
+            raise ValueError(f"vl_decoder.ordering must be one of {ORDERINGS}, got {self.ordering!r}")
+        if self.absolute_position and self.ordering != "raster":
+            raise ValueError("vl_decoder.absolute_position needs ordering 'raster'")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"vl_decoder.hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.hidden_size % 16:
@@ -188,6 +203,19 @@ class PaDTDecoderBlock(nn.Module):
         return queries, memory
 
 
+def normalised_position_code(positions: torch.Tensor, grid_hw: torch.Tensor, dim: int) -> torch.Tensor:
+    """``O x n x dim`` sinusoidal code of the normalised centre ``(x, y)`` in ``[0, 1]`` of raster cell
+    ``positions[j]`` on each object's ``(H, W)`` grid: ``sin/cos(pi 2^k x)`` and ``sin/cos(pi 2^k y)``."""
+    h, w = grid_hw[:, :1].float(), grid_hw[:, 1:].float()
+    row = torch.div(positions[None], grid_hw[:, 1:], rounding_mode="floor").float()
+    col = positions[None].float() - row * w
+    y, x = (row + 0.5) / h, (col + 0.5) / w
+    freqs = torch.pi * 2.0 ** torch.arange(dim // 4, device=positions.device).clamp(max=12).float()
+    angles = torch.cat([x[..., None] * freqs, y[..., None] * freqs], dim=-1)
+    code = torch.cat([angles.sin(), angles.cos()], dim=-1)
+    return nn.functional.pad(code, (0, dim - code.shape[-1]))
+
+
 class PaDTDecoder(nn.Module):
     """Decodes objects from VRT hidden states (§3.3-§3.7).
 
@@ -290,19 +318,41 @@ class PaDTDecoder(nn.Module):
         low_idx = torch.where(low_valid, low_start[object_image, None] + low_pos[None], 0)
 
         cos, sin = visual_pe
-        # Low-res memory: projected prototypes (raster order). Its RoPE is sub-patch 0 of each window-ordered
-        # 4-token group, i.e. low-res unit u gets the position of window-ordered unit u, not its own (§3.9 a).
+        raster = self.config.ordering == "raster"
+        merge = self.config.spatial_merge_size
+        if raster:
+            # Inputs in true raster order: unit u = (ur, uc) takes the RoPE of its own top-left patch.
+            width = grid[object_image, 2][:, None]
+            ur, uc = low_pos[None] // (width // merge), low_pos[None] % (width // merge)
+            own_patch = (merge * ur) * width + merge * uc
+            low_pe_idx = torch.where(low_valid, high_start[object_image, None] + own_patch, 0)
+        else:
+            # Low-res unit u gets the RoPE of sub-patch 0 of the window-ordered 4-token group u, not its own
+            # position (§3.9 a).
+            low_pe_idx = low_idx * m2
         low_memory = self.input_projection(prototypes.to(dtype))[low_idx]
-        low_pe = (cos[low_idx * m2], sin[low_idx * m2])
+        low_pe = (cos[low_pe_idx], sin[low_pe_idx])
+        if self.config.absolute_position:
+            units_hw = grid[object_image, 1:] // merge
+            low_memory = low_memory + normalised_position_code(low_pos, units_hw, low_memory.shape[-1]).to(dtype)
         queries, query_valid = self.embed_queries(vrt_features)
         query_pe = queries
 
         queries, low_memory = self.low_res_transformer(queries, low_memory, query_pe, low_pe, query_valid, low_valid)
 
-        # High-res memory: raster-ordered low-res unit p // 4 is added to the window-ordered ViT token p (§3.9 b).
-        high_memory = self.high_res_norm(
-            low_memory.repeat_interleave(m2, dim=1) + high_res_image_embeds.to(dtype)[high_idx]
-        )
+        if raster:
+            # Each patch gets the low-res unit it lies in.
+            width = grid[object_image, 2][:, None]
+            row, col = high_pos[None] // width, high_pos[None] % width
+            unit = torch.where(high_valid, (row // merge) * (width // merge) + col // merge, 0)
+            low_for_high = low_memory.gather(1, unit[..., None].expand(-1, -1, low_memory.shape[-1]))
+        else:
+            # Raster-ordered low-res unit p // 4 is added to the window-ordered ViT token p (§3.9 b).
+            low_for_high = low_memory.repeat_interleave(m2, dim=1)
+        high_memory = low_for_high + high_res_image_embeds.to(dtype)[high_idx]
+        if self.config.absolute_position:
+            high_memory = high_memory + normalised_position_code(high_pos, grid[object_image, 1:], high_memory.shape[-1]).to(dtype)
+        high_memory = self.high_res_norm(high_memory)
         high_pe = (cos[high_idx], sin[high_idx])
         for block in (self.high_res_transformer1, self.high_res_transformer2):
             queries, high_memory = block(queries, high_memory, query_pe, high_pe, query_valid, high_valid)
@@ -328,8 +378,8 @@ class PaDTDecoder(nn.Module):
         blocks = logits.permute(0, 1, 2, 4, 3, 5).reshape(num_objects, n_max, 4, 4)
         h_max, w_max = (int(v) for v in grid_hw.max(0).values)
         out = blocks.new_zeros(num_objects, 4 * h_max, 4 * w_max)
-        # The block of sequence position p goes to raster cell (p // W, p % W), although p is a window-ordered
-        # token (§3.9 c): the published decoders learned this layout. One paste per distinct grid size.
+        # The block of sequence position p goes to raster cell (p // W, p % W). With the reference ordering p is a
+        # window-ordered token (§3.9 c): the published decoders learned this layout. One paste per grid size.
         for h, w in {tuple(hw) for hw in grid_hw.tolist()}:
             sel = ((grid_hw[:, 0] == h) & (grid_hw[:, 1] == w)).nonzero().flatten()
             cells = blocks[sel, : h * w].view(len(sel), h, w, 4, 4).permute(0, 1, 3, 2, 4)

@@ -58,8 +58,9 @@ class PaDTVisionOutput(ModelOutput):
     Attributes:
         image_embeds: ``ΣN x D`` merger output, unit-raster order (what the prompt's image tokens receive).
         prototypes: ``ΣN x D`` VRT embeddings/output vectors, unit-raster order.
-        high_res_image_embeds: ``Σn x d`` last ViT block output before the merger, ViT **window** order.
-        visual_pe: ``(cos, sin)``, each ``Σn x head_dim``: the ViT 2-D RoPE, window order.
+        high_res_image_embeds: ``Σn x d`` last ViT block output before the merger, ViT **window** order (patch
+            raster order when the decoder's ``ordering`` is ``"raster"``).
+        visual_pe: ``(cos, sin)``, each ``Σn x head_dim``: the ViT 2-D RoPE, in the same order.
         image_grid_thw: ``I x 3`` patch grids.
     """
 
@@ -115,6 +116,31 @@ def prepare_padt_config(config: Qwen2_5_VLConfig) -> Qwen2_5_VLConfig:
         config.use_visual_prototype_projection = True
     config.architectures = ["PaDTForConditionalGeneration"]
     return config
+
+
+def window_to_raster(window_index: torch.Tensor, image_grid_thw: torch.Tensor, merge_size: int = 2) -> torch.Tensor:
+    """Permutation ``perm`` with ``raster = window_ordered[perm]`` for ViT patch tokens (images, ``t = 1``).
+
+    The ViT's last hidden state and RoPE come in window order: merge units permuted by ``window_index``, the
+    ``merge_size**2`` patches of a unit consecutive. Raster order is row-major over each image's patch grid.
+    """
+    m2 = merge_size * merge_size
+    grid = image_grid_thw.to(window_index.device)
+    units = grid.prod(-1) // m2
+    unit_start = torch.cumsum(units, 0) - units
+    patch_start = unit_start * m2
+    image_of_unit = torch.repeat_interleave(torch.arange(grid.shape[0], device=grid.device), units)
+    p = torch.arange(window_index.numel() * m2, device=grid.device)
+    unit = window_index[p // m2]
+    image = image_of_unit[unit]
+    local = unit - unit_start[image]
+    width = grid[image, 2]
+    unit_row, unit_col = local // (width // merge_size), local % (width // merge_size)
+    sub_row, sub_col = (p % m2) // merge_size, (p % m2) % merge_size
+    raster = (unit_row * merge_size + sub_row) * width + unit_col * merge_size + sub_col + patch_start[image]
+    perm = torch.empty_like(raster)
+    perm[raster] = p
+    return perm
 
 
 class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
@@ -219,10 +245,14 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         cos, sin = visual.rotary_pos_emb(out.last_hidden_state, position_ids)
         seq_len = out.last_hidden_state.shape[0]
         visual_pe = tuple(visual.permute_input_for_window_attn(t, window_index, seq_len) for t in (cos, sin))
+        high_res = out.last_hidden_state
+        if self.vl_decoder.config.ordering == "raster":
+            perm = window_to_raster(window_index.to(grid.device), grid, self.merge_size)
+            high_res, visual_pe = high_res[perm], tuple(t[perm] for t in visual_pe)
         return PaDTVisionOutput(
             image_embeds=out.pooler_output,
             prototypes=self.image_prototypes(out.pooler_output),
-            high_res_image_embeds=out.last_hidden_state,
+            high_res_image_embeds=high_res,
             visual_pe=visual_pe,
             image_grid_thw=grid,
         )

@@ -182,13 +182,17 @@ def tiny_config(
     vision_hidden_size: int = 32,
     vision_depth: int = 2,
     use_visual_prototype_projection: bool = True,
+    vision_num_heads: int = 2,
+    decoder_ordering: str = "reference",
+    decoder_absolute_position: bool = False,
     **text_overrides: Any,
 ) -> Qwen2_5_VLConfig:
     """A tiny Qwen2.5-VL PaDT config matching :func:`tiny_tokenizer`'s special token ids.
 
     Real Qwen2.5-VL geometry (14-px patches, 2x2 merge, 112-px windows, one full-attention block) with tiny
     widths, so every code path of the 3B/7B models runs in milliseconds on a CPU. ``tie_word_embeddings=True``
-    is 3B-like, ``False`` is 7B-like.
+    is 3B-like, ``False`` is 7B-like. ``decoder_ordering="raster"`` gives a decoder for training from scratch
+    (:class:`~padt.decoder.PaDTDecoderConfig`).
     """
     tokenizer = tiny_tokenizer()
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in QWEN_SPECIAL_TOKENS}
@@ -215,7 +219,7 @@ def tiny_config(
         "depth": vision_depth,
         "hidden_size": vision_hidden_size,
         "intermediate_size": 2 * vision_hidden_size,
-        "num_heads": 2,
+        "num_heads": vision_num_heads,
         "out_hidden_size": hidden_size,
         "patch_size": 14,
         "spatial_merge_size": 2,
@@ -232,6 +236,7 @@ def tiny_config(
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=tie_word_embeddings,
         use_visual_prototype_projection=use_visual_prototype_projection,
+        vl_decoder={"ordering": decoder_ordering, "absolute_position": decoder_absolute_position},
     )
     return config
 

@@ -151,7 +151,18 @@ def build_model_and_processor(config: Mapping[str, Any]) -> tuple[nn.Module, PaD
 
         kwargs = dict(spec["tiny"] or {})
         seed = int(kwargs.pop("seed", config.get("seed", 42)))
+        decoder_init = kwargs.pop("decoder_init", "reference")
         model = tiny_model(seed=seed, random_prototypes=False, **kwargs).to(dtype)
+        if decoder_init == "torch":
+            # PyTorch's default (Kaiming-uniform) init for the decoder's linear layers. At tiny widths the
+            # reference's N(0, 0.02) leaves the decoder's output almost independent of its input, and it then
+            # barely learns within a CPU budget.
+            torch.manual_seed(seed)
+            for module in model.vl_decoder.modules():
+                if isinstance(module, nn.Linear):
+                    module.reset_parameters()
+        elif decoder_init != "reference":
+            raise PaDTError(f"model.tiny.decoder_init must be reference or torch, got {decoder_init!r}")
         processor = PaDTProcessor(tiny_processor(**pixels), model.vocab_size)
     else:
         path = spec["path"]
