@@ -20,7 +20,6 @@ from torch import nn
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLRMSNorm as RMSNorm
 from transformers.utils import ModelOutput
 
-
 ORDERINGS = ("reference", "raster")
 
 
