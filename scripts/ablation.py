@@ -69,7 +69,7 @@ def main() -> None:
             if name == "text" and task == "res":
                 metrics[f"{task}/{key}"] = None  # text coordinates give no mask
                 continue
-            spec = f"synthetic:task={task},n={args.n},seed={args.seed},min_size=112,max_size=196,max_objects=6"
+            spec = f"synthetic:task={task},n={args.n},seed={args.seed},min_size=112,max_size=140,max_objects=4"
             scores = evaluate(str(model_dir), spec, task, run_dir / f"eval_{task}", batch_size=args.batch_size,
                               max_new_tokens=MAX_NEW_TOKENS[task], meteor=False, progress=True)
             metrics[f"{task}/{key}"] = scores.get(key) if scores else None

@@ -1,8 +1,7 @@
 """``padt demo``: fresh synthetic scenes through REC, RES, OVD and RIC, with overlays.
 
-Until trained weights ship with padt, the demo runs a tiny PaDT model with random weights: it exercises the whole
-pipeline (processor, VRT generation, parsing, decoder, post-processing, overlays) in seconds on a CPU, but its
-answers are noise. Pass ``--model PATH`` to run a real checkpoint on the same scenes.
+By default it runs the bundled model (a tiny PaDT trained on the synthetic world, see ``configs/bundled.yaml``);
+``--model PATH`` runs any checkpoint on the same scenes.
 """
 
 from __future__ import annotations
@@ -14,12 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from padt.data.synthetic import make_scene, sample_referring_expression
-from padt.inference import PaDT, Prediction
-from padt.processing import PaDTProcessor
+from padt.inference import PaDT, Prediction, default_model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="checkpoint folder (default: a tiny random model)")
+    parser.add_argument("--model", default=None, help="checkpoint folder (default: the bundled model)")
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"), help="folder for overlays and JSON")
     parser.add_argument("--scenes", type=int, default=2)
     parser.add_argument("--seed", type=int, default=2026)
@@ -27,21 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _pipeline(model: str | None) -> tuple[PaDT, str]:
-    if model:
-        return PaDT.from_pretrained(model), model
-    from padt.testing import tiny_model, tiny_processor
-
-    net = tiny_model(seed=0)
-    return PaDT(net, PaDTProcessor(tiny_processor(max_pixels=336 * 336), net.vocab_size)), "tiny random model"
+    path = model or default_model()
+    return PaDT.from_pretrained(path), ("bundled model" if model is None else str(path))
 
 
 def run(args: argparse.Namespace) -> int:
     from padt.visualize import draw_prediction
 
     pipe, name = _pipeline(args.model)
-    if args.model is None:
-        print("padt demo: no trained weights are bundled yet; running a tiny model with RANDOM weights, so the "
-              "answers below are noise (the pipeline is real). Use --model PATH for a trained checkpoint.")
     args.out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
     summary = []

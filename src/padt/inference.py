@@ -27,6 +27,15 @@ from padt.processing import PaDTProcessor, ParsedCompletion
 from padt.prompts import TASKS
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: The model that ships with padt (trained by ``configs/bundled.yaml`` on the synthetic world).
+BUNDLED_MODEL = Path(__file__).parent / "assets" / "bundled"
+
+
+def default_model() -> Path:
+    """The bundled model's folder; the default of ``padt predict``, ``padt demo`` and ``padt eval``."""
+    if not (BUNDLED_MODEL / "config.json").is_file():
+        raise PaDTError(f"the bundled model is missing from {BUNDLED_MODEL}; reinstall padt or pass --model PATH")
+    return BUNDLED_MODEL
 
 
 @dataclass
@@ -109,6 +118,8 @@ def predict(
     layout = batch.layout
     completions = layout.to_local(sequences[:, prompt_length:])
     eos = model.generation_config.eos_token_id
+    if getattr(model.config, "padt_answer_format", "vrt") == "text":
+        return _text_box_predictions(processor, completions.cpu(), eos, batch)
     parsed: list[ParsedCompletion] = processor.parse_completions(completions.cpu(), eos_token_ids=eos, layout=layout)
 
     features: list[list[torch.Tensor]] = []
@@ -150,6 +161,28 @@ def predict(
     return results
 
 
+def _text_box_predictions(processor: PaDTProcessor, completions: torch.Tensor, eos: Any,
+                          batch: Any) -> list[Prediction]:
+    """Predictions of a text-coordinate model (:mod:`padt.text_boxes`): boxes parsed from the text, on the
+    sample's first image, score 1, no mask."""
+    from padt.text_boxes import parse_text_boxes
+
+    layout = batch.layout
+    results = []
+    for b, completion in enumerate(processor.parse_completions(completions, eos_token_ids=eos, layout=layout)):
+        prediction = Prediction(text=completion.text, warnings=list(completion.warnings), finished=completion.finished)
+        images = (layout.image_sample == b).nonzero().flatten().tolist()
+        if images:
+            _, gh, gw = (int(v) for v in layout.image_grid_thw[images[0]].tolist())
+            width, height = batch.image_sizes[b][0]
+            for label, (x1, y1, x2, y2) in parse_text_boxes(completion.text, (gh * 14, gw * 14)):
+                box = (x1 * width, y1 * height, x2 * width, y2 * height)
+                prediction.objects.append(DetectedObject(label=label, vrt_ids=[], box_xyxy=box, score=1.0))
+                prediction.object_images.append(0)
+        results.append(prediction)
+    return results
+
+
 class PaDT:
     """Load a checkpoint once, predict many times.
 
@@ -185,7 +218,8 @@ class PaDT:
 
 # ------------------------------------------------------------------------------------------------ CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="checkpoint folder (model + processor files)")
+    parser.add_argument("--model", default=None,
+                        help="checkpoint folder (model + processor files; default: the bundled model)")
     parser.add_argument("--image", action="append", required=True,
                         help="input image; repeat for several images in one prompt")
     parser.add_argument("--prompt", default="", help="prompt, or with --task the sentence / class list")
@@ -207,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
     for image in args.image:
         if not Path(image).is_file():
             raise PaDTError(f"image file not found: {image}")
-    pipe = PaDT.from_pretrained(args.model, device=args.device, dtype=args.dtype, max_side=args.max_side)
+    pipe = PaDT.from_pretrained(args.model or default_model(), device=args.device, dtype=args.dtype, max_side=args.max_side)
     [prediction] = pipe([list(args.image)], [args.prompt], task=args.task, max_new_tokens=args.max_new_tokens)
     print(prediction.text)
     for obj, image in zip(prediction.objects, prediction.object_images):

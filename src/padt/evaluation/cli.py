@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = DATA_HELP
-    parser.add_argument("--model", required=True, help="checkpoint folder (model + processor files)")
+    parser.add_argument("--model", default=None,
+                        help="checkpoint folder (model + processor files; default: the bundled model)")
     parser.add_argument("--data", required=True, help="records file or synthetic:... spec (below)")
     parser.add_argument("--task", required=True, choices=("rec", "res", "ovd", "ric"))
     parser.add_argument("--out", required=True, type=Path, help="output folder (below)")
@@ -61,7 +62,10 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate, write the outputs and print the metrics JSON (main process)."""
     from padt.errors import PaDTError
     from padt.evaluation.driver import evaluate
+    from padt.inference import default_model
 
+    if args.model is None:
+        args.model = str(default_model())
     if not Path(args.model).is_dir():
         raise PaDTError(f"model folder {args.model!r} does not exist; pass a checkpoint folder to --model")
     metrics = evaluate(

@@ -134,7 +134,7 @@ class PaDTTrainer(Trainer):
         if "loss" in logs and self._term_count:
             for name, total in self._term_sums.items():
                 logs[name] = round(float(total) / self._term_count, 4)
-            logs["warmup"] = int(self.state.global_step <= self.warmup_steps)
+            logs["warmup"] = int(self.state.global_step - 1 < self.warmup_steps)
             self._term_sums, self._term_count = {}, 0
         super().log(logs, start_time)
 
