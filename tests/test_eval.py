@@ -250,3 +250,34 @@ def test_cli_eval_bad_input(checkpoint, reference, tmp_path, capsys):
     assert "not ovd" in msg
     assert "does not exist" in _error(["eval", "--model", str(tmp_path / "nope"), "--task", "rec", "--data",
                                        SPEC, "--out", str(tmp_path / "e")], capsys)
+
+
+def test_ovd_scores_against_official_annotations_or_the_rebuilt_ground_truth(tmp_path):
+    from padt.data.synthetic import generate_dataset
+    from padt.evaluation.driver import score_predictions
+
+    summary = generate_dataset("ovd", 4, 3, tmp_path, max_size=160, progress=False)
+    records = read_records(summary.records_path)
+    preds, annotations = [], []
+    for i, r in enumerate(records):
+        w, h = 160, 160
+        objs = [{"label": o.label, "bbox": [o.bbox[0] * w, o.bbox[1] * h, o.bbox[2] * w, o.bbox[3] * h],
+                 "score": 0.9} for o in r.objects]
+        preds.append({"index": i, "id": r.id, "objects": objs, "width": w, "height": h})
+        for o in objs:
+            x1, y1, x2, y2 = o["bbox"]
+            annotations.append({"image_id": r.id, "label": o["label"], "bbox": [x1, y1, x2 - x1, y2 - y1]})
+    official = ovd_official_from_records(records, preds)
+    names = {c["name"]: c["id"] for c in official["categories"]}
+    official["images"] = [{"id": r.id, "width": 160, "height": 160} for r in records]
+    official["annotations"] = [
+        {"id": k + 1, "image_id": a["image_id"], "category_id": names[a["label"]], "bbox": a["bbox"],
+         "area": a["bbox"][2] * a["bbox"][3], "iscrowd": 0} for k, a in enumerate(annotations)
+    ]
+    # An object the records do not hold (e.g. one covering no patch): missed against the official file only.
+    extra = dict(official["annotations"][0], id=len(annotations) + 1, bbox=[0, 0, 5, 5], area=25)
+    official["annotations"].append(extra)
+    standard = score_predictions(records, preds, "ovd", coco=official)
+    rebuilt = score_predictions(records, preds, "ovd", coco=official, rebuilt_gt=True)
+    assert standard["ground_truth"] == "official" and rebuilt["ground_truth"] == "rebuilt"
+    assert rebuilt["map"] == pytest.approx(1.0) and standard["mar100"] < 1.0

@@ -48,8 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rec/res: VLM-R1 rec_jsons_processed/<split>.json; scores the paper protocol over "
                              "its keys (missing ones count 0)")
     parser.add_argument("--coco", type=Path,
-                        help="ovd: the official COCO annotation file (image and category lists of the rebuilt "
-                             "ground truth); default: taken from the records")
+                        help="ovd: the official COCO annotation file; predictions are scored against its "
+                             "annotations (default: the ground truth rebuilt from the records)")
+    parser.add_argument("--rebuilt-gt", action="store_true",
+                        help="ovd with --coco: score against the reference's ground truth rebuilt from the "
+                             "records (with the official image and category lists), as the paper did")
     parser.add_argument("--masks", action="store_true", help="store predicted masks for rec/ovd/ric too")
     parser.add_argument("--no-meteor", action="store_true", help="ric: skip METEOR (slow Java process)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available; "
@@ -71,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = evaluate(
         args.model, args.data, args.task, args.out,
         image_root=args.image_root, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-        limit=args.limit, protocol="paper" if args.index_file is not None else args.protocol, index_file=args.index_file, coco=args.coco,
+        limit=args.limit, protocol="paper" if args.index_file is not None else args.protocol, index_file=args.index_file, coco=args.coco, rebuilt_gt=args.rebuilt_gt,
         masks=True if args.masks else None, meteor=not args.no_meteor, device=args.device, dtype=args.dtype,
         progress=not args.no_progress,
     )

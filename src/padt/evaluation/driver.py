@@ -481,13 +481,16 @@ def score_predictions(
     coco: str | os.PathLike | Mapping[str, Any] | None = None,
     image_root: str | os.PathLike | None = None,
     meteor: bool = True,
+    rebuilt_gt: bool = False,
 ) -> dict[str, Any]:
     """Metrics of per-query prediction lines with :mod:`padt.evaluation.score`'s functions.
 
     Lines whose index is not a query of ``records`` are ignored. ``protocol`` ``"paper"`` (REC/RES) is the
     reference's keyed scoring; ``index_file`` (VLM-R1's, :func:`read_vlmr1_index`) restricts it to the keys
-    the paper's numbers use. OVD: ``coco`` is the official annotation file whose image and category lists the
-    rebuilt ground truth uses; without it they come from the records (:func:`ovd_official_from_records`).
+    the paper's numbers use. OVD: with ``coco``, the official annotation file, predictions are scored against
+    its annotations (the standard number), or with ``rebuilt_gt`` against the reference's ground truth rebuilt
+    from the records (§7.2) with its image and category lists; without ``coco`` only the rebuilt ground truth
+    exists, its lists taken from the records (:func:`ovd_official_from_records`).
     """
     from padt.evaluation.score import score_ovd, score_rec, score_res, score_ric
 
@@ -505,6 +508,8 @@ def score_predictions(
     if task == "res":
         return score_res(records, preds, protocol=protocol, image_root=root)
     if task == "ovd":
+        if coco is not None and not rebuilt_gt:
+            return score_ovd(coco, preds)
         official = coco if coco is not None else ovd_official_from_records(records, preds)
         return score_ovd(list(records), preds, coco=official)
     return score_ric(records, preds, meteor=meteor, image_root=root)
@@ -544,6 +549,7 @@ def evaluate(
     protocol: str = "padt",
     index_file: str | os.PathLike | None = None,
     coco: str | os.PathLike | None = None,
+    rebuilt_gt: bool = False,
     masks: bool | None = None,
     meteor: bool = True,
     device: str | None = None,
@@ -562,7 +568,7 @@ def evaluate(
         out_dir: folder of ``eval.json``, ``predictions.jsonl`` and ``metrics.json`` (module docstring).
         image_root: folder the records' image names are relative to (default: the records file's folder).
         limit: evaluate the first ``limit`` records only.
-        protocol, index_file, coco, meteor: passed to :func:`score_predictions`.
+        protocol, index_file, coco, rebuilt_gt, meteor: passed to :func:`score_predictions`.
         masks: store predicted masks in the lines (default: RES only).
         model_name, data_name: how ``eval.json`` names the model and the data when they are objects.
     Returns:
@@ -624,6 +630,7 @@ def evaluate(
     if missing:
         raise PaDTError(f"{len(missing)} queries have no prediction (e.g. index {missing[0]}); rerun to resume")
     metrics = score_predictions(records, merged, task, protocol=protocol, index_file=index_file, coco=coco,
+                                rebuilt_gt=rebuilt_gt,
                                 image_root=loaded.image_root, meteor=meteor)
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return metrics
