@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from PIL import Image
 
 from padt.cli import main
@@ -27,12 +26,12 @@ THRESHOLDS = {
 MAX_NEW_TOKENS = {"rec": 64, "res": 64, "ovd": 192, "ric": 192}
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 @pytest.fixture(scope="module")
 def pipe():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield PaDT.from_pretrained(default_model(), device="cpu")
-    torch.set_num_threads(threads)
+    return PaDT.from_pretrained(default_model(), device="cpu")
 
 
 def test_bundled_model_ships_small_and_loads(pipe):

@@ -6,7 +6,6 @@ import json
 import shutil
 
 import pytest
-import torch
 
 from padt.cli import main
 from padt.data.records import read_records, write_jsonl
@@ -36,13 +35,7 @@ EXPECTED = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model's matrices are too small to gain from threads, which on a busy machine cost ten-fold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -47,12 +47,7 @@ PIXELS = 112 * 112  # native size of the scenes: 8x8 patches, a 4x4 VRT grid per
 DECODER_PREFIXES = ("vl_decoder.", "vis_norm.", "vis_proj.")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
