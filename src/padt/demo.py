@@ -15,6 +15,9 @@ import numpy as np
 from padt.data.synthetic import make_scene, sample_referring_expression
 from padt.inference import PaDT, Prediction, default_model
 
+# The bundled model's training distribution (configs/bundled.yaml).
+DEMO_SCENES = {"min_size": 112, "max_size": 196, "max_objects": 6}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="checkpoint folder (default: the bundled model)")
@@ -37,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(args.seed)
     summary = []
     for s in range(args.scenes):
-        scene = make_scene(rng)
+        scene = make_scene(rng, **DEMO_SCENES)
         image = scene.image
         image_path = args.out / f"scene{s}.png"
         image.save(image_path)
