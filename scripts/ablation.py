@@ -54,15 +54,10 @@ def main() -> None:
     for name in args.variants:
         title, overrides = VARIANTS[name]
         run_dir = args.out / name
-        model_dir = run_dir / "model"
+        model_dir = run_dir / "train"  # padt train writes the final model there, next to its checkpoints
         started = time.time()
-        if not (model_dir / "model.safetensors").is_file():
-            config = load_config(args.config, [*overrides, f"training.output_dir={run_dir / 'train'}"])
-            final = train(config)
-            model_dir.mkdir(parents=True, exist_ok=True)
-            for f in final.iterdir():
-                if f.is_file():
-                    (model_dir / f.name).write_bytes(f.read_bytes())
+        if not (model_dir / "train_summary.json").is_file():  # written once training has finished
+            train(load_config(args.config, [*overrides, f"training.output_dir={model_dir}"]))
         train_s = time.time() - started
         metrics: dict[str, float | None] = {}
         for task, key, _ in COLUMNS:

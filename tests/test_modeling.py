@@ -303,3 +303,20 @@ def test_absolute_position_code_needs_raster_and_changes_the_output():
         PaDTDecoderConfig(hidden_size=32, num_heads=2, absolute_position=True)
     plain, coded = _decode_both([1, 8, 2])[1], _decode_both([1, 8, 2], absolute=True)[1]
     assert (plain.pred_boxes - coded.pred_boxes).abs().max() > 1e-6
+
+
+def test_normalised_position_code_values():
+    from padt.decoder import normalised_position_code
+
+    # A 2 x 3 grid: cell centres x in (1/6, 1/2, 5/6), y in (1/4, 3/4); dims [sin x f, sin y f, cos x f, cos y f]
+    # for f = pi, 2 pi, then zero padding.
+    code = normalised_position_code(torch.arange(6), torch.tensor([[2, 3]]), 10)[0]
+    x = torch.tensor([1 / 6, 1 / 2, 5 / 6] * 2)
+    y = torch.tensor([0.25] * 3 + [0.75] * 3)
+    f = torch.tensor([torch.pi, 2 * torch.pi])
+    angles = torch.cat([x[:, None] * f, y[:, None] * f], dim=-1)
+    expected = torch.cat([angles.sin(), angles.cos(), torch.zeros(6, 2)], dim=-1)
+    torch.testing.assert_close(code, expected, rtol=0, atol=1e-6)
+    # sin(pi/6), sin(pi/2), sin(3 pi/4), cos(2 pi * 5/6)
+    assert code[0, 0].item() == pytest.approx(0.5) and code[1, 0].item() == pytest.approx(1.0)
+    assert code[3, 2].item() == pytest.approx(0.70710678) and code[2, 5].item() == pytest.approx(0.5)

@@ -175,7 +175,8 @@ def _text_box_predictions(processor: PaDTProcessor, completions: torch.Tensor, e
         if images:
             _, gh, gw = (int(v) for v in layout.image_grid_thw[images[0]].tolist())
             width, height = batch.image_sizes[b][0]
-            for label, (x1, y1, x2, y2) in parse_text_boxes(completion.text, (gh * 14, gw * 14)):
+            patch = int(processor.image_processor.patch_size)
+            for label, (x1, y1, x2, y2) in parse_text_boxes(completion.text, (gh * patch, gw * patch)):
                 box = (x1 * width, y1 * height, x2 * width, y2 * height)
                 prediction.objects.append(DetectedObject(label=label, vrt_ids=[], box_xyxy=box, score=1.0))
                 prediction.object_images.append(0)

@@ -16,7 +16,6 @@ few deliberate departures from the reference parser, listed in its docstring.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -179,12 +178,7 @@ class PaDTBatch:
 
     def to(self, device: torch.device | str) -> PaDTBatch:
         """Move the tensors (inputs and layout) to ``device``."""
-        layout = dataclasses.replace(
-            self.layout,
-            image_grid_thw=self.layout.image_grid_thw.to(device),
-            image_sample=self.layout.image_sample.to(device),
-        )
-        return PaDTBatch(self.inputs.to(device), layout, self.prompts, self.image_sizes)
+        return PaDTBatch(self.inputs.to(device), self.layout.to(device), self.prompts, self.image_sizes)
 
 
 # ====================================================================== parsing
@@ -222,7 +216,7 @@ class ParsedCompletion:
     finished: bool = False
 
 
-class _QuoteTracker:
+class QuoteTracker:
     """Follows double quotes through the text to give each VRT run the quoted phrase it belongs to.
 
     The closing quote of a phrase makes it the current label. Opening a new quote discards the previous label,
@@ -281,7 +275,7 @@ def _parse(
     num_vrts: int | None,
 ) -> ParsedCompletion:
     parsed = ParsedCompletion(text="")
-    quotes = _QuoteTracker()
+    quotes = QuoteTracker()
     pieces: list[str] = []
     text_run: list[int] = []
     current: ParsedObject | None = None

@@ -16,7 +16,6 @@ from padt.errors import PaDTError
 
 ANSWER_FORMATS = ("vrt", "text")
 BOX_PATTERN = re.compile(r"\[\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*\]")
-_QUOTED = re.compile(r'"([^"]*)"')
 
 
 def box_text(bbox_xyxy: Sequence[float], resized_hw: tuple[int, int]) -> str:
@@ -30,21 +29,24 @@ def box_text(bbox_xyxy: Sequence[float], resized_hw: tuple[int, int]) -> str:
 def parse_text_boxes(text: str, resized_hw: tuple[int, int]) -> list[tuple[str, list[float]]]:
     """``(label, normalised xyxy box)`` for every ``[x1,y1,x2,y2]`` of a completion, in order.
 
-    The label is the last quoted phrase before the box (the sentence for REC, the class name for OVD), as
-    for VRT runs. Boxes are clipped to the image; corners are put in order.
+    The label is the quoted phrase the box belongs to (the sentence for REC, the class name for OVD), by the
+    same rule as for VRT runs (:class:`padt.processing.QuoteTracker`). Boxes are clipped to the image; corners
+    are put in order.
     """
+    from padt.processing import QuoteTracker
+
     h, w = resized_hw
     if h <= 0 or w <= 0:
         raise PaDTError(f"resized image size must be positive, got {resized_hw}")
     out = []
+    quotes, seen = QuoteTracker(), 0
     for match in BOX_PATTERN.finditer(text):
+        quotes.feed(text[seen : match.start()])
+        seen = match.start()
         x1, y1, x2, y2 = (int(v) for v in match.groups())
-        quoted = _QUOTED.findall(text[: match.start()])
-        # An odd number of quote marks means the box sits inside a quotation: it then has no label yet.
-        label = quoted[-1] if quoted and text[: match.start()].count('"') % 2 == 0 else ""
         xs = sorted(min(max(v / w, 0.0), 1.0) for v in (x1, x2))
         ys = sorted(min(max(v / h, 0.0), 1.0) for v in (y1, y2))
-        out.append((label, [xs[0], ys[0], xs[1], ys[1]]))
+        out.append((quotes.current(), [xs[0], ys[0], xs[1], ys[1]]))
     return out
 
 

@@ -20,7 +20,7 @@ A VRT is a merged 28x28-px patch of an input image used as a token (padt-method.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -117,6 +117,10 @@ class VRTLayout:
         """Layout of a batch whose row ``b`` holds exactly image ``b`` (the reference's setting)."""
         n = image_grid_thw.shape[0]
         return cls(vocab_size, image_grid_thw, torch.arange(n, device=image_grid_thw.device), n, merge_size)
+
+    def to(self, device: torch.device | str) -> VRTLayout:
+        """The same layout with its tensors on ``device``."""
+        return replace(self, image_grid_thw=self.image_grid_thw.to(device), image_sample=self.image_sample.to(device))
 
     # ---------------------------------------------------------------- sizes and offsets
     @property

@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from padt.data.records import ObjectRecord, Record, read_records
+from padt.data.records import ObjectRecord, Record, iter_json_items, read_records
 from padt.errors import PaDTError
 from padt.prompts import ovd_answer_template, ovd_prompt, rec_answer_template, rec_prompt
 
@@ -469,20 +469,10 @@ def read_user_jsonl(
     root = Path(image_root) if image_root is not None else path.parent
     records: list[Record] = []
     dropped = 0
-    with path.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}: line {lineno}"
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PaDTError(
-                    f"{where}: invalid JSON ({exc.msg}); each line must be one JSON object"
-                ) from exc
-            new, n_dropped = _user_line(item, where, lineno, root, with_patches)
-            records.extend(new)
-            dropped += n_dropped
+    for where, lineno, item in iter_json_items(path, "one JSON object", "line"):
+        new, n_dropped = _user_line(item, where, lineno, root, with_patches)
+        records.extend(new)
+        dropped += n_dropped
     if dropped:
         logger.warning("%s: dropped %d object(s) covering no merged patch", path, dropped)
     return records

@@ -203,14 +203,16 @@ class Record:
 # ----------------------------------------------------------------------------------------------- reading
 
 
-def iter_records(path: str | Path) -> Iterator[Record]:
-    """Yield the records of a ``.jsonl`` file (one per line) or a ``.json`` file.
+def iter_json_items(
+    path: str | Path, what: str = "one record", list_item: str = "record"
+) -> Iterator[tuple[str, int, Any]]:
+    """``(where, number, item)`` for every item of a JSON list file or a one-object-per-line (JSONL) file.
 
-    A ``.json`` file may hold a JSON list of records or, like the published PaDT files, one record per line.
+    ``where`` names the file and the item (``"f.jsonl: line 3"``, ``"f.json: record 2"``) for error messages;
+    ``number`` is the line number (JSONL) or the position in the list. ``what`` says what a line must hold and
+    ``list_item`` what an item of a JSON list is called. The file must exist. Invalid JSON raises :class:`RecordError` with its line.
     """
     path = Path(path)
-    if not path.is_file():
-        raise PaDTError(f"{path}: no such file; give the path of a .json or .jsonl record file")
     with path.open("r", encoding="utf-8") as f:
         first = _first_char(f)
         f.seek(0)
@@ -220,7 +222,7 @@ def iter_records(path: str | Path) -> Iterator[Record]:
             except json.JSONDecodeError as exc:
                 raise RecordError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
             for i, item in enumerate(data):
-                yield Record.from_dict(item, f"{path}: record {i}")
+                yield f"{path}: {list_item} {i}", i, item
             return
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
@@ -229,9 +231,21 @@ def iter_records(path: str | Path) -> Iterator[Record]:
                 item = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise RecordError(
-                    f"{path}: line {lineno}: invalid JSON ({exc.msg}); each line must be one record"
+                    f"{path}: line {lineno}: invalid JSON ({exc.msg}); each line must be {what}"
                 ) from exc
-            yield Record.from_dict(item, f"{path}: line {lineno}")
+            yield f"{path}: line {lineno}", lineno, item
+
+
+def iter_records(path: str | Path) -> Iterator[Record]:
+    """Yield the records of a ``.jsonl`` file (one per line) or a ``.json`` file.
+
+    A ``.json`` file may hold a JSON list of records or, like the published PaDT files, one record per line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PaDTError(f"{path}: no such file; give the path of a .json or .jsonl record file")
+    for where, _, item in iter_json_items(path, "one record"):
+        yield Record.from_dict(item, where)
 
 
 def read_records(path: str | Path) -> list[Record]:

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from padt.data.records import Record, read_records
+from padt.data.records import Record, iter_json_items, read_records
 from padt.errors import PaDTError
 
 PRED_FORMATS = """\
@@ -106,23 +106,10 @@ def read_predictions(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise PaDTError(f"{path}: no such file; give the predictions as JSONL or a JSON list")
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise PaDTError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
-        where = [f"{path}: item {i}" for i in range(len(items))]
-    else:
-        items, where = [], []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                items.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise PaDTError(f"{path}: line {lineno}: invalid JSON ({exc.msg})") from exc
-            where.append(f"{path}: line {lineno}")
+    where, items = [], []
+    for w, _, item in iter_json_items(path, "one prediction object", "item"):
+        where.append(w)
+        items.append(item)
     for w, item in zip(where, items, strict=True):
         if not isinstance(item, dict):
             raise PaDTError(f"{w}: expected a JSON object, got {type(item).__name__}")

@@ -20,19 +20,19 @@ import numpy as np
 import torch
 
 from padt.data.patches import box_foreground_patches, foreground_patches
-from padt.data.records import PLACEHOLDER_PATTERN, Record
+from padt.data.records import Record
 from padt.errors import PaDTError
 from padt.losses import (
     PaDTCriterion,
     build_foreground_sets,
     gt_mask_for_loss,
+    robust_token_loss,
     stack_mask_targets,
 )
 from padt.processing import PaDTProcessor
 from padt.text_boxes import ANSWER_FORMATS, box_text
 from padt.training.sampling import DEFAULT_VRTS_PER_OBJECT, fill_answer_template, sample_foreground_vrts
 
-PATCH_PX = 14
 DECODER_TERMS = ("loss_bbox_l1", "loss_bbox_giou", "loss_score", "loss_mask_dice", "loss_mask_focal")
 
 
@@ -103,7 +103,8 @@ class PaDTCollator:
         batch = self.processor([r.prompt for r in records], [paths for _, _, paths in items])
         layout = batch.layout
         grid = layout.image_grid_thw
-        resized = [(int(h) * PATCH_PX, int(w) * PATCH_PX) for _, h, w in grid.tolist()]
+        patch = int(self.processor.image_processor.patch_size)
+        resized = [(int(h) * patch, int(w) * patch) for _, h, w in grid.tolist()]
         merge = self.processor.merge_size
         objects = []
         image = 0
@@ -178,8 +179,10 @@ class StepOptions:
 
 def build_completions(
     extra: PaDTTrainBatch, rng: np.random.Generator | Sequence[np.random.Generator], options: StepOptions,
+    *, eos: str = "<|im_end|>",
 ) -> tuple[list[str], list[list[list[int]]]]:
-    """The completion text of every sample and, per sample and object, the local VRT indices written.
+    """The completion text of every sample (ending with ``eos``) and, per sample and object, the local VRT
+    indices written (empty for text coordinates).
 
     ``rng`` is one generator or one per sample.
     """
@@ -188,8 +191,7 @@ def build_completions(
     for record, objects, sample_rng in zip(extra.records, extra.objects, rngs):
         if options.answer_format == "text":
             boxes = [box_text(o.bbox, extra.resized_hw[o.image]) for o in objects]
-            texts.append(PLACEHOLDER_PATTERN.sub(lambda m, boxes=boxes: boxes[int(m.group(1))],
-                                                 record.answer_template) + "<|im_end|>")
+            texts.append(fill_answer_template(record.answer_template, boxes, eos=eos))
             runs.append([[] for _ in objects])
             continue
         sample_runs = []
@@ -197,7 +199,7 @@ def build_completions(
             picked = sample_foreground_vrts(obj.patches, sample_rng, options.vrts_per_object,
                                             random_select=options.random_select, grid_cols=obj.grid_cols)
             sample_runs.append([obj.local_offset + p for p in picked])
-        texts.append(fill_answer_template(record.answer_template, sample_runs))
+        texts.append(fill_answer_template(record.answer_template, sample_runs, eos=eos))
         runs.append(sample_runs)
     return texts, runs
 
@@ -249,11 +251,11 @@ def padt_loss(
     device = inputs["input_ids"].device
     layout = extra.layout
 
-    texts, runs = build_completions(extra, rng, options)
+    texts, runs = build_completions(extra, rng, options, eos=processor.tokenizer.eos_token)
     completion = processor.encode_completions(texts, add_eos=False, layout=layout)
     comp_local = completion["input_ids"].to(device)
     comp_mask = completion["attention_mask"].to(device)
-    layout_dev = _layout_to(layout, device)
+    layout_dev = layout.to(device)
     comp_ids = layout_dev.to_global(comp_local)
 
     prompt_len = inputs["input_ids"].shape[1]
@@ -313,20 +315,14 @@ def padt_loss(
                              has_mask=has.to(device))
         terms = criterion(**loss_args)
     else:
-        active = {k: v for k, v in criterion.weight_dict.items() if k == "loss_token"}
-        terms = PaDTCriterion(active or {"loss_token": 1.0})(**loss_args)
+        # No decoder term applies (text coordinates, no object in the batch, or decoder losses switched off).
+        terms = robust_token_loss(**loss_args)
+        terms["loss"] = criterion.weight_dict.get("loss_token", 0.0) * terms["loss_token"]
         if options.answer_format == "vrt":
             # No object in the batch: the decoder gets a zero-valued loss so that every parameter still takes
             # part in the backward pass (distributed data parallel requires it).
             terms["loss"] = terms["loss"] + 0.0 * sum(p.sum() for p in padt.vl_decoder.parameters())
     return terms
-
-
-def _layout_to(layout: Any, device: torch.device) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(layout, image_grid_thw=layout.image_grid_thw.to(device),
-                               image_sample=layout.image_sample.to(device))
 
 
 __all__ = [

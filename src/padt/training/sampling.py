@@ -82,7 +82,7 @@ def _positional_picks(patches: list[int], rng: RandomSource, grid_cols: int) -> 
 
 
 def fill_answer_template(
-    answer_template: str, vrt_runs: Sequence[Sequence[int]], *, eos: str | None = "<|im_end|>"
+    answer_template: str, vrt_runs: Sequence[Sequence[int] | str], *, eos: str | None = "<|im_end|>"
 ) -> str:
     """The training completion: each ``<|Obj_k|>`` replaced by object ``k``'s VRT run, then ``eos``.
 
@@ -90,7 +90,8 @@ def fill_answer_template(
         answer_template: the record's answer with ``<|Obj_k|>`` placeholders.
         vrt_runs: per object ``k``, the local VRT indices to write (``id - V``: the patch index, plus the
             image's offset within the sample when a sample has several images). A run is written as
-            consecutive ``<|VRT_i|>`` strings with nothing between them (§4.2).
+            consecutive ``<|VRT_i|>`` strings with nothing between them (§4.2). A string is written as it is
+            (how the text-coordinate baseline, :mod:`padt.text_boxes`, refers to objects).
         eos: appended after the answer (the tokenizer's eos, ``<|im_end|>``); ``None`` appends nothing.
     """
     used: set[int] = set()
@@ -105,6 +106,8 @@ def fill_answer_template(
         if not vrt_runs[k]:
             raise PaDTError(f"object {k} has an empty VRT run; every object needs at least one VRT")
         used.add(k)
+        if isinstance(vrt_runs[k], str):
+            return vrt_runs[k]
         return "".join(vrt_token(int(i)) for i in vrt_runs[k])
 
     text = PLACEHOLDER_PATTERN.sub(run, answer_template)

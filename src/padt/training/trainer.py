@@ -38,7 +38,6 @@ from padt.training.batch import (
 from padt.training.config import COMPONENTS
 
 logger = logging.getLogger(__name__)
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Modules of each component, by name prefix in PaDTForConditionalGeneration.
 COMPONENT_PREFIXES = {
@@ -142,6 +141,7 @@ class PaDTTrainer(Trainer):
 # ---------------------------------------------------------------------------------------------- building
 def build_model_and_processor(config: Mapping[str, Any]) -> tuple[nn.Module, PaDTProcessor]:
     """The model and processor named by ``config["model"]`` / ``config["processor"]``."""
+    from padt.inference import DTYPES
     from padt.modeling import PaDTForConditionalGeneration
 
     spec, pixels = config["model"], dict(config.get("processor") or {})
@@ -182,8 +182,6 @@ def component_of(name: str) -> str | None:
     for component, prefixes in COMPONENT_PREFIXES.items():
         if name.startswith(prefixes):
             return component
-    if name.startswith("model.embed_tokens") or name.startswith("model.language_model"):
-        return "llm"
     return None
 
 
