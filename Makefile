@@ -19,14 +19,14 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	touch $(STAMP)
 
 test: install
-	$(PY) -m ruff check src tests bench
+	$(PY) -m ruff check src tests bench scripts
 	$(PY) -m pytest -q
 
 demo: install
 	$(VENV)/bin/padt demo
 
 lint: install
-	$(PY) -m ruff check src tests bench
+	$(PY) -m ruff check src tests bench scripts
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -133,3 +133,35 @@ def test_public_api_exports():
 
     assert padt.PaDTForConditionalGeneration.__name__ == "PaDTForConditionalGeneration"
     assert callable(padt.predict) and padt.PaDTProcessor.__name__ == "PaDTProcessor"
+
+
+def test_no_repeat_vrt_bans_the_current_run_only():
+    from padt.generation import NoRepeatVRTLogitsProcessor
+
+    vocab = 10  # ids >= 10 are VRTs; scores have 10 text + 6 VRT columns
+    ids = torch.tensor([[1, 12, 13, 12],    # run 12 13 12: bans 12 and 13
+                        [12, 14, 3, 15],    # run 15 only (14 and 12 belong to an earlier object)
+                        [12, 13, 14, 3]])   # no open run
+    scores = torch.zeros(3, 16)
+    out = NoRepeatVRTLogitsProcessor(vocab)(ids, scores)
+    banned = [set(torch.isinf(row).nonzero().flatten().tolist()) for row in out]
+    assert banned == [{12, 13}, {15}, set()]
+
+
+def test_no_repeat_vrt_writes_distinct_vrts_per_object(pipe):
+    img = image(5, 140, 112)
+
+    def runs(**kwargs):
+        [pred] = pipe([img], ["find the object"], max_new_tokens=12, **kwargs)
+        return [obj.vrt_ids for obj in pred.objects]
+
+    plain = runs()
+    assert any(len(set(r)) < len(r) for r in plain), "this seed repeats a VRT when decoding greedily"
+    distinct = runs(no_repeat_vrt=True)
+    assert distinct and all(len(set(r)) == len(r) for r in distinct)
+    # The flag in the checkpoint's generation_config is the default.
+    pipe.model.generation_config.no_repeat_vrt = True
+    try:
+        assert runs() == distinct
+    finally:
+        del pipe.model.generation_config.no_repeat_vrt

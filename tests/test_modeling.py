@@ -320,3 +320,25 @@ def test_normalised_position_code_values():
     # sin(pi/6), sin(pi/2), sin(3 pi/4), cos(2 pi * 5/6)
     assert code[0, 0].item() == pytest.approx(0.5) and code[1, 0].item() == pytest.approx(1.0)
     assert code[3, 2].item() == pytest.approx(0.70710678) and code[2, 5].item() == pytest.approx(0.5)
+
+
+def test_image_position_code_tells_identical_patches_apart():
+    """Qwen2.5-VL's ViT has only relative positions: on a uniform image every merged patch gets the same
+    feature, so no prototype can say where it is. The image position code adds a learned embedding of each
+    unit's normalised centre to the merger output, for the image tokens and the prototypes alike."""
+    grid = torch.tensor([[1, 4, 6]])  # 2 x 3 merge units
+    pixels = torch.ones(24, 3 * 2 * 14 * 14) * 0.3
+    plain = tiny_model(seed=0)
+    coded = tiny_model(seed=0, image_position_code=True)
+    with torch.no_grad():
+        a, b = plain.encode_images(pixels, grid), coded.encode_images(pixels, grid)
+    assert (a.prototypes - a.prototypes[:1]).abs().max() < 1e-5
+    assert (b.prototypes - b.prototypes[:1]).abs().amax(-1)[1:].min() > 1e-3  # every unit differs from unit 0
+    # The added term is the learned projection of the (x, y) code of units (row, col) in raster order.
+    from padt.decoder import normalised_position_code
+    from padt.modeling import IMAGE_POSITION_CODE_DIM
+
+    code = normalised_position_code(torch.arange(6), torch.tensor([[2, 3]]), IMAGE_POSITION_CODE_DIM)[0]
+    torch.testing.assert_close(b.image_embeds - a.image_embeds, code @ coded.image_position.weight.T,
+                               rtol=0, atol=1e-5)
+    assert not hasattr(plain.config, "image_position_code")  # configs of the published layout are unchanged

@@ -247,9 +247,10 @@ def test_referring_expressions_denote_exactly_their_object(rec_samples):
 def test_every_listed_expression_is_unique(rec_samples):
     for scene, _ in rec_samples[:8]:
         for i in range(len(scene.objects)):
-            for exprs in syn.referring_expressions(scene, i).values():
+            for form, exprs in syn.referring_expressions(scene, i).items():
                 for expr in exprs:
                     assert evaluate_expression(expr.text, scene) == [i], expr.text
+                    assert expr.form == syn.expression_form(expr.text) == form, expr.text
 
 
 def test_res_equals_rec_and_several_refs_per_scene():

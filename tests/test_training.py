@@ -28,6 +28,7 @@ from padt.cli import main
 from padt.data.synthetic import generate_dataset
 from padt.errors import PaDTError
 from padt.losses import PaDTCriterion
+from padt.modeling import PaDTForConditionalGeneration
 from padt.processing import PaDTProcessor
 from padt.testing import tiny_model, tiny_processor
 from padt.training.batch import PaDTCollator, StepOptions, build_completions, padt_loss
@@ -287,9 +288,11 @@ def test_resume_reproduces_the_uninterrupted_run(scenes, tmp_path, monkeypatch):
     monkeypatch.setattr(batch_module, "build_completions", recording)
     # 8 scenes, batch 2: the run crosses an epoch boundary after step 4 and leaves warm-up after step 3.
     settings = ("training.max_steps=6", "training.save_strategy=steps", "training.save_steps=3", "padt.warmup_steps=4")
-    whole = train(make_config(scenes, tmp_path / "whole", *settings))
+    whole = train(make_config(scenes, tmp_path / "whole", *settings, "generation.no_repeat_vrt=true"))
     uninterrupted = list(drawn)
     assert len(uninterrupted) == 6
+    # The config's generation section lands in the final model's generation_config.
+    assert PaDTForConditionalGeneration.from_pretrained(whole).generation_config.no_repeat_vrt is True
 
     config = make_config(scenes, tmp_path / "resumed", *settings)
     trainer = build_trainer(config)
@@ -381,7 +384,6 @@ def test_two_processes_with_gloo(scenes, tmp_path):
     assert "model written to" in result.stdout
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["global_step"] == 2
-    from padt.modeling import PaDTForConditionalGeneration
 
     trained = PaDTForConditionalGeneration.from_pretrained(out).state_dict()
     initial = build_model_and_processor(load_config(config, [*overrides, f"training.output_dir={out}"]))[0].state_dict()

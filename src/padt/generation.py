@@ -7,7 +7,11 @@ What PaDT adds to stock ``generate`` (padt-method.md §1.4, §10.5):
 - the decoder needs, for every generated VRT, the last-layer state of the step that emitted it. Instead of
   keeping every layer's hidden states for every step (``output_hidden_states=True``), a
   :class:`VRTStateRecorder` keeps one ``D``-vector per *emitted VRT*, nothing else;
-- prefill logits are computed for the last position only (``logits_to_keep``), as in stock generation.
+- prefill logits are computed for the last position only (``logits_to_keep``), as in stock generation;
+- optionally (:class:`NoRepeatVRTLogitsProcessor`, ``no_repeat_vrt``), a VRT cannot repeat within one object's
+  run. Training targets never repeat one (the VRTs of an object are drawn without replacement, §5.2), but a
+  small model decoding greedily tends to write the most likely patch five times, which leaves the decoder one
+  point of the object instead of five.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers import LogitsProcessor
 
 FLUSH_EVERY = 16  # steps between the recorder's (only) host synchronisations
 
@@ -88,3 +93,23 @@ class VRTStateRecorder:
             return torch.stack([self.states[row][s] for s in steps])
         except KeyError as exc:
             raise ValueError(f"no recorded state for a VRT at step {exc.args[0]} of sample {row}") from None
+
+
+class NoRepeatVRTLogitsProcessor(LogitsProcessor):
+    """Bans every VRT of the run being written (the VRTs since the last text token) from the next step.
+
+    Works on global ids: ids ``>= vocab_size`` are VRTs, and ``scores`` holds the text logits followed by the
+    VRT logits (``V + ΣN`` columns). A run ends at any text token, so the next object may reuse a patch.
+    """
+
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = int(vocab_size)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        is_vrt = input_ids >= self.vocab_size
+        in_run = is_vrt.flip(1).long().cumprod(1).flip(1).bool()  # the trailing VRTs of each row
+        if not bool(in_run.any()):
+            return scores
+        ids = torch.where(in_run, input_ids, torch.zeros_like(input_ids)).clamp(max=scores.shape[-1] - 1)
+        banned = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, ids, in_run)
+        return scores.masked_fill(banned, float("-inf"))

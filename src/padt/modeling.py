@@ -8,8 +8,14 @@ only what PaDT adds:
 - the VRT input embedding and output head: ids ``>= V`` embed as prototypes; the logits are the text logits
   followed by ``h . prototype`` for every image of the batch, with other samples' VRTs masked to ``-inf``.
 - ``vl_decoder``: the :class:`~padt.decoder.PaDTDecoder`.
+- ``image_position`` (only with ``config.image_position_code``, off for the published weights): a learned
+  projection of a sinusoidal code of each merged patch's normalised ``(x, y)`` centre, added to the merger
+  features. Qwen2.5-VL's ViT has only relative (RoPE) positions, so its features do not say *where* a patch is;
+  a pretrained ViT picks that up from its data, a tiny one trained from scratch does not, and then neither the
+  VRT logits (``h . prototype``) nor the image tokens can express "the leftmost ...".
 
-The image placeholder tokens of the prompt still get the raw merger features, exactly like stock Qwen2.5-VL.
+The image placeholder tokens of the prompt still get the merger features (plus the position code when it is
+on), exactly like stock Qwen2.5-VL.
 """
 
 from __future__ import annotations
@@ -27,9 +33,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, Multimodal
 from transformers.utils import ModelOutput
 from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
-from padt.decoder import PaDTDecoder, PaDTDecoderConfig, PaDTDecoderOutput
+from padt.decoder import PaDTDecoder, PaDTDecoderConfig, PaDTDecoderOutput, normalised_position_code
 from padt.errors import PaDTError
-from padt.generation import VRTStateRecorder
+from padt.generation import NoRepeatVRTLogitsProcessor, VRTStateRecorder
 from padt.vrt import VRTLayout
 
 # Checkpoints saved by the reference (transformers 4.50) keep the vision tower at ``visual.*`` and the text
@@ -47,6 +53,7 @@ register_checkpoint_conversion_mapping(
 )
 PADT_MODULE_PREFIXES = ("vis_norm.", "vis_proj.", "vl_decoder.")
 PROTOTYPE_RANK = 64  # the reference's rank-64 bottleneck (``lora_r``)
+IMAGE_POSITION_CODE_DIM = 32  # 8 frequencies x (sin, cos) x (x, y) for ``config.image_position_code``
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 
@@ -156,6 +163,8 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
                 nn.Linear(hidden, PROTOTYPE_RANK, bias=False), nn.Linear(PROTOTYPE_RANK, hidden, bias=False)
             )
         self.vl_decoder = PaDTDecoder(PaDTDecoderConfig.from_dict(config.vl_decoder))
+        self.image_position = (nn.Linear(IMAGE_POSITION_CODE_DIM, hidden, bias=False)
+                               if getattr(config, "image_position_code", False) else None)
         self.post_init()
 
     # ------------------------------------------------------------------------------------------ init / loading
@@ -221,6 +230,17 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         x = self.vis_norm(image_embeds)
         return x + self.vis_proj(x)
 
+    def image_position_embeds(self, image_grid_thw: torch.Tensor) -> torch.Tensor:
+        """``ΣN x D`` learned embedding of each merged patch's normalised ``(x, y)`` centre, unit-raster order."""
+        units_hw = image_grid_thw[:, 1:] // self.merge_size
+        codes = [
+            normalised_position_code(torch.arange(int(h * w), device=units_hw.device), units_hw[i:i + 1],
+                                     IMAGE_POSITION_CODE_DIM)[0].repeat(int(image_grid_thw[i, 0]), 1)
+            for i, (h, w) in enumerate(units_hw.tolist())
+        ]
+        weight = self.image_position.weight
+        return self.image_position(torch.cat(codes).to(device=weight.device, dtype=weight.dtype))
+
     def encode_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None) -> PaDTVisionOutput:
         """One pass of the vision tower, returning what the LLM and the decoder need (§1.2, §9.4)."""
         if image_grid_thw is None:
@@ -245,13 +265,16 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         cos, sin = visual.rotary_pos_emb(out.last_hidden_state, position_ids)
         seq_len = out.last_hidden_state.shape[0]
         visual_pe = tuple(visual.permute_input_for_window_attn(t, window_index, seq_len) for t in (cos, sin))
+        image_embeds = out.pooler_output
+        if self.image_position is not None:
+            image_embeds = image_embeds + self.image_position_embeds(grid).to(image_embeds.dtype)
         high_res = out.last_hidden_state
         if self.vl_decoder.config.ordering == "raster":
             perm = window_to_raster(window_index.to(grid.device), grid, self.merge_size)
             high_res, visual_pe = high_res[perm], tuple(t[perm] for t in visual_pe)
         return PaDTVisionOutput(
-            image_embeds=out.pooler_output,
-            prototypes=self.image_prototypes(out.pooler_output),
+            image_embeds=image_embeds,
+            prototypes=self.image_prototypes(image_embeds),
             high_res_image_embeds=high_res,
             visual_pe=visual_pe,
             image_grid_thw=grid,
@@ -449,13 +472,24 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
 
     # ------------------------------------------------------------------------------------------ generation
     def generate(self, input_ids: torch.LongTensor | None = None, *args: Any,
-                 vrt_recorder: VRTStateRecorder | None = None, **kwargs: Any) -> Any:
+                 vrt_recorder: VRTStateRecorder | None = None, no_repeat_vrt: bool | None = None,
+                 **kwargs: Any) -> Any:
         """transformers' ``generate`` with global VRT ids in and out.
 
         Pass a :class:`~padt.generation.VRTStateRecorder` as ``vrt_recorder`` to collect the hidden states the
-        decoder needs (see :func:`padt.generation.generate`). Everything else is stock: greedy, sampling,
-        logits processors, the checkpoint's ``generation_config``, static caches and compilation.
+        decoder needs. ``no_repeat_vrt`` (default: the ``no_repeat_vrt`` entry of the checkpoint's
+        ``generation_config``, else off) adds :class:`~padt.generation.NoRepeatVRTLogitsProcessor`. Everything
+        else is stock: greedy, sampling, logits processors, the checkpoint's ``generation_config``, static
+        caches and compilation.
         """
+        if no_repeat_vrt is None:
+            no_repeat_vrt = bool(getattr(self.generation_config, "no_repeat_vrt", False))
+        if no_repeat_vrt:
+            from transformers import LogitsProcessorList
+
+            processors = LogitsProcessorList(kwargs.pop("logits_processor", None) or [])
+            processors.append(NoRepeatVRTLogitsProcessor(self.vocab_size))
+            kwargs["logits_processor"] = processors
         if input_ids is not None and kwargs.get("mm_token_type_ids") is None and kwargs.get("pixel_values") is not None:
             # M-RoPE needs the image-token positions; derive them when the caller did not pass them.
             kwargs["mm_token_type_ids"] = (input_ids == self.config.image_token_id).int()

@@ -185,6 +185,7 @@ def tiny_config(
     vision_num_heads: int = 2,
     decoder_ordering: str = "reference",
     decoder_absolute_position: bool = False,
+    image_position_code: bool = False,
     **text_overrides: Any,
 ) -> Qwen2_5_VLConfig:
     """A tiny Qwen2.5-VL PaDT config matching :func:`tiny_tokenizer`'s special token ids.
@@ -192,7 +193,8 @@ def tiny_config(
     Real Qwen2.5-VL geometry (14-px patches, 2x2 merge, 112-px windows, one full-attention block) with tiny
     widths, so every code path of the 3B/7B models runs in milliseconds on a CPU. ``tie_word_embeddings=True``
     is 3B-like, ``False`` is 7B-like. ``decoder_ordering="raster"`` gives a decoder for training from scratch
-    (:class:`~padt.decoder.PaDTDecoderConfig`).
+    (:class:`~padt.decoder.PaDTDecoderConfig`); ``image_position_code=True`` adds the model's absolute
+    image position code (:class:`~padt.modeling.PaDTForConditionalGeneration`).
     """
     tokenizer = tiny_tokenizer()
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in QWEN_SPECIAL_TOKENS}
@@ -238,6 +240,8 @@ def tiny_config(
         use_visual_prototype_projection=use_visual_prototype_projection,
         vl_decoder={"ordering": decoder_ordering, "absolute_position": decoder_absolute_position},
     )
+    if image_position_code:  # written only when on, so configs of the published layout stay as they are
+        config.image_position_code = True
     return config
 
 

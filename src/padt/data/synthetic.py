@@ -423,6 +423,11 @@ class ReferringExpression:
     anchor: Descriptor | None = None
 
     @property
+    def form(self) -> str:
+        """``attribute``, ``extreme`` or ``relation``."""
+        return "relation" if self.relation is not None else "extreme" if self.extreme is not None else "attribute"
+
+    @property
     def text(self) -> str:
         head = f"the {self.extreme} {self.target.text}" if self.extreme else f"the {self.target.text}"
         if self.relation is not None and self.anchor is not None:
@@ -509,6 +514,15 @@ def sample_referring_expression(
     form = forms[int(rng.choice(len(forms), p=p / p.sum()))]
     expressions = options[form]
     return chosen, expressions[int(rng.integers(len(expressions)))]
+
+
+def expression_form(text: str) -> str:
+    """The form (``attribute``, ``extreme``, ``relation``) of a generated expression, read from its words."""
+    if any(f" {relation} the " in text for relation in RELATIONS):
+        return "relation"
+    if any(text.startswith(f"the {extreme} ") for extreme in EXTREMES):
+        return "extreme"
+    return "attribute"
 
 
 # ---------------------------------------------------------------------------------------------- captions

@@ -41,12 +41,12 @@ logger = logging.getLogger(__name__)
 
 # Modules of each component, by name prefix in PaDTForConditionalGeneration.
 COMPONENT_PREFIXES = {
-    "vision": ("model.visual.",),
+    "vision": ("model.visual.", "image_position."),
     "llm": ("model.language_model.", "lm_head."),
     "decoder": ("vis_norm.", "vis_proj.", "vl_decoder."),
 }
 # The attribute each component's modules hang from (what peft keeps as a full trainable copy).
-COMPONENT_MODULES = {"vision": ["visual"], "llm": ["language_model", "lm_head"], "decoder": ["vl_decoder", "vis_norm", "vis_proj"]}
+COMPONENT_MODULES = {"vision": ["visual", "image_position"], "llm": ["language_model", "lm_head"], "decoder": ["vl_decoder", "vis_norm", "vis_proj"]}
 
 
 class PaDTTrainer(Trainer):
@@ -322,8 +322,10 @@ def build_trainer(config: Mapping[str, Any]) -> PaDTTrainer:
     )
 
 
-def save_final(trainer: PaDTTrainer, output_dir: str | os.PathLike) -> Path:
-    """Write a plain ``from_pretrained`` folder (LoRA merged) that ``padt predict`` loads."""
+def save_final(trainer: PaDTTrainer, output_dir: str | os.PathLike,
+               generation: Mapping[str, Any] | None = None) -> Path:
+    """Write a plain ``from_pretrained`` folder (LoRA merged) that ``padt predict`` loads, with the
+    ``generation`` settings (e.g. ``no_repeat_vrt``) in its ``generation_config``."""
     out = Path(output_dir)
     model = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(model, "merge_and_unload"):
@@ -331,6 +333,10 @@ def save_final(trainer: PaDTTrainer, output_dir: str | os.PathLike) -> Path:
     padt = unwrap_padt(model)
     if trainer.args.process_index == 0:
         padt.config.use_cache = True
+        if generation:
+            for key, value in generation.items():
+                setattr(padt.generation_config, key, value)
+            padt.generation_config._from_model_config = False  # else loading rebuilds it from the model config
         padt.save_pretrained(out, safe_serialization=True)
         trainer.padt_processor.save_pretrained(out)
     return out
@@ -349,7 +355,7 @@ def train(config: Mapping[str, Any]) -> Path:
     if checkpoint and trainer.args.process_index == 0:
         print(f"padt train: resuming from {checkpoint}")
     result = trainer.train(resume_from_checkpoint=checkpoint)
-    final = save_final(trainer, out)
+    final = save_final(trainer, out, config.get("generation"))
     if trainer.args.process_index == 0:
         summary = {"global_step": trainer.state.global_step, "train_loss": result.training_loss,
                    "metrics": result.metrics}
