@@ -135,20 +135,26 @@ def test_public_api_exports():
     assert callable(padt.predict) and padt.PaDTProcessor.__name__ == "PaDTProcessor"
 
 
-def test_no_repeat_vrt_bans_the_current_run_only():
-    from padt.generation import NoRepeatVRTLogitsProcessor
+def test_vrt_repeat_penalty_lowers_the_current_run_only():
+    from padt.generation import VRTRepeatPenaltyLogitsProcessor
 
     vocab = 10  # ids >= 10 are VRTs; scores have 10 text + 6 VRT columns
-    ids = torch.tensor([[1, 12, 13, 12],    # run 12 13 12: bans 12 and 13
+    ids = torch.tensor([[1, 12, 13, 12],    # run 12 13 12: 12 and 13 are penalised
                         [12, 14, 3, 15],    # run 15 only (14 and 12 belong to an earlier object)
                         [12, 13, 14, 3]])   # no open run
-    scores = torch.zeros(3, 16)
-    out = NoRepeatVRTLogitsProcessor(vocab)(ids, scores)
-    banned = [set(torch.isinf(row).nonzero().flatten().tolist()) for row in out]
-    assert banned == [{12, 13}, {15}, set()]
+    scores = torch.arange(48, dtype=torch.float32).reshape(3, 16)
+    out = VRTRepeatPenaltyLogitsProcessor(vocab, 2.5)(ids, scores.clone())
+    expected = scores.clone()
+    expected[0, [12, 13]] -= 2.5
+    expected[1, 15] -= 2.5
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    banned = VRTRepeatPenaltyLogitsProcessor(vocab, float("inf"))(ids, scores.clone())
+    assert [set(torch.isinf(row).nonzero().flatten().tolist()) for row in banned] == [{12, 13}, {15}, set()]
+    with pytest.raises(ValueError, match=">= 0"):
+        VRTRepeatPenaltyLogitsProcessor(vocab, -1.0)
 
 
-def test_no_repeat_vrt_writes_distinct_vrts_per_object(pipe):
+def test_vrt_repeat_penalty_in_generation(pipe):
     img = image(5, 140, 112)
 
     def runs(**kwargs):
@@ -157,11 +163,12 @@ def test_no_repeat_vrt_writes_distinct_vrts_per_object(pipe):
 
     plain = runs()
     assert any(len(set(r)) < len(r) for r in plain), "this seed repeats a VRT when decoding greedily"
-    distinct = runs(no_repeat_vrt=True)
+    assert runs(vrt_repeat_penalty=0.0) == plain
+    distinct = runs(vrt_repeat_penalty=float("inf"))
     assert distinct and all(len(set(r)) == len(r) for r in distinct)
-    # The flag in the checkpoint's generation_config is the default.
-    pipe.model.generation_config.no_repeat_vrt = True
+    # The checkpoint's generation_config sets the default.
+    pipe.model.generation_config.vrt_repeat_penalty = float("inf")
     try:
         assert runs() == distinct
     finally:
-        del pipe.model.generation_config.no_repeat_vrt
+        del pipe.model.generation_config.vrt_repeat_penalty

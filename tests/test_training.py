@@ -288,11 +288,11 @@ def test_resume_reproduces_the_uninterrupted_run(scenes, tmp_path, monkeypatch):
     monkeypatch.setattr(batch_module, "build_completions", recording)
     # 8 scenes, batch 2: the run crosses an epoch boundary after step 4 and leaves warm-up after step 3.
     settings = ("training.max_steps=6", "training.save_strategy=steps", "training.save_steps=3", "padt.warmup_steps=4")
-    whole = train(make_config(scenes, tmp_path / "whole", *settings, "generation.no_repeat_vrt=true"))
+    whole = train(make_config(scenes, tmp_path / "whole", *settings, "generation.vrt_repeat_penalty=2.0"))
     uninterrupted = list(drawn)
     assert len(uninterrupted) == 6
     # The config's generation section lands in the final model's generation_config.
-    assert PaDTForConditionalGeneration.from_pretrained(whole).generation_config.no_repeat_vrt is True
+    assert PaDTForConditionalGeneration.from_pretrained(whole).generation_config.vrt_repeat_penalty == 2.0
 
     config = make_config(scenes, tmp_path / "resumed", *settings)
     trainer = build_trainer(config)

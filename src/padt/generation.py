@@ -8,10 +8,12 @@ What PaDT adds to stock ``generate`` (padt-method.md §1.4, §10.5):
   keeping every layer's hidden states for every step (``output_hidden_states=True``), a
   :class:`VRTStateRecorder` keeps one ``D``-vector per *emitted VRT*, nothing else;
 - prefill logits are computed for the last position only (``logits_to_keep``), as in stock generation;
-- optionally (:class:`NoRepeatVRTLogitsProcessor`, ``no_repeat_vrt``), a VRT cannot repeat within one object's
-  run. Training targets never repeat one (the VRTs of an object are drawn without replacement, §5.2), but a
-  small model decoding greedily tends to write the most likely patch five times, which leaves the decoder one
-  point of the object instead of five.
+- optionally (:class:`VRTRepeatPenaltyLogitsProcessor`, ``vrt_repeat_penalty``), a penalty on the VRTs already
+  in the object's run. Training runs hold 5 VRTs, distinct for an object with at least 5 foreground patches and
+  drawn with replacement for a smaller one (§5.2). A small model decoding greedily tends to write its most
+  likely patch five times even for a large object, which leaves the decoder one point of it instead of five;
+  with the penalty the next-best patch wins when it is nearly as likely, while a small object's only patches
+  still repeat.
 """
 
 from __future__ import annotations
@@ -95,21 +97,28 @@ class VRTStateRecorder:
             raise ValueError(f"no recorded state for a VRT at step {exc.args[0]} of sample {row}") from None
 
 
-class NoRepeatVRTLogitsProcessor(LogitsProcessor):
-    """Bans every VRT of the run being written (the VRTs since the last text token) from the next step.
+class VRTRepeatPenaltyLogitsProcessor(LogitsProcessor):
+    """Lowers the logits of the VRTs of the run being written (the VRTs since the last text token) by
+    ``penalty``: a VRT repeats only when it is more than ``exp(penalty)`` times likelier than every other
+    token. ``penalty=inf`` forbids repeats.
 
     Works on global ids: ids ``>= vocab_size`` are VRTs, and ``scores`` holds the text logits followed by the
     VRT logits (``V + ΣN`` columns). A run ends at any text token, so the next object may reuse a patch.
     """
 
-    def __init__(self, vocab_size: int) -> None:
+    def __init__(self, vocab_size: int, penalty: float) -> None:
+        if not penalty >= 0:
+            raise ValueError(f"vrt_repeat_penalty must be >= 0 (inf forbids repeats), got {penalty}")
         self.vocab_size = int(vocab_size)
+        self.penalty = float(penalty)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         is_vrt = input_ids >= self.vocab_size
         in_run = is_vrt.flip(1).long().cumprod(1).flip(1).bool()  # the trailing VRTs of each row
-        if not bool(in_run.any()):
+        if self.penalty == 0 or not bool(in_run.any()):
             return scores
         ids = torch.where(in_run, input_ids, torch.zeros_like(input_ids)).clamp(max=scores.shape[-1] - 1)
-        banned = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, ids, in_run)
-        return scores.masked_fill(banned, float("-inf"))
+        in_run_ids = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, ids, in_run)
+        if self.penalty == float("inf"):
+            return scores.masked_fill(in_run_ids, float("-inf"))
+        return scores - self.penalty * in_run_ids.to(scores.dtype)

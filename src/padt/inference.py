@@ -218,19 +218,11 @@ class PaDT:
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-VRT_REPEATS = ("model", "allow", "forbid")
-
-
-def add_vrt_repeats_argument(parser: argparse.ArgumentParser) -> None:
-    """``--vrt-repeats``: may one object's run name the same patch twice (shared by predict and eval)."""
-    parser.add_argument("--vrt-repeats", choices=VRT_REPEATS, default="model",
-                        help="forbid: no VRT twice within one object (no_repeat_vrt); allow: plain decoding; "
-                        "model (default): the checkpoint's generation_config decides")
-
-
-def no_repeat_vrt(choice: str) -> bool | None:
-    """The ``no_repeat_vrt`` generate argument for a ``--vrt-repeats`` choice (None: the checkpoint's)."""
-    return {"model": None, "allow": False, "forbid": True}[choice]
+def add_vrt_repeat_penalty_argument(parser: argparse.ArgumentParser) -> None:
+    """``--vrt-repeat-penalty`` (shared by predict and eval)."""
+    parser.add_argument("--vrt-repeat-penalty", type=float, default=None, metavar="P",
+                        help="lower the logits of the VRTs already in an object's run by P (0: plain greedy, inf: "
+                        "never repeat; default: the checkpoint's generation_config)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -249,7 +241,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-side", type=int, default=None, help="cap the longer image side (px) first")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
-    add_vrt_repeats_argument(parser)
+    add_vrt_repeat_penalty_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -259,9 +251,9 @@ def run(args: argparse.Namespace) -> int:
         if not Path(image).is_file():
             raise PaDTError(f"image file not found: {image}")
     pipe = PaDT.from_pretrained(args.model or default_model(), device=args.device, dtype=args.dtype, max_side=args.max_side)
-    repeats = no_repeat_vrt(args.vrt_repeats)
+    penalty = args.vrt_repeat_penalty
     [prediction] = pipe([list(args.image)], [args.prompt], task=args.task, max_new_tokens=args.max_new_tokens,
-                        **({} if repeats is None else {"no_repeat_vrt": repeats}))
+                        **({} if penalty is None else {"vrt_repeat_penalty": penalty}))
     print(prediction.text)
     for obj, image in zip(prediction.objects, prediction.object_images):
         where = f" [image {image}]" if len(args.image) > 1 else ""

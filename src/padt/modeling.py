@@ -35,7 +35,7 @@ from transformers.vision_utils import get_vision_position_ids, get_vision_window
 
 from padt.decoder import PaDTDecoder, PaDTDecoderConfig, PaDTDecoderOutput, normalised_position_code
 from padt.errors import PaDTError
-from padt.generation import NoRepeatVRTLogitsProcessor, VRTStateRecorder
+from padt.generation import VRTRepeatPenaltyLogitsProcessor, VRTStateRecorder
 from padt.vrt import VRTLayout
 
 # Checkpoints saved by the reference (transformers 4.50) keep the vision tower at ``visual.*`` and the text
@@ -472,23 +472,23 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
 
     # ------------------------------------------------------------------------------------------ generation
     def generate(self, input_ids: torch.LongTensor | None = None, *args: Any,
-                 vrt_recorder: VRTStateRecorder | None = None, no_repeat_vrt: bool | None = None,
+                 vrt_recorder: VRTStateRecorder | None = None, vrt_repeat_penalty: float | None = None,
                  **kwargs: Any) -> Any:
         """transformers' ``generate`` with global VRT ids in and out.
 
         Pass a :class:`~padt.generation.VRTStateRecorder` as ``vrt_recorder`` to collect the hidden states the
-        decoder needs. ``no_repeat_vrt`` (default: the ``no_repeat_vrt`` entry of the checkpoint's
-        ``generation_config``, else off) adds :class:`~padt.generation.NoRepeatVRTLogitsProcessor`. Everything
-        else is stock: greedy, sampling, logits processors, the checkpoint's ``generation_config``, static
-        caches and compilation.
+        decoder needs. ``vrt_repeat_penalty`` (default: the entry of that name in the checkpoint's
+        ``generation_config``, else 0 = off) adds :class:`~padt.generation.VRTRepeatPenaltyLogitsProcessor`.
+        Everything else is stock: greedy, sampling, logits processors, the checkpoint's ``generation_config``,
+        static caches and compilation.
         """
-        if no_repeat_vrt is None:
-            no_repeat_vrt = bool(getattr(self.generation_config, "no_repeat_vrt", False))
-        if no_repeat_vrt:
+        if vrt_repeat_penalty is None:
+            vrt_repeat_penalty = float(getattr(self.generation_config, "vrt_repeat_penalty", 0.0) or 0.0)
+        if vrt_repeat_penalty:
             from transformers import LogitsProcessorList
 
             processors = LogitsProcessorList(kwargs.pop("logits_processor", None) or [])
-            processors.append(NoRepeatVRTLogitsProcessor(self.vocab_size))
+            processors.append(VRTRepeatPenaltyLogitsProcessor(self.vocab_size, vrt_repeat_penalty))
             kwargs["logits_processor"] = processors
         if input_ids is not None and kwargs.get("mm_token_type_ids") is None and kwargs.get("pixel_values") is not None:
             # M-RoPE needs the image-token positions; derive them when the caller did not pass them.

@@ -28,7 +28,7 @@ metrics.json. Under accelerate/torchrun each process writes predictions.rank<r>.
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``padt eval``."""
-    from padt.inference import DTYPES, add_vrt_repeats_argument
+    from padt.inference import DTYPES, add_vrt_repeat_penalty_argument
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = DATA_HELP
@@ -59,14 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "each process's own GPU when distributed)")
     parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
-    add_vrt_repeats_argument(parser)
+    add_vrt_repeat_penalty_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, write the outputs and print the metrics JSON (main process)."""
     from padt.errors import PaDTError
     from padt.evaluation.driver import evaluate
-    from padt.inference import default_model, no_repeat_vrt
+    from padt.inference import default_model
 
     if args.model is None:
         args.model = str(default_model())
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         image_root=args.image_root, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
         limit=args.limit, protocol="paper" if args.index_file is not None else args.protocol, index_file=args.index_file, coco=args.coco, rebuilt_gt=args.rebuilt_gt,
         masks=True if args.masks else None, meteor=not args.no_meteor, device=args.device, dtype=args.dtype,
-        progress=not args.no_progress, no_repeat_vrt=no_repeat_vrt(args.vrt_repeats),
+        progress=not args.no_progress, vrt_repeat_penalty=args.vrt_repeat_penalty,
     )
     if metrics is not None:
         print(json.dumps(metrics, indent=2))

@@ -4,7 +4,7 @@
 (:func:`predict_shard`), merges the prediction files (:func:`merge_predictions`) and scores them with the
 functions of :mod:`padt.evaluation.score` (:func:`score_predictions`). The output folder holds:
 
-- ``eval.json``: what is evaluated (model, data, task, ``max_new_tokens``, ``no_repeat_vrt`` when given). A folder evaluated with other
+- ``eval.json``: what is evaluated (model, data, task, ``max_new_tokens``, ``vrt_repeat_penalty`` when given). A folder evaluated with other
   settings is refused, so that a resumed run never mixes two evaluations.
 - ``predictions.jsonl``: one line per query in the per-query format of ``padt score`` (``index``, ``objects``
   with pixel xyxy ``bbox``, ``score``, ``label``, ``mask`` RLE, ``width``, ``height``, ``caption`` for RIC) plus
@@ -333,12 +333,12 @@ def predict_shard(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
-    no_repeat_vrt: bool | None = None,
+    vrt_repeat_penalty: float | None = None,
 ) -> int:
     """Predict this process's share of the queries (every ``world_size``-th, from ``rank``) and append their
     lines to :func:`shard_file`, flushed after every batch. Indices already in any prediction file of
     ``out_dir`` are skipped. ``masks`` (default: RES only) stores each object's RLE mask. Returns the number
-    of new predictions. ``no_repeat_vrt`` overrides the checkpoint's setting
+    of new predictions. ``vrt_repeat_penalty`` overrides the checkpoint's setting
     (:meth:`~padt.modeling.PaDTForConditionalGeneration.generate`)."""
     from tqdm import tqdm
 
@@ -365,7 +365,7 @@ def predict_shard(
         for batch in _batches(todo, batch_size):
             images, sizes = zip(*(_load_images(records[i], i, root) for i in batch), strict=True)
             prompts = [records[i].prompt for i in batch]
-            extra = {} if no_repeat_vrt is None else {"no_repeat_vrt": no_repeat_vrt}
+            extra = {} if vrt_repeat_penalty is None else {"vrt_repeat_penalty": vrt_repeat_penalty}
             predictions = pipe(list(images), prompts, max_new_tokens=max_new_tokens, decode_masks=masks, **extra)
             lines = [
                 prediction_line(i, records[i], task, p, size, masks=masks)
@@ -560,7 +560,7 @@ def evaluate(
     model_name: str | None = None,
     data_name: str | None = None,
     progress: bool = True,
-    no_repeat_vrt: bool | None = None,
+    vrt_repeat_penalty: float | None = None,
 ) -> dict[str, Any] | None:
     """Predict every query of ``data`` with ``pipe``, resumably, and score the predictions.
 
@@ -575,8 +575,8 @@ def evaluate(
         protocol, index_file, coco, rebuilt_gt, meteor: passed to :func:`score_predictions`.
         masks: store predicted masks in the lines (default: RES only).
         model_name, data_name: how ``eval.json`` names the model and the data when they are objects.
-        no_repeat_vrt: forbid (True) or allow (False) a VRT twice in one object's run; None: the checkpoint's
-            ``generation_config`` decides.
+        vrt_repeat_penalty: penalty on the VRTs already in an object's run (0: off, inf: no repeats); None:
+            the checkpoint's ``generation_config`` decides.
     Returns:
         The metrics (also in ``metrics.json``), or None in a non-main process of a distributed run.
     """
@@ -597,8 +597,8 @@ def evaluate(
     else:
         name = data_name or "in-memory records"
     settings = {"model": model, "data": name, "task": task, "max_new_tokens": max_new_tokens}
-    if no_repeat_vrt is not None:
-        settings["no_repeat_vrt"] = no_repeat_vrt
+    if vrt_repeat_penalty is not None:
+        settings["vrt_repeat_penalty"] = vrt_repeat_penalty
 
     with state.main_process_first() if state is not None else contextlib.nullcontext():
         check_settings(out, settings)
@@ -627,7 +627,7 @@ def evaluate(
         pipe = PaDT.from_pretrained(pipe, device=device, dtype=dtype)
     predict_shard(pipe, records, task, out, image_root=loaded.image_root, batch_size=batch_size,
                   max_new_tokens=max_new_tokens, masks=masks, rank=rank, world_size=world_size, progress=progress,
-                  no_repeat_vrt=no_repeat_vrt)
+                  vrt_repeat_penalty=vrt_repeat_penalty)
     if state is not None:
         state.wait_for_everyone()
         if not state.is_main_process:

@@ -12,7 +12,7 @@ A config has six sections (all optional except ``data`` and ``training.output_di
     components:  {vision: train, llm: train, decoder: train}                      # train | freeze | lora
     lora:        {r: 16, alpha: 32, dropout: 0.05}
     training:    {output_dir: runs/x, ...}     # any transformers TrainingArguments field
-    generation:  {no_repeat_vrt: true, ...}    # written into the final model's generation_config
+    generation:  {vrt_repeat_penalty: 2.0, ...}    # written into the final model's generation_config
     seed: 42
     resume: auto                               # auto | true | false
 
@@ -152,7 +152,7 @@ def validate_config(config: Mapping[str, Any], where: str = "config") -> None:
     if all(mode == "freeze" for mode in config["components"].values()):
         raise PaDTError(f"{where}: every component is frozen; set at least one of components.* to train or lora")
     if not isinstance(config["generation"], Mapping):
-        raise PaDTError(f"{where}: generation must be a mapping of generation_config fields, e.g. no_repeat_vrt: true")
+        raise PaDTError(f"{where}: generation must be a mapping of generation_config fields, e.g. vrt_repeat_penalty: 2.0")
     if not config["training"].get("output_dir"):
         raise PaDTError(f"{where}: set training.output_dir (where checkpoints and the final model go)")
     if config["resume"] not in ("auto", True, False):

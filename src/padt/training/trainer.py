@@ -325,7 +325,7 @@ def build_trainer(config: Mapping[str, Any]) -> PaDTTrainer:
 def save_final(trainer: PaDTTrainer, output_dir: str | os.PathLike,
                generation: Mapping[str, Any] | None = None) -> Path:
     """Write a plain ``from_pretrained`` folder (LoRA merged) that ``padt predict`` loads, with the
-    ``generation`` settings (e.g. ``no_repeat_vrt``) in its ``generation_config``."""
+    ``generation`` settings (e.g. ``vrt_repeat_penalty``) in its ``generation_config``."""
     out = Path(output_dir)
     model = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(model, "merge_and_unload"):
