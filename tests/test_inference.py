@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from padt.cli import main
+from padt.errors import PaDTError
 from padt.generation import VRTStateRecorder
 from padt.inference import PaDT, predict
 from padt.postprocess import rle_to_mask
@@ -150,7 +151,7 @@ def test_vrt_repeat_penalty_lowers_the_current_run_only():
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
     banned = VRTRepeatPenaltyLogitsProcessor(vocab, float("inf"))(ids, scores.clone())
     assert [set(torch.isinf(row).nonzero().flatten().tolist()) for row in banned] == [{12, 13}, {15}, set()]
-    with pytest.raises(ValueError, match=">= 0"):
+    with pytest.raises(PaDTError, match=">= 0"):
         VRTRepeatPenaltyLogitsProcessor(vocab, -1.0)
 
 

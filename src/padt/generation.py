@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor
 
+from padt.errors import PaDTError
+
 FLUSH_EVERY = 16  # steps between the recorder's (only) host synchronisations
 
 
@@ -108,7 +110,7 @@ class VRTRepeatPenaltyLogitsProcessor(LogitsProcessor):
 
     def __init__(self, vocab_size: int, penalty: float) -> None:
         if not penalty >= 0:
-            raise ValueError(f"vrt_repeat_penalty must be >= 0 (inf forbids repeats), got {penalty}")
+            raise PaDTError(f"vrt_repeat_penalty must be >= 0 (0: off, inf: no repeats), got {penalty}")
         self.vocab_size = int(vocab_size)
         self.penalty = float(penalty)
 
