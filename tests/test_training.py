@@ -35,6 +35,7 @@ from padt.training.batch import PaDTCollator, StepOptions, build_completions, pa
 from padt.training.config import load_config
 from padt.training.trainer import (
     PaDTTrainer,
+    apply_components,
     build_dataset,
     build_model_and_processor,
     build_trainer,
@@ -324,6 +325,16 @@ def test_resume_reproduces_the_uninterrupted_run(scenes, tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------- LoRA
+def test_every_parameter_belongs_to_a_component_and_freezing_follows_it():
+    model = tiny_model(seed=0, hidden_size=32, decoder_ordering="raster", image_position_code=True)
+    names = [n for n, _ in model.named_parameters()]
+    assert "image_position.weight" in names
+    frozen = apply_components(model, {"vision": "freeze", "llm": "train", "decoder": "train"}, {})
+    trainable = {n for n, p in frozen.named_parameters() if p.requires_grad}
+    vision = {n for n in names if n.startswith("model.visual.")} | {"image_position.weight"}
+    assert trainable == set(names) - vision
+
+
 def test_lora_trains_adapters_and_decoder_only_and_merges(scenes, tmp_path):
     from padt.inference import PaDT
 

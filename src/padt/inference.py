@@ -251,9 +251,8 @@ def run(args: argparse.Namespace) -> int:
         if not Path(image).is_file():
             raise PaDTError(f"image file not found: {image}")
     pipe = PaDT.from_pretrained(args.model or default_model(), device=args.device, dtype=args.dtype, max_side=args.max_side)
-    penalty = args.vrt_repeat_penalty
     [prediction] = pipe([list(args.image)], [args.prompt], task=args.task, max_new_tokens=args.max_new_tokens,
-                        **({} if penalty is None else {"vrt_repeat_penalty": penalty}))
+                        vrt_repeat_penalty=args.vrt_repeat_penalty)  # None: the checkpoint's setting
     print(prediction.text)
     for obj, image in zip(prediction.objects, prediction.object_images):
         where = f" [image {image}]" if len(args.image) > 1 else ""

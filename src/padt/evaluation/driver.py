@@ -4,8 +4,8 @@
 (:func:`predict_shard`), merges the prediction files (:func:`merge_predictions`) and scores them with the
 functions of :mod:`padt.evaluation.score` (:func:`score_predictions`). The output folder holds:
 
-- ``eval.json``: what is evaluated (model, data, task, ``max_new_tokens``, ``vrt_repeat_penalty`` when given). A folder evaluated with other
-  settings is refused, so that a resumed run never mixes two evaluations.
+- ``eval.json``: what is evaluated (model, data, task, ``max_new_tokens``, ``vrt_repeat_penalty`` when given).
+  A folder evaluated with other settings is refused, so that a resumed run never mixes two evaluations.
 - ``predictions.jsonl``: one line per query in the per-query format of ``padt score`` (``index``, ``objects``
   with pixel xyxy ``bbox``, ``score``, ``label``, ``mask`` RLE, ``width``, ``height``, ``caption`` for RIC) plus
   the generated ``text``. Lines are flushed after every batch; a rerun skips the indices already present and
@@ -365,8 +365,8 @@ def predict_shard(
         for batch in _batches(todo, batch_size):
             images, sizes = zip(*(_load_images(records[i], i, root) for i in batch), strict=True)
             prompts = [records[i].prompt for i in batch]
-            extra = {} if vrt_repeat_penalty is None else {"vrt_repeat_penalty": vrt_repeat_penalty}
-            predictions = pipe(list(images), prompts, max_new_tokens=max_new_tokens, decode_masks=masks, **extra)
+            predictions = pipe(list(images), prompts, max_new_tokens=max_new_tokens, decode_masks=masks,
+                               vrt_repeat_penalty=vrt_repeat_penalty)
             lines = [
                 prediction_line(i, records[i], task, p, size, masks=masks)
                 for i, p, size in zip(batch, predictions, sizes, strict=True)
