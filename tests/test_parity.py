@@ -3,8 +3,10 @@
 Each fixture folder holds a tiny checkpoint saved by the reference code, fixed inputs, and the outputs the
 reference computed on them (see the folder's README): the forward pass, the decoder, greedy generation and
 the training loss items (token, box, score and mask losses, and their total). Folders come from
-``PADT_PARITY_FIXTURES`` (colon-separated paths) or, by default, every folder under ``<repo>/../shared/parity``.
-A missing or malformed folder fails; it is never skipped.
+``tests/fixtures/parity`` plus the colon-separated paths in ``PADT_PARITY_FIXTURES``. Every setting a folder
+recorded (the generate call, the trainer's loss arguments) is read from its ``meta.json`` and applied
+(``parity.Settings``). A missing or malformed folder, or a setting that cannot be applied, fails; nothing is
+skipped.
 
 Tolerance: ids, strings, boolean masks and the ``-inf`` pattern of the logits exactly; floats within
 ``1e-4 * max(1, max |reference|)``. Every comparison prints its max abs difference.
@@ -35,7 +37,7 @@ from padt.losses import (
     stack_mask_targets,
 )
 from padt.modeling import PaDTForConditionalGeneration
-from parity import fixture_dirs, report
+from parity import Settings, fixture_dirs, report
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "inputs.safetensors", "expected.safetensors", "meta.json")
 FIXTURES = [str(p) for p in fixture_dirs()]
@@ -58,6 +60,7 @@ class Fixture:
             raise AssertionError(f"parity fixture {folder} is malformed: missing {', '.join(missing)}")
         self.path = path
         self.meta = json.loads((path / "meta.json").read_text())
+        self.settings = Settings.from_meta(self.meta)
         self.inputs = load_file(path / "inputs.safetensors")
         self.expected = load_file(path / "expected.safetensors")
         self.model = PaDTForConditionalGeneration.from_pretrained(
@@ -84,18 +87,22 @@ class Fixture:
 
     @torch.inference_mode()
     def generate(self):
-        gen = self.meta["generation"]
         prompt = self.inputs["prompt_input_ids"]
         recorder = VRTStateRecorder(self.vocab_size, prompt.shape[1])
+        # The checkpoint's generation_config.json is the one the reference used; the call's keywords on top.
+        loaded = self.model.generation_config
+        for key, value in self.settings.generation_config.items():
+            assert getattr(loaded, key, None) == value, (
+                f"generation_config.{key}: the fixture recorded {value!r}, the loaded checkpoint has "
+                f"{getattr(loaded, key, None)!r}"
+            )
         out = self.model.generate(
             prompt,
             attention_mask=self.inputs["prompt_attention_mask"],
             pixel_values=self.pixel_values,
             image_grid_thw=self.grid,
-            max_new_tokens=int(gen["new_tokens"]),
-            min_new_tokens=int(gen["new_tokens"]) if gen.get("eos_suppressed") else None,
-            do_sample=False,
-            repetition_penalty=1.0,
+            **self.settings.generate_kwargs,
+            vrt_repeat_penalty=0.0,  # a padt option the reference does not have
             return_dict_in_generate=True,
             output_logits=True,
             vrt_recorder=recorder,
@@ -322,18 +329,28 @@ def _objects(meta) -> list[tuple[dict, int]]:
     return [(obj, sample["P_offset"]) for sample in meta["samples"] for obj in sample["objects"]]
 
 
+def _foreground_sets(meta, settings: Settings, targets: torch.Tensor):
+    """What the trainer's loss leaves out per VRT target: the object's other foreground VRTs with the robust loss
+    (``use_sft_vp_mask``), nothing without it."""
+    vocab = meta["vrt_id_convention"]["V"]
+    if not settings.robust_loss:
+        return [t.reshape(1) for t in targets[targets >= vocab]]
+    objects = _objects(meta)
+    return build_foreground_sets(
+        [o["picked"] for o, _ in objects], [o["patches"] for o, _ in objects], [p for _, p in objects], vocab
+    )
+
+
 @pytest.mark.parametrize("folder", FIXTURES)
 def test_parity_token_loss(folder: str):
     meta, exp, inp = _load(folder)
+    settings = Settings.from_meta(meta)
     vocab = meta["vrt_id_convention"]["V"]
     prompt_len = meta["prompt_length_padded"]
-    objects = _objects(meta)
-    sets = build_foreground_sets(
-        [o["picked"] for o, _ in objects], [o["patches"] for o, _ in objects], [p for _, p in objects], vocab
-    )
+    targets = inp["input_ids_global"][:, prompt_len:]
+    sets = _foreground_sets(meta, settings, targets)
     # Our foreground sets are the reference's loss_masks rows once the target itself is put back.
     rows = torch.zeros(len(sets), exp["loss_vrt_masks"].shape[1], dtype=torch.bool)
-    targets = inp["input_ids_global"][:, prompt_len:]
     vrt_targets = targets[targets >= vocab]
     for r, ids in enumerate(sets):
         rows[r, ids] = True
@@ -377,6 +394,12 @@ def test_parity_mask_targets(folder: str):
 @pytest.mark.parametrize("folder", FIXTURES)
 def test_parity_box_score_and_mask_losses(folder: str, run: str):
     meta, exp, inp = _load(folder)
+    settings = Settings.from_meta(meta)
+    if run == "warmup":
+        # The warm-up run feeds the decoder the ground-truth prototypes only when the trainer had warm-up on.
+        assert meta["loss"]["warmup"]["warm_up_active"] == settings.warm_up, (
+            "trainer_args_used.use_warm_up disagrees with loss.warmup.warm_up_active"
+        )
     pre = "loss_" if run == "main" else "loss_warmup_"
     pred_boxes = exp["tf_pred_boxes"] if run == "main" else exp["loss_warmup_pred_boxes"]
     pred_scores = exp["tf_pred_score"] if run == "main" else exp["loss_warmup_pred_score"]
@@ -399,11 +422,14 @@ def test_parity_box_score_and_mask_losses(folder: str, run: str):
     _close(f"{run} giou (logged)", out["giou"], torch.tensor(logged["giou"][0]))
     _close(pre + "score", score_loss(pred_scores, out["matched_giou"])["loss_score"], exp[pre + "score"])
 
+    weights = settings.loss_weights
     sft = exp[pre + "sft_per_sample"].mean()
     if run == "warmup":
         # The warm-up decoder's mask logits are not stored: check the total with the stored mask term.
-        total = sft + out["loss_bbox_l1"] + out["loss_bbox_giou"]
-        total = total + score_loss(pred_scores, out["matched_giou"])["loss_score"] + exp[pre + "mask_total"]
+        total = weights["loss_token"] * sft + weights["loss_bbox_l1"] * out["loss_bbox_l1"]
+        total = total + weights["loss_bbox_giou"] * out["loss_bbox_giou"]
+        total = total + weights["loss_score"] * score_loss(pred_scores, out["matched_giou"])["loss_score"]
+        total = total + weights["loss_mask_dice"] * exp[pre + "mask_total"]
         _close(pre + "total", total, exp[pre + "total"])
         return
 
@@ -413,17 +439,15 @@ def test_parity_box_score_and_mask_losses(folder: str, run: str):
     _close("loss_focal", masks["loss_mask_focal"], exp["loss_focal"])
     _close("loss_mask_total", masks["loss_mask_dice"] + masks["loss_mask_focal"], exp["loss_mask_total"])
 
-    # The whole criterion, all weights 1, against the trainer's return value.
+    # The whole criterion, with the loss terms the trainer had switched on, against its return value.
     vocab = meta["vrt_id_convention"]["V"]
     prompt_len = meta["prompt_length_padded"]
-    objects = _objects(meta)
-    full = PaDTCriterion(reference_gt_dtype=torch.bfloat16)(
+    targets = inp["input_ids_global"][:, prompt_len:]
+    full = PaDTCriterion(weights, reference_gt_dtype=torch.bfloat16)(
         logits=exp["logits"][:, prompt_len - 1 : -1],
-        targets=inp["input_ids_global"][:, prompt_len:],
+        targets=targets,
         completion_mask=inp["completion_attention_mask"],
-        foreground_sets=build_foreground_sets(
-            [o["picked"] for o, _ in objects], [o["patches"] for o, _ in objects], [p for _, p in objects], vocab
-        ),
+        foreground_sets=_foreground_sets(meta, settings, targets),
         vocab_size=vocab,
         pred_boxes=pred_boxes, pred_scores=pred_scores, gt_boxes=gt_boxes,
         pred_masks=exp["tf_pred_mask"], gt_masks=gt, valid_masks=valid, has_mask=has_mask,

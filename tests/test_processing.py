@@ -20,7 +20,7 @@ from padt.processing import (
     vrt_run,
 )
 from padt.testing import QWEN_SPECIAL_TOKENS, TINY_VOCAB_SIZE, tiny_processor, tiny_tokenizer
-from parity import fixture_dirs
+from parity import fixture_dirs, load_processor
 
 V = TINY_VOCAB_SIZE
 DEFAULT_FIXTURE = fixture_dirs()[0]
@@ -290,7 +290,7 @@ def fx(request):
     from safetensors.torch import load_file
 
     meta = json.loads((folder / "meta.json").read_text())
-    processor = PaDTProcessor.from_pretrained(folder)
+    processor = load_processor(folder)
     texts = [s["problem"] for s in meta["samples"]]
     batch = processor(texts, [folder / s["image_file"] for s in meta["samples"]])
     return {

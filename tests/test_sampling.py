@@ -12,7 +12,7 @@ import pytest
 
 from padt.errors import PaDTError
 from padt.training.sampling import fill_answer_template, sample_foreground_vrts
-from parity import fixture_dirs
+from parity import Settings, fixture_dirs
 
 DRAWS = 6000
 
@@ -114,16 +114,17 @@ def test_fill_answer_template():
 @pytest.mark.parametrize("fixture", fixture_dirs(), ids=lambda p: p.name)
 def test_reference_picks_and_completions(fixture: Path):
     meta = json.loads((fixture / "meta.json").read_text())
-    if not meta.get("trainer_args_used", {}).get("random_select_patch", True):
-        pytest.skip("the fixture used positional selection")
-    num = meta["trainer_args_used"].get("random_select_patch_num", 5)
+    settings = Settings.from_meta(meta)
     # The fixture seeded numpy's global RNG with seed + 99 just before compute_loss, which draws each
     # object's run with np.random.choice in (sample, object) order: a RandomState in that state replays it.
     rng = np.random.RandomState(meta["seed"] + 99)
     for sample in meta["samples"]:
         runs = []
+        # The reference's positional mode reads the grid width as round(image width / 28).
+        grid_cols = round(sample["image_size_wh"][0] / 28)
         for obj in sample["objects"]:
-            picked = sample_foreground_vrts(obj["patches"], rng, num)
+            picked = sample_foreground_vrts(obj["patches"], rng, settings.vrts_per_object,
+                                            random_select=settings.random_select, grid_cols=grid_cols)
             assert picked == obj["picked"]
             runs.append(picked)
         assert fill_answer_template(sample["answer_template"], runs) == sample["completion_text"]
