@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 CONSTRAINTS := $(if $(HAS_GPU),,-c constraints-cpu.txt)
 
-.PHONY: install test demo lint clean
+.PHONY: install test quick demo lint format clean
 
 install: $(STAMP)
 
@@ -20,13 +20,22 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 
 test: install
 	$(PY) -m ruff check src tests bench scripts
+	$(PY) -m ruff format --check src tests bench scripts
 	$(PY) -m pytest -q
+
+quick: install  ## the fast loop: everything but the tests marked slow
+	$(PY) -m pytest -q -m "not slow"
 
 demo: install
 	$(VENV)/bin/padt demo
 
 lint: install
 	$(PY) -m ruff check src tests bench scripts
+	$(PY) -m ruff format --check src tests bench scripts
+
+format: install
+	$(PY) -m ruff format src tests bench scripts
+	$(PY) -m ruff check --fix src tests bench scripts
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

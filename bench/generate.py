@@ -27,14 +27,26 @@ from padt.testing import tiny_config, tiny_processor, tiny_tokenizer
 
 QWEN25_VL_3B = {
     "text_config": {
-        "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
-        "num_attention_heads": 16, "num_key_value_heads": 2, "max_position_embeddings": 128000,
-        "rms_norm_eps": 1e-6, "rope_parameters": {"rope_type": "default", "mrope_section": [16, 24, 24],
-                                                  "rope_theta": 1000000.0},
+        "vocab_size": 151936,
+        "hidden_size": 2048,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 36,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 128000,
+        "rms_norm_eps": 1e-6,
+        "rope_parameters": {"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1000000.0},
     },
     "vision_config": {
-        "depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "out_hidden_size": 2048,
-        "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
+        "depth": 32,
+        "hidden_size": 1280,
+        "intermediate_size": 3420,
+        "num_heads": 16,
+        "out_hidden_size": 2048,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 112,
         "fullatt_block_indexes": [7, 15, 23, 31],
     },
     "tie_word_embeddings": True,
@@ -43,17 +55,32 @@ QWEN25_VL_3B = {
 
 def build(arch: str, device: str, dtype: torch.dtype):
     tokenizer = tiny_tokenizer()
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
-                                                          "<|vision_end|>", "<|im_end|>", "<|endoftext|>")}
+    ids = {
+        t: tokenizer.convert_tokens_to_ids(t)
+        for t in (
+            "<|image_pad|>",
+            "<|video_pad|>",
+            "<|vision_start|>",
+            "<|vision_end|>",
+            "<|im_end|>",
+            "<|endoftext|>",
+        )
+    }
     if arch == "tiny":
         config = tiny_config()
     else:
         spec = json.loads(json.dumps(QWEN25_VL_3B))
-        spec["text_config"].update(bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-                                   pad_token_id=ids["<|endoftext|>"])
+        spec["text_config"].update(
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+        )
         config = Qwen2_5_VLConfig(
-            **spec, image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-            vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+            **spec,
+            image_token_id=ids["<|image_pad|>"],
+            video_token_id=ids["<|video_pad|>"],
+            vision_start_token_id=ids["<|vision_start|>"],
+            vision_end_token_id=ids["<|vision_end|>"],
         )
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
@@ -92,7 +119,9 @@ def per_token(model, inputs, new_tokens: int, cache: str, padt: bool, repeats: i
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--arch", choices=["tiny", "3b"], default="tiny")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default=None)
@@ -103,16 +132,23 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype or ("bf16" if args.arch == "3b" else "fp32")]
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[
+        args.dtype or ("bf16" if args.arch == "3b" else "fp32")
+    ]
     padt, stock = build(args.arch, args.device, dtype)
     processor = PaDTProcessor(tiny_processor(), padt.vocab_size)
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (args.image_size, args.image_size, 3),
-                                                              dtype=np.uint8))
+    image = Image.fromarray(
+        np.random.default_rng(0).integers(0, 255, (args.image_size, args.image_size, 3), dtype=np.uint8)
+    )
     rows = []
-    print(f"device {args.device} ({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'cpu'}), "
-          f"arch {args.arch}, {dtype}, {args.new_tokens} new tokens, image {args.image_size}px")
-    print(f"{'batch':>5} {'cache':>8} {'stock ms/tok':>13} {'padt ms/tok':>12} {'stock tok/s':>12} "
-          f"{'padt tok/s':>11} {'ratio':>6}")
+    print(
+        f"device {args.device} ({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'cpu'}), "
+        f"arch {args.arch}, {dtype}, {args.new_tokens} new tokens, image {args.image_size}px"
+    )
+    print(
+        f"{'batch':>5} {'cache':>8} {'stock ms/tok':>13} {'padt ms/tok':>12} {'stock tok/s':>12} "
+        f"{'padt tok/s':>11} {'ratio':>6}"
+    )
     for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
         batch = processor(["Please describe this image."] * batch_size, [image] * batch_size)
         inputs = {k: v.to(args.device) for k, v in batch.inputs.items()}
@@ -124,14 +160,25 @@ def main() -> None:
             except Exception as exc:  # report the cell, keep measuring the others
                 print(f"{batch_size:>5} {cache:>8} failed: {type(exc).__name__}: {exc}"[:300])
                 continue
-            row = {"batch": batch_size, "cache": cache, "stock_ms_per_token": 1e3 * s, "padt_ms_per_token": 1e3 * p,
-                   "stock_tokens_per_s": batch_size / s, "padt_tokens_per_s": batch_size / p, "ratio": p / s}
+            row = {
+                "batch": batch_size,
+                "cache": cache,
+                "stock_ms_per_token": 1e3 * s,
+                "padt_ms_per_token": 1e3 * p,
+                "stock_tokens_per_s": batch_size / s,
+                "padt_tokens_per_s": batch_size / p,
+                "ratio": p / s,
+            }
             rows.append(row)
-            print(f"{batch_size:>5} {cache:>8} {1e3 * s:>13.2f} {1e3 * p:>12.2f} {batch_size / s:>12.1f} "
-                  f"{batch_size / p:>11.1f} {p / s:>6.2f}")
+            print(
+                f"{batch_size:>5} {cache:>8} {1e3 * s:>13.2f} {1e3 * p:>12.2f} {batch_size / s:>12.1f} "
+                f"{batch_size / p:>11.1f} {p / s:>6.2f}"
+            )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": args.device, "arch": args.arch, "dtype": str(dtype), "rows": rows}, f, indent=2)
+            json.dump(
+                {"device": args.device, "arch": args.arch, "dtype": str(dtype), "rows": rows}, f, indent=2
+            )
 
 
 if __name__ == "__main__":

@@ -125,12 +125,16 @@ def measure(model, step, device: str, repeats: int) -> tuple[float, float, float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--arch", choices=["tiny", "3b"], default="tiny")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default=None)
     parser.add_argument("--batch-sizes", default="1,4")
-    parser.add_argument("--image-size", type=int, default=None, help="scene side in px (default 224 tiny, 448 3b)")
+    parser.add_argument(
+        "--image-size", type=int, default=None, help="scene side in px (default 224 tiny, 448 3b)"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--gradient-checkpointing", action="store_true", help="on for both models")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -138,7 +142,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype or ("bf16" if args.arch == "3b" else "fp32")]
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[
+        args.dtype or ("bf16" if args.arch == "3b" else "fp32")
+    ]
     size = args.image_size or (448 if args.arch == "3b" else 224)
     padt, stock = build(args.arch, args.device, dtype)
     padt.train()
@@ -152,7 +158,9 @@ def main() -> None:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     folder = Path(tempfile.mkdtemp(prefix="padt-bench-"))
     # REC and OVD scenes (one and several objects); RIC records are text + objects like OVD.
-    summary = generate_dataset("all", max(batch_sizes), 0, folder, min_size=size, max_size=size, progress=False)
+    summary = generate_dataset(
+        "all", max(batch_sizes), 0, folder, min_size=size, max_size=size, progress=False
+    )
     records = read_records(summary.records_path)
     for record in records:
         record.image = str(folder / record.image)
@@ -160,10 +168,14 @@ def main() -> None:
     collator = PaDTCollator(processor, patches="recompute")
 
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    print(f"device {args.device} ({name}), arch {args.arch}, {dtype}, image {size}px, threads "
-          f"{torch.get_num_threads()}, gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}")
-    print(f"{'batch':>5} {'objs':>4} {'stock ms':>9} {'padt ms':>8} {'tok ms':>7} {'time x':>6} {'stock saved MB':>14} "
-          f"{'padt saved MB':>13} {'saved x':>7} {'stock peak MB':>13} {'padt peak MB':>12} {'peak x':>6}")
+    print(
+        f"device {args.device} ({name}), arch {args.arch}, {dtype}, image {size}px, threads "
+        f"{torch.get_num_threads()}, gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}"
+    )
+    print(
+        f"{'batch':>5} {'objs':>4} {'stock ms':>9} {'padt ms':>8} {'tok ms':>7} {'time x':>6} {'stock saved MB':>14} "
+        f"{'padt saved MB':>13} {'saved x':>7} {'stock peak MB':>13} {'padt peak MB':>12} {'peak x':>6}"
+    )
     rows = []
     for batch_size in batch_sizes:
         inputs = collator([dataset[i] for i in range(batch_size)])
@@ -184,21 +196,44 @@ def main() -> None:
         p_time, p_saved, p_peak = measure(padt, padt_step, args.device, args.repeats)
         t_time = measure(padt, token_step, args.device, args.repeats)[0]
         objects = sum(len(o) for o in inputs["padt"].objects)
-        row = {"batch": batch_size, "objects": objects, "completion_tokens": plain["logits_to_keep"] - 1,
-               "stock_ms": 1e3 * s_time, "padt_ms": 1e3 * p_time, "time_ratio": p_time / s_time,
-               "padt_token_loss_only_ms": 1e3 * t_time,
-               "stock_saved_mb": s_saved, "padt_saved_mb": p_saved, "saved_ratio": p_saved / s_saved,
-               "stock_peak_mb": s_peak, "padt_peak_mb": p_peak, "peak_ratio": p_peak / s_peak}
+        row = {
+            "batch": batch_size,
+            "objects": objects,
+            "completion_tokens": plain["logits_to_keep"] - 1,
+            "stock_ms": 1e3 * s_time,
+            "padt_ms": 1e3 * p_time,
+            "time_ratio": p_time / s_time,
+            "padt_token_loss_only_ms": 1e3 * t_time,
+            "stock_saved_mb": s_saved,
+            "padt_saved_mb": p_saved,
+            "saved_ratio": p_saved / s_saved,
+            "stock_peak_mb": s_peak,
+            "padt_peak_mb": p_peak,
+            "peak_ratio": p_peak / s_peak,
+        }
         rows.append(row)
-        print(f"{batch_size:>5} {objects:>4} {1e3 * s_time:>9.1f} {1e3 * p_time:>8.1f} {1e3 * t_time:>7.1f} "
-              f"{p_time / s_time:>6.2f} "
-              f"{s_saved:>14.1f} {p_saved:>13.1f} {p_saved / s_saved:>7.2f} {s_peak:>13.1f} {p_peak:>12.1f} "
-              f"{p_peak / s_peak:>6.2f}")
+        print(
+            f"{batch_size:>5} {objects:>4} {1e3 * s_time:>9.1f} {1e3 * p_time:>8.1f} {1e3 * t_time:>7.1f} "
+            f"{p_time / s_time:>6.2f} "
+            f"{s_saved:>14.1f} {p_saved:>13.1f} {p_saved / s_saved:>7.2f} {s_peak:>13.1f} {p_peak:>12.1f} "
+            f"{p_peak / s_peak:>6.2f}"
+        )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": args.device, "device_name": name, "arch": args.arch, "dtype": str(dtype),
-                       "image_size": size, "threads": torch.get_num_threads(),
-                       "gradient_checkpointing": args.gradient_checkpointing, "rows": rows}, f, indent=2)
+            json.dump(
+                {
+                    "device": args.device,
+                    "device_name": name,
+                    "arch": args.arch,
+                    "dtype": str(dtype),
+                    "image_size": size,
+                    "threads": torch.get_num_threads(),
+                    "gradient_checkpointing": args.gradient_checkpointing,
+                    "rows": rows,
+                },
+                f,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

@@ -28,13 +28,19 @@ VARIANTS = {
     "all_vrts": ("PaDT with all foreground VRTs", ["padt.vrts_per_object=-1"]),
 }
 # (task, metric key, column title)
-COLUMNS = [("rec", "acc@0.5", "REC Acc@0.5"), ("rec", "acc@0.75", "REC Acc@0.75"), ("res", "miou", "RES mIoU"),
-           ("ovd", "map", "OVD mAP")]
+COLUMNS = [
+    ("rec", "acc@0.5", "REC Acc@0.5"),
+    ("rec", "acc@0.75", "REC Acc@0.75"),
+    ("res", "miou", "RES mIoU"),
+    ("ovd", "map", "OVD mAP"),
+]
 MAX_NEW_TOKENS = {"rec": 64, "res": 64, "ovd": 192}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default="configs/ablation.yaml")
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
@@ -64,9 +70,19 @@ def main() -> None:
             if name == "text" and task == "res":
                 metrics[f"{task}/{key}"] = None  # text coordinates give no mask
                 continue
-            spec = f"synthetic:task={task},n={args.n},seed={args.seed},min_size=112,max_size=140,max_objects=4"
-            scores = evaluate(str(model_dir), spec, task, run_dir / f"eval_{task}", batch_size=args.batch_size,
-                              max_new_tokens=MAX_NEW_TOKENS[task], meteor=False, progress=True)
+            spec = (
+                f"synthetic:task={task},n={args.n},seed={args.seed},min_size=112,max_size=140,max_objects=4"
+            )
+            scores = evaluate(
+                str(model_dir),
+                spec,
+                task,
+                run_dir / f"eval_{task}",
+                batch_size=args.batch_size,
+                max_new_tokens=MAX_NEW_TOKENS[task],
+                meteor=False,
+                progress=True,
+            )
             metrics[f"{task}/{key}"] = scores.get(key) if scores else None
         results[name] = {"title": title, "overrides": overrides, "metrics": metrics, "train_seconds": train_s}
         print(name, json.dumps(metrics))
@@ -76,7 +92,9 @@ def main() -> None:
     lines = ["| variant | " + " | ".join(c for _, _, c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for result in results.values():
         cells = [result["metrics"].get(f"{t}/{k}") for t, k, _ in COLUMNS]
-        lines.append(f"| {result['title']} | " + " | ".join("–" if v is None else f"{v:.3f}" for v in cells) + " |")
+        lines.append(
+            f"| {result['title']} | " + " | ".join("–" if v is None else f"{v:.3f}" for v in cells) + " |"
+        )
     table = "\n".join(lines)
     (args.out / "ablation.md").write_text(table + "\n")
     print(table)

@@ -20,7 +20,9 @@ from padt.processing import PaDTProcessor
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("run", type=Path, help="folder written by padt train (the final model)")
     parser.add_argument("--out", type=Path, default=BUNDLED_MODEL)
     args = parser.parse_args()

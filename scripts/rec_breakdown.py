@@ -36,7 +36,9 @@ def breakdown(eval_dir: Path) -> dict[str, dict[str, float]]:
         gt = [target.bbox[0] * w, target.bbox[1] * h, target.bbox[2] * w, target.bbox[3] * h]
         first = pred["objects"][0] if pred["objects"] else None
         hit = first is not None and box_iou_matrix([first["bbox"]], [gt])[0, 0] >= 0.5
-        on_target = first is not None and bool(first["vrt_ids"]) and first["vrt_ids"][0] in set(target.patches)
+        on_target = (
+            first is not None and bool(first["vrt_ids"]) and first["vrt_ids"][0] in set(target.patches)
+        )
         for form in (expression_form(target.label), "all"):
             rows.setdefault(form, []).append((hit, on_target))
     table = {}
@@ -44,22 +46,32 @@ def breakdown(eval_dir: Path) -> dict[str, dict[str, float]]:
         if form not in rows:
             continue
         hits, on = (np.array(v) for v in zip(*rows[form], strict=True))
-        table[form] = {"n": len(hits), "acc@0.5": float(hits.mean()), "first_vrt_on_target": float(on.mean()),
-                       "acc@0.5_given_on_target": float(hits[on].mean()) if on.any() else float("nan")}
+        table[form] = {
+            "n": len(hits),
+            "acc@0.5": float(hits.mean()),
+            "first_vrt_on_target": float(on.mean()),
+            "acc@0.5_given_on_target": float(hits[on].mean()) if on.any() else float("nan"),
+        }
     return table
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("eval_dir", type=Path, help="folder written by padt eval --task rec on synthetic data")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "eval_dir", type=Path, help="folder written by padt eval --task rec on synthetic data"
+    )
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
     table = breakdown(args.eval_dir)
     print("| expression | n | acc@0.5 | first VRT on the object | acc@0.5 when it is |")
     print("|---|---:|---:|---:|---:|")
     for form, row in table.items():
-        print(f"| {form} | {row['n']} | {row['acc@0.5']:.3f} | {row['first_vrt_on_target']:.3f} "
-              f"| {row['acc@0.5_given_on_target']:.3f} |")
+        print(
+            f"| {form} | {row['n']} | {row['acc@0.5']:.3f} | {row['first_vrt_on_target']:.3f} "
+            f"| {row['acc@0.5_given_on_target']:.3f} |"
+        )
     if args.json:
         args.json.write_text(json.dumps(table, indent=2) + "\n")
 

@@ -28,8 +28,9 @@ def object_features(pipe, records, image_root: Path) -> tuple[dict[str, torch.Te
         image = Image.open(image_root / record.images[0]).convert("RGB")
         batch = pipe.processor(["x"], [image])
         with torch.no_grad():
-            vision = pipe.model.encode_images(batch.inputs["pixel_values"].to(pipe.model.dtype),
-                                              batch.inputs["image_grid_thw"])
+            vision = pipe.model.encode_images(
+                batch.inputs["pixel_values"].to(pipe.model.dtype), batch.inputs["image_grid_thw"]
+            )
         for obj in record.objects:
             index = torch.tensor(obj.patches)
             feats["image features"].append(vision.image_embeds[index].float().mean(0))
@@ -46,7 +47,9 @@ def probe(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, classes: int, s
     optimizer = torch.optim.Adam([weight, bias], lr=1e-2)
     for _ in range(steps):
         optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(x[train] @ weight + bias, y[train]) + 1e-3 * weight.pow(2).sum()
+        loss = (
+            torch.nn.functional.cross_entropy(x[train] @ weight + bias, y[train]) + 1e-3 * weight.pow(2).sum()
+        )
         loss.backward()
         optimizer.step()
     with torch.no_grad():
@@ -54,7 +57,9 @@ def probe(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, classes: int, s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("data", type=Path, help="folder written by padt data synthetic --task ovd")
     parser.add_argument("--model", default=None, help="checkpoint folder (default: the bundled model)")
     args = parser.parse_args()

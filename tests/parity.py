@@ -40,12 +40,30 @@ class UnsupportedSetting(AssertionError):
 
 # Keyword arguments of the recorded generate call that only choose what is returned, not which tokens come out.
 # padt records the decoder's states with a VRTStateRecorder instead of output_hidden_states.
-_OUTPUT_ONLY = {"output_hidden_states", "output_scores", "output_logits", "return_dict_in_generate",
-                "output_attentions"}
+_OUTPUT_ONLY = {
+    "output_hidden_states",
+    "output_scores",
+    "output_logits",
+    "return_dict_in_generate",
+    "output_attentions",
+}
 # Keyword arguments passed on to generate as recorded.
-_APPLIED = {"max_new_tokens", "min_new_tokens", "do_sample", "repetition_penalty", "use_cache", "num_beams",
-            "temperature", "top_k", "top_p", "no_repeat_ngram_size", "eos_token_id", "pad_token_id",
-            "bos_token_id", "length_penalty"}
+_APPLIED = {
+    "max_new_tokens",
+    "min_new_tokens",
+    "do_sample",
+    "repetition_penalty",
+    "use_cache",
+    "num_beams",
+    "temperature",
+    "top_k",
+    "top_p",
+    "no_repeat_ngram_size",
+    "eos_token_id",
+    "pad_token_id",
+    "bos_token_id",
+    "length_penalty",
+}
 # generation_config.json fields that are bookkeeping, not decoding settings.
 _CONFIG_BOOKKEEPING = {"transformers_version", "_from_model_config"}
 # The reference trainer's arguments and what they mean for padt.
@@ -54,8 +72,14 @@ _LOSS_SWITCHES = {
     "use_score_loss": ("loss_score",),
     "use_mask_loss": ("loss_mask_dice", "loss_mask_focal"),
 }
-_TRAINER_ARGS = {*_LOSS_SWITCHES, "use_sft_vp_mask", "use_warm_up", "random_select_patch",
-                 "random_select_patch_num", "use_visual_prototype_projection"}
+_TRAINER_ARGS = {
+    *_LOSS_SWITCHES,
+    "use_sft_vp_mask",
+    "use_warm_up",
+    "random_select_patch",
+    "random_select_patch_num",
+    "use_visual_prototype_projection",
+}
 _IMAGE_PROCESSOR = {"class", "min_pixels", "max_pixels", "patch_size", "temporal_patch_size", "merge_size"}
 
 
@@ -109,12 +133,17 @@ class Settings:
                 "random state); record a greedy or beam-search call"
             )
         if recorded.get("use_cache") is False:
-            raise UnsupportedSetting("generation.call: use_cache=False; padt generation always uses the KV cache")
+            raise UnsupportedSetting(
+                "generation.call: use_cache=False; padt generation always uses the KV cache"
+            )
         kwargs = {k: v for k, v in recorded.items() if k in _APPLIED and k != "use_cache"}
         if generation.get("eos_suppressed"):
             kwargs.setdefault("min_new_tokens", kwargs.get("max_new_tokens", generation.get("new_tokens")))
-        config = {k: v for k, v in generation.get("generation_config_json", {}).items()
-                  if k not in _CONFIG_BOOKKEEPING}
+        config = {
+            k: v
+            for k, v in generation.get("generation_config_json", {}).items()
+            if k not in _CONFIG_BOOKKEEPING
+        }
 
         image_processor = meta.get("tokenizer", {}).get("image_processor", {})
         unknown = sorted(set(image_processor) - _IMAGE_PROCESSOR)
@@ -147,7 +176,9 @@ class Settings:
     @property
     def processor_kwargs(self) -> dict[str, int]:
         """The recorded pixel limits, as ``PaDTProcessor.from_pretrained`` arguments."""
-        return {k: int(self.image_processor[k]) for k in ("min_pixels", "max_pixels") if k in self.image_processor}
+        return {
+            k: int(self.image_processor[k]) for k in ("min_pixels", "max_pixels") if k in self.image_processor
+        }
 
     def check_image_processor(self, image_processor: Any) -> None:
         """The loaded image processor must use every recorded setting (together they decide each image's grid);
@@ -156,7 +187,10 @@ class Settings:
         actual = {
             "min_pixels": size.get("shortest_edge"),
             "max_pixels": size.get("longest_edge"),
-            **{k: getattr(image_processor, k, None) for k in ("patch_size", "temporal_patch_size", "merge_size")},
+            **{
+                k: getattr(image_processor, k, None)
+                for k in ("patch_size", "temporal_patch_size", "merge_size")
+            },
         }
         for name, value in self.image_processor.items():
             if name != "class" and actual[name] != value:

@@ -48,8 +48,16 @@ def test_bundled_model_ships_small_and_loads(pipe):
 @pytest.mark.parametrize("task", list(THRESHOLDS))
 def test_bundled_model_reaches_its_targets_on_fresh_scenes(pipe, task, tmp_path):
     key, threshold = THRESHOLDS[task]
-    metrics = evaluate(pipe, SPEC.format(n=SCENES), task, tmp_path, batch_size=12,
-                       max_new_tokens=MAX_NEW_TOKENS[task], meteor=False, progress=False)
+    metrics = evaluate(
+        pipe,
+        SPEC.format(n=SCENES),
+        task,
+        tmp_path,
+        batch_size=12,
+        max_new_tokens=MAX_NEW_TOKENS[task],
+        meteor=False,
+        progress=False,
+    )
     if task == "ovd":
         metrics[key] = _class_agnostic_precision(tmp_path)
     assert metrics[key] >= threshold, metrics
@@ -65,7 +73,10 @@ def _class_agnostic_precision(out_dir) -> float:
     for line in (out_dir / "predictions.jsonl").read_text().splitlines():
         pred = json.loads(line)
         w, h = pred["width"], pred["height"]
-        gt = [[o.bbox[0] * w, o.bbox[1] * h, o.bbox[2] * w, o.bbox[3] * h] for o in records[pred["index"]].objects]
+        gt = [
+            [o.bbox[0] * w, o.bbox[1] * h, o.bbox[2] * w, o.bbox[3] * h]
+            for o in records[pred["index"]].objects
+        ]
         hits += [bool(gt) and box_iou_matrix([o["bbox"]], gt).max() >= 0.5 for o in pred["objects"]]
     assert hits, "the model detected nothing"
     return sum(hits) / len(hits)

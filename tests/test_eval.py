@@ -129,8 +129,14 @@ def test_other_settings_are_refused(pipe, reference):
         evaluate(pipe, "synthetic:n=6,seed=2,max_size=160", "rec", reference, **{**RUN, "max_new_tokens": 11})
     # The same data spec written differently is the same data.
     counting = Counting(pipe)
-    evaluate(counting, "synthetic:seed=2,max_size=160,n=6,task=rec", "rec", reference,
-             model_name="in-memory model", **RUN)
+    evaluate(
+        counting,
+        "synthetic:seed=2,max_size=160,n=6,task=rec",
+        "rec",
+        reference,
+        model_name="in-memory model",
+        **RUN,
+    )
     assert counting.queries == 0
 
 
@@ -139,8 +145,18 @@ def test_sharded_run_equals_single_process(pipe, reference, tmp_path):
     records = read_records(reference / "data" / "records.jsonl")
     root = reference / "data"
     for rank in (0, 1):
-        predict_shard(pipe, records, "rec", tmp_path, image_root=root, batch_size=2, max_new_tokens=10,
-                      rank=rank, world_size=2, progress=False)
+        predict_shard(
+            pipe,
+            records,
+            "rec",
+            tmp_path,
+            image_root=root,
+            batch_size=2,
+            max_new_tokens=10,
+            rank=rank,
+            world_size=2,
+            progress=False,
+        )
     assert [p["index"] for p in read_prediction_lines(tmp_path / "predictions.rank1.jsonl")] == [1, 3, 5]
     counting = Counting(pipe)
     metrics = evaluate(counting, spec, "rec", tmp_path, model_name="in-memory model", **RUN)
@@ -172,8 +188,11 @@ def test_vlmr1_index_file_rekeys_the_paper_protocol(reference, tmp_path):
         {"index": 2, "objects": [{"bbox": box(records[2]), "label": sentences[2]}]},  # right, not indexed
     ]
     index = [
-        {"image": f"coco/train2014/COCO_train2014_{records[0].id:012d}.jpg", "normal_caption": sentences[0],
-         "solution": [0, 0, 1, 1]},
+        {
+            "image": f"coco/train2014/COCO_train2014_{records[0].id:012d}.jpg",
+            "normal_caption": sentences[0],
+            "solution": [0, 0, 1, 1],
+        },
         {"image": f"COCO_train2014_{records[0].id:012d}.jpg", "normal_caption": sentences[0]},  # duplicate
         {"image": f"COCO_train2014_{records[1].id:012d}.jpg", "normal_caption": sentences[1]},
         {"image": "COCO_train2014_000000999999.jpg", "normal_caption": "no such sentence"},  # no ground truth
@@ -181,7 +200,9 @@ def test_vlmr1_index_file_rekeys_the_paper_protocol(reference, tmp_path):
     path = tmp_path / "refcoco_val.json"
     path.write_text(json.dumps(index))
     assert read_vlmr1_index(path) == [
-        paper_key(records[0].id, sentences[0]), paper_key(records[1].id, sentences[1]), "999999_no such sentence"
+        paper_key(records[0].id, sentences[0]),
+        paper_key(records[1].id, sentences[1]),
+        "999999_no such sentence",
     ]
     metrics = score_predictions(records, preds, "rec", index_file=path)
     assert metrics["acc@0.5"] == pytest.approx(1 / 3)
@@ -205,26 +226,55 @@ def checkpoint(pipe, tmp_path_factory):
 def test_cli_eval_on_a_records_file(checkpoint, reference, tmp_path, capsys):
     data = tmp_path / "records.jsonl"
     write_jsonl(read_records(reference / "data" / "records.jsonl"), data)
-    argv = ["eval", "--model", str(checkpoint), "--data", str(data), "--image-root", str(reference / "data"),
-            "--task", "rec", "--out", str(tmp_path / "out"), "--batch-size", "3", "--max-new-tokens", "10",
-            "--limit", "3", "--no-progress", "--dtype", "fp32", "--device", "cpu"]
+    argv = [
+        "eval",
+        "--model",
+        str(checkpoint),
+        "--data",
+        str(data),
+        "--image-root",
+        str(reference / "data"),
+        "--task",
+        "rec",
+        "--out",
+        str(tmp_path / "out"),
+        "--batch-size",
+        "3",
+        "--max-new-tokens",
+        "10",
+        "--limit",
+        "3",
+        "--no-progress",
+        "--dtype",
+        "fp32",
+        "--device",
+        "cpu",
+    ]
     assert main(argv) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["num_samples"] == 3 and set(EXPECTED["rec"]) <= set(metrics)
     settings = json.loads((tmp_path / "out" / "eval.json").read_text())
-    assert settings == {"model": str(checkpoint.resolve()), "data": str(data.resolve()), "task": "rec",
-                        "max_new_tokens": 10}
+    assert settings == {
+        "model": str(checkpoint.resolve()),
+        "data": str(data.resolve()),
+        "task": "rec",
+        "max_new_tokens": 10,
+    }
     # A checkpoint's answers are the in-memory pipeline's.
     texts = [json.loads(x)["text"] for x in _lines(tmp_path / "out")]
     assert texts == [json.loads(x)["text"] for x in _lines(reference)[:3]]
 
     # --vrt-repeat-penalty reaches generation and is part of the settings.
     def repeats(out):
-        return [len(set(o["vrt_ids"])) < len(o["vrt_ids"]) for x in _lines(out) for o in json.loads(x)["objects"]]
+        return [
+            len(set(o["vrt_ids"])) < len(o["vrt_ids"]) for x in _lines(out) for o in json.loads(x)["objects"]
+        ]
 
     assert any(repeats(tmp_path / "out"))  # this tiny model repeats VRTs when decoding plainly
     out = str(tmp_path / "out")
-    assert main([str(tmp_path / "inf") if a == out else a for a in argv] + ["--vrt-repeat-penalty", "inf"]) == 0
+    assert (
+        main([str(tmp_path / "inf") if a == out else a for a in argv] + ["--vrt-repeat-penalty", "inf"]) == 0
+    )
     capsys.readouterr()
     assert json.loads((tmp_path / "inf" / "eval.json").read_text())["vrt_repeat_penalty"] == float("inf")
     assert repeats(tmp_path / "inf") and not any(repeats(tmp_path / "inf"))
@@ -239,21 +289,36 @@ def _error(argv, capsys):
 
 def test_cli_eval_bad_input(checkpoint, reference, tmp_path, capsys):
     base = ["eval", "--model", str(checkpoint), "--task", "rec", "--no-progress", "--max-new-tokens", "4"]
-    assert "does not exist" in _error([*base, "--data", str(tmp_path / "none.jsonl"), "--out",
-                                       str(tmp_path / "a")], capsys)
-    assert "unknown item 'colour=red'" in _error([*base, "--data", "synthetic:n=2,colour=red", "--out",
-                                                  str(tmp_path / "b")], capsys)
+    assert "does not exist" in _error(
+        [*base, "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "a")], capsys
+    )
+    assert "unknown item 'colour=red'" in _error(
+        [*base, "--data", "synthetic:n=2,colour=red", "--out", str(tmp_path / "b")], capsys
+    )
     assert "needs n=" in _error([*base, "--data", "synthetic:seed=2", "--out", str(tmp_path / "b")], capsys)
-    assert "cannot be evaluated as rec" in _error([*base, "--data", "synthetic:task=ovd,n=2", "--out",
-                                                   str(tmp_path / "b")], capsys)
+    assert "cannot be evaluated as rec" in _error(
+        [*base, "--data", "synthetic:task=ovd,n=2", "--out", str(tmp_path / "b")], capsys
+    )
     data = tmp_path / "records.jsonl"
     shutil.copy(reference / "data" / "records.jsonl", data)  # its images are elsewhere
     msg = _error([*base, "--data", str(data), "--out", str(tmp_path / "c")], capsys)
     assert "image file not found" in msg and "000000.png" in msg and "--image-root" in msg
     msg = _error([*base, "--data", str(data), "--task", "ovd", "--out", str(tmp_path / "d")], capsys)
     assert "not ovd" in msg
-    assert "does not exist" in _error(["eval", "--model", str(tmp_path / "nope"), "--task", "rec", "--data",
-                                       SPEC, "--out", str(tmp_path / "e")], capsys)
+    assert "does not exist" in _error(
+        [
+            "eval",
+            "--model",
+            str(tmp_path / "nope"),
+            "--task",
+            "rec",
+            "--data",
+            SPEC,
+            "--out",
+            str(tmp_path / "e"),
+        ],
+        capsys,
+    )
 
 
 def test_ovd_scores_against_official_annotations_or_the_rebuilt_ground_truth(tmp_path):
@@ -265,8 +330,14 @@ def test_ovd_scores_against_official_annotations_or_the_rebuilt_ground_truth(tmp
     preds, annotations = [], []
     for i, r in enumerate(records):
         w, h = 160, 160
-        objs = [{"label": o.label, "bbox": [o.bbox[0] * w, o.bbox[1] * h, o.bbox[2] * w, o.bbox[3] * h],
-                 "score": 0.9} for o in r.objects]
+        objs = [
+            {
+                "label": o.label,
+                "bbox": [o.bbox[0] * w, o.bbox[1] * h, o.bbox[2] * w, o.bbox[3] * h],
+                "score": 0.9,
+            }
+            for o in r.objects
+        ]
         preds.append({"index": i, "id": r.id, "objects": objs, "width": w, "height": h})
         for o in objs:
             x1, y1, x2, y2 = o["bbox"]
@@ -275,8 +346,15 @@ def test_ovd_scores_against_official_annotations_or_the_rebuilt_ground_truth(tmp
     names = {c["name"]: c["id"] for c in official["categories"]}
     official["images"] = [{"id": r.id, "width": 160, "height": 160} for r in records]
     official["annotations"] = [
-        {"id": k + 1, "image_id": a["image_id"], "category_id": names[a["label"]], "bbox": a["bbox"],
-         "area": a["bbox"][2] * a["bbox"][3], "iscrowd": 0} for k, a in enumerate(annotations)
+        {
+            "id": k + 1,
+            "image_id": a["image_id"],
+            "category_id": names[a["label"]],
+            "bbox": a["bbox"],
+            "area": a["bbox"][2] * a["bbox"][3],
+            "iscrowd": 0,
+        }
+        for k, a in enumerate(annotations)
     ]
     # An object the records do not hold (e.g. one covering no patch): missed against the official file only.
     extra = dict(official["annotations"][0], id=len(annotations) + 1, bbox=[0, 0, 5, 5], area=25)

@@ -54,12 +54,16 @@ def test_objects_pair_with_the_states_that_emitted_them(pipe):
     recorder = VRTStateRecorder(model.vocab_size, batch.inputs["input_ids"].shape[1])
     with torch.no_grad():
         seq = model.generate(**batch.inputs, max_new_tokens=8, do_sample=False, vrt_recorder=recorder)
-    new = seq[0, batch.inputs["input_ids"].shape[1]:]
+    new = seq[0, batch.inputs["input_ids"].shape[1] :]
     steps = (new >= model.vocab_size).nonzero().flatten().tolist()
     # A teacher-forced pass over the generated sequence gives the same states at the step before each VRT.
     with torch.no_grad():
-        out = model(input_ids=seq, attention_mask=torch.ones_like(seq), pixel_values=batch.inputs["pixel_values"],
-                    image_grid_thw=batch.inputs["image_grid_thw"])
+        out = model(
+            input_ids=seq,
+            attention_mask=torch.ones_like(seq),
+            pixel_values=batch.inputs["pixel_values"],
+            image_grid_thw=batch.inputs["image_grid_thw"],
+        )
     prompt = batch.inputs["input_ids"].shape[1]
     expected = out.last_hidden_state[0, [prompt - 1 + s for s in steps]]
     torch.testing.assert_close(recorder.features(0, steps), expected, atol=1e-4, rtol=1e-4)
@@ -94,9 +98,26 @@ def checkpoint(tmp_path_factory, pipe):
 def test_cli_predict_writes_json_and_overlay(checkpoint, tmp_path, capsys):
     folder, img = checkpoint
     out_json, out_png = tmp_path / "out.json", tmp_path / "out.png"
-    code = main(["predict", "--model", str(folder), "--image", str(img), "--prompt", "the red square",
-                 "--task", "rec", "--json", str(out_json), "--overlay", str(out_png), "--show-vrt",
-                 "--max-new-tokens", "8"])
+    code = main(
+        [
+            "predict",
+            "--model",
+            str(folder),
+            "--image",
+            str(img),
+            "--prompt",
+            "the red square",
+            "--task",
+            "rec",
+            "--json",
+            str(out_json),
+            "--overlay",
+            str(out_png),
+            "--show-vrt",
+            "--max-new-tokens",
+            "8",
+        ]
+    )
     assert code == 0
     data = json.loads(out_json.read_text())
     assert set(data) >= {"text", "objects"}
@@ -110,12 +131,19 @@ def test_cli_predict_writes_json_and_overlay(checkpoint, tmp_path, capsys):
     overlay = Image.open(out_png)
     assert overlay.size == (140, 112)
     if data["objects"]:
-        assert np.abs(np.asarray(overlay, dtype=int) - np.asarray(Image.open(img).convert("RGB"), dtype=int)).sum() > 0
+        assert (
+            np.abs(
+                np.asarray(overlay, dtype=int) - np.asarray(Image.open(img).convert("RGB"), dtype=int)
+            ).sum()
+            > 0
+        )
 
 
 def test_cli_predict_bad_input(checkpoint, tmp_path, capsys):
     folder, img = checkpoint
-    assert main(["predict", "--model", str(folder), "--image", str(tmp_path / "nope.png"), "--prompt", "x"]) == 2
+    assert (
+        main(["predict", "--model", str(folder), "--image", str(tmp_path / "nope.png"), "--prompt", "x"]) == 2
+    )
     assert "image file not found" in capsys.readouterr().err
     assert main(["predict", "--model", str(tmp_path / "none"), "--image", str(img), "--prompt", "x"]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -140,9 +168,13 @@ def test_vrt_repeat_penalty_lowers_the_current_run_only():
     from padt.generation import VRTRepeatPenaltyLogitsProcessor
 
     vocab = 10  # ids >= 10 are VRTs; scores have 10 text + 6 VRT columns
-    ids = torch.tensor([[1, 12, 13, 12],    # run 12 13 12: 12 and 13 are penalised
-                        [12, 14, 3, 15],    # run 15 only (14 and 12 belong to an earlier object)
-                        [12, 13, 14, 3]])   # no open run
+    ids = torch.tensor(
+        [
+            [1, 12, 13, 12],  # run 12 13 12: 12 and 13 are penalised
+            [12, 14, 3, 15],  # run 15 only (14 and 12 belong to an earlier object)
+            [12, 13, 14, 3],
+        ]
+    )  # no open run
     scores = torch.arange(48, dtype=torch.float32).reshape(3, 16)
     out = VRTRepeatPenaltyLogitsProcessor(vocab, 2.5)(ids, scores.clone())
     expected = scores.clone()

@@ -50,7 +50,9 @@ def test_robust_token_loss_by_hand():
     assert out["loss_token"].item() == pytest.approx((l0 + l1) / (2 + 1e-4), abs=1e-6)
     # The same exclusion as the reference's boolean row (True = leave out).
     row = torch.tensor([[False, False, False, True, False, False, True]])
-    torch.testing.assert_close(robust_token_loss(logits, targets, mask, row, V)["loss_token"], out["loss_token"])
+    torch.testing.assert_close(
+        robust_token_loss(logits, targets, mask, row, V)["loss_token"], out["loss_token"]
+    )
     # Without a foreground set beyond the target itself it is the plain cross-entropy.
     plain = robust_token_loss(logits, targets, mask, [[4]], V)["token_loss_per_token"][0, 0].item()
     assert plain == pytest.approx(-3.0 + _lse(row_vrt), abs=1e-6)
@@ -120,7 +122,9 @@ def test_robust_token_loss_ignores_negative_targets_and_checks_its_inputs():
     with pytest.raises(PaDTError):
         robust_token_loss(logits, torch.tensor([1, 1]), torch.ones(1, 2), [], V)
     with pytest.raises(PaDTError, match="boolean"):
-        robust_token_loss(logits, torch.tensor([[V, 1]]), torch.ones(1, 2), torch.zeros(1, V, dtype=torch.bool), V)
+        robust_token_loss(
+            logits, torch.tensor([[V, 1]]), torch.ones(1, 2), torch.zeros(1, V, dtype=torch.bool), V
+        )
     with pytest.raises(PaDTError):
         build_foreground_sets([[1]], [[1], [2]], [0], V)
 
@@ -187,8 +191,12 @@ def test_no_objects_give_zero_losses_that_carry_grad():
     pred_masks = torch.zeros(0, 8, 8, requires_grad=True)
     crit = PaDTCriterion({k: w for k, w in DEFAULT_LOSS_WEIGHTS.items() if k != "loss_token"})
     out = crit(
-        pred_boxes=pred_boxes, pred_scores=pred_scores, gt_boxes=torch.zeros(0, 4),
-        pred_masks=pred_masks, gt_masks=torch.zeros(0, 8, 8), valid_masks=torch.zeros(0, 8, 8),
+        pred_boxes=pred_boxes,
+        pred_scores=pred_scores,
+        gt_boxes=torch.zeros(0, 4),
+        pred_masks=pred_masks,
+        gt_masks=torch.zeros(0, 8, 8),
+        valid_masks=torch.zeros(0, 8, 8),
     )
     for name in ("loss_bbox_l1", "loss_bbox_giou", "loss_score", "loss_mask_dice", "loss_mask_focal", "loss"):
         assert out[name].item() == 0.0, name

@@ -32,7 +32,9 @@ def make_batch(model, samples: list[list[tuple[int, int]]], text_len: int = 6, s
     for images in samples:
         row = []
         for h, w in images:
-            row += [cfg.vision_start_token_id] + [cfg.image_token_id] * (h * w // 4) + [cfg.vision_end_token_id]
+            row += (
+                [cfg.vision_start_token_id] + [cfg.image_token_id] * (h * w // 4) + [cfg.vision_end_token_id]
+            )
             grids.append([1, h, w])
         row += torch.randint(10, 200, (text_len,), generator=g).tolist()
         rows.append(row)
@@ -50,7 +52,7 @@ def pixels_of(pixels, grid, images):
     """Rows of ``pixels`` belonging to the given image indices."""
     sizes = grid.prod(-1).tolist()
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
-    return torch.cat([pixels[starts[i]: starts[i] + sizes[i]] for i in images])
+    return torch.cat([pixels[starts[i] : starts[i] + sizes[i]] for i in images])
 
 
 # ------------------------------------------------------------------------------------------------ batches
@@ -71,10 +73,14 @@ def test_several_images_text_only_and_mixed_batch_equal_single_runs(model):
         single_grid = grid[images] if images else None
         with torch.no_grad():
             single = model(
-                input_ids=single_ids, attention_mask=single_mask,
-                pixel_values=pixels_of(pixels, grid, images) if images else None, image_grid_thw=single_grid,
+                input_ids=single_ids,
+                attention_mask=single_mask,
+                pixel_values=pixels_of(pixels, grid, images) if images else None,
+                image_grid_thw=single_grid,
             )
-        torch.testing.assert_close(out.last_hidden_state[b, real], single.last_hidden_state[0], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            out.last_hidden_state[b, real], single.last_hidden_state[0], atol=1e-5, rtol=1e-4
+        )
         # Text logits agree, the sample's own VRT columns agree, every other VRT column is -inf.
         v = model.vocab_size
         torch.testing.assert_close(out.logits[b, real, :v], single.logits[0, :, :v], atol=1e-4, rtol=1e-4)
@@ -82,7 +88,7 @@ def test_several_images_text_only_and_mixed_batch_equal_single_runs(model):
         own = slice(v + start, v + start + int(layout.sample_num_vrts[b]))
         torch.testing.assert_close(out.logits[b, real, own], single.logits[0, :, v:], atol=1e-4, rtol=1e-4)
         others = torch.ones(out.logits.shape[-1] - v, dtype=torch.bool)
-        others[own.start - v: own.stop - v] = False
+        others[own.start - v : own.stop - v] = False
         assert torch.isinf(out.logits[b, :, v:][:, others]).all()
 
 
@@ -92,7 +98,7 @@ def test_vrt_logits_are_dot_products_with_prototypes(model):
         out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, image_grid_thw=grid)
         h = out.last_hidden_state
         expected = h[1] @ out.vision.prototypes[4:].T
-    torch.testing.assert_close(out.logits[1, :, model.vocab_size + 4:], expected)
+    torch.testing.assert_close(out.logits[1, :, model.vocab_size + 4 :], expected)
     assert out.vision.prototypes.abs().sum() > 0
 
 
@@ -131,7 +137,10 @@ def test_decoder_batched_equals_one_object_at_a_time(model):
         out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, image_grid_thw=grid)
     g = torch.Generator().manual_seed(1)
     d = model.config.text_config.hidden_size
-    feats = [[torch.randn(5, d, generator=g), torch.randn(2, d, generator=g)], [torch.randn(7, d, generator=g)]]
+    feats = [
+        [torch.randn(5, d, generator=g), torch.randn(2, d, generator=g)],
+        [torch.randn(7, d, generator=g)],
+    ]
     images = [[1, 0], [2]]
     with torch.no_grad():
         batched = model.decode_objects(feats, out.vision, out.vrt_layout, object_images=images)
@@ -142,14 +151,23 @@ def test_decoder_batched_equals_one_object_at_a_time(model):
     for b, objects in enumerate(feats):
         for o, f in enumerate(objects):
             with torch.no_grad():
-                single = model.vl_decoder([f], torch.tensor([images[b][o]]), out.vision.prototypes,
-                                          out.vision.high_res_image_embeds, out.vision.visual_pe, grid)
+                single = model.vl_decoder(
+                    [f],
+                    torch.tensor([images[b][o]]),
+                    out.vision.prototypes,
+                    out.vision.high_res_image_embeds,
+                    out.vision.visual_pe,
+                    grid,
+                )
             torch.testing.assert_close(batched.pred_boxes[k], single.pred_boxes[0], atol=1e-5, rtol=1e-4)
             torch.testing.assert_close(batched.pred_score[k], single.pred_score[0], atol=1e-5, rtol=1e-4)
             h, w = single.pred_mask_valid_hw[0].tolist()
-            torch.testing.assert_close(batched.pred_mask[k, : 4 * h, : 4 * w], single.pred_mask[0], atol=1e-5,
-                                       rtol=1e-4)
-            assert (batched.pred_mask[k, 4 * h:] == 0).all() and (batched.pred_mask[k, :, 4 * w:] == 0).all()
+            torch.testing.assert_close(
+                batched.pred_mask[k, : 4 * h, : 4 * w], single.pred_mask[0], atol=1e-5, rtol=1e-4
+            )
+            assert (batched.pred_mask[k, 4 * h :] == 0).all() and (
+                batched.pred_mask[k, :, 4 * w :] == 0
+            ).all()
             k += 1
     assert ((batched.pred_boxes >= 0) & (batched.pred_boxes <= 1)).all()
 
@@ -197,7 +215,9 @@ def test_save_and_load_round_trip(tmp_path, tied):
     assert any(k.startswith("visual.") for k in keys) and any(k.startswith("model.layers.") for k in keys)
     assert ("lm_head.weight" in keys) is (not tied)
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["vl_decoder"]["llm_hidden_state"] == 64 and config["use_visual_prototype_projection"] is True
+    assert (
+        config["vl_decoder"]["llm_hidden_state"] == 64 and config["use_visual_prototype_projection"] is True
+    )
     loaded = PaDTForConditionalGeneration.from_pretrained(tmp_path)
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
@@ -238,8 +258,9 @@ def test_layout_from_model_matches_vrt_module(model):
     ids, mask, pixels, grid = make_batch(model, [[(4, 4)], [], [(4, 6), (4, 4)]])
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, image_grid_thw=grid)
-    expected = VRTLayout.from_input_ids(ids, grid, vocab_size=model.vocab_size,
-                                        image_token_id=model.config.image_token_id)
+    expected = VRTLayout.from_input_ids(
+        ids, grid, vocab_size=model.vocab_size, image_token_id=model.config.image_token_id
+    )
     assert torch.equal(out.vrt_layout.image_sample, expected.image_sample)
     assert torch.equal(out.vrt_allowed, expected.allowed_mask())
 
@@ -279,8 +300,13 @@ def _decode_both(grid_thw: list[int], absolute: bool = False):
     n = grid_thw[1] * grid_thw[2]
     d = ref.config.vision_config.hidden_size
     feats = [torch.randn(3, ref.config.text_config.hidden_size)]
-    args = (torch.tensor([0]), torch.randn(n // 4, ref.config.text_config.hidden_size), torch.randn(n, d),
-            (torch.randn(n, d // 2).cos(), torch.randn(n, d // 2).sin()), grid)
+    args = (
+        torch.tensor([0]),
+        torch.randn(n // 4, ref.config.text_config.hidden_size),
+        torch.randn(n, d),
+        (torch.randn(n, d // 2).cos(), torch.randn(n, d // 2).sin()),
+        grid,
+    )
     with torch.no_grad():
         return ref.vl_decoder(feats, *args), raster.vl_decoder(feats, *args)
 
@@ -339,6 +365,7 @@ def test_image_position_code_tells_identical_patches_apart():
     from padt.modeling import IMAGE_POSITION_CODE_DIM
 
     code = normalised_position_code(torch.arange(6), torch.tensor([[2, 3]]), IMAGE_POSITION_CODE_DIM)[0]
-    torch.testing.assert_close(b.image_embeds - a.image_embeds, code @ coded.image_position.weight.T,
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        b.image_embeds - a.image_embeds, code @ coded.image_position.weight.T, rtol=0, atol=1e-5
+    )
     assert not hasattr(plain.config, "image_position_code")  # configs of the published layout are unchanged

@@ -39,7 +39,13 @@ from padt.losses import (
 from padt.modeling import PaDTForConditionalGeneration
 from parity import Settings, fixture_dirs, report
 
-REQUIRED_FILES = ("config.json", "model.safetensors", "inputs.safetensors", "expected.safetensors", "meta.json")
+REQUIRED_FILES = (
+    "config.json",
+    "model.safetensors",
+    "inputs.safetensors",
+    "expected.safetensors",
+    "meta.json",
+)
 FIXTURES = [str(p) for p in fixture_dirs()]
 
 
@@ -129,7 +135,9 @@ def assert_close(name: str, ours: torch.Tensor, ref: torch.Tensor) -> None:
     ours, ref = ours.detach().float().cpu(), ref.float()
     assert ours.shape == ref.shape, f"{name}: shape {tuple(ours.shape)} != reference {tuple(ref.shape)}"
     finite = torch.isfinite(ref)
-    assert torch.equal(finite, torch.isfinite(ours)), f"{name}: the -inf/NaN pattern differs from the reference"
+    assert torch.equal(finite, torch.isfinite(ours)), (
+        f"{name}: the -inf/NaN pattern differs from the reference"
+    )
     diff = (ours[finite] - ref[finite]).abs().max().item() if finite.any() else 0.0
     scale = max(1.0, ref[finite].abs().max().item() if finite.any() else 0.0)
     tol = 1e-4 * scale
@@ -165,7 +173,7 @@ def test_checkpoint_loads_without_missing_or_unexpected_keys(folder, tmp_path):
         if key.startswith("visual."):
             key = "model." + key
         elif key.startswith("model."):
-            key = "model.language_model." + key[len("model."):]
+            key = "model.language_model." + key[len("model.") :]
         mapped[key] = value
     assert set(mapped) == set(ours) - ({"lm_head.weight"} if tied else set())
     for key, value in mapped.items():
@@ -180,7 +188,9 @@ def test_checkpoint_loads_without_missing_or_unexpected_keys(folder, tmp_path):
     saved_config = json.loads((tmp_path / "config.json").read_text())
     reference_config = json.loads((fx.path / "config.json").read_text())
     assert saved_config["vl_decoder"] == reference_config["vl_decoder"]
-    assert saved_config["use_visual_prototype_projection"] == reference_config["use_visual_prototype_projection"]
+    assert (
+        saved_config["use_visual_prototype_projection"] == reference_config["use_visual_prototype_projection"]
+    )
 
 
 # ------------------------------------------------------------------------------------------------ forward
@@ -189,14 +199,18 @@ def test_vision_outputs(folder):
     fx, out = load(folder), forward(folder)
     ref = fx.expected
     assert_close("image_embeds", out.vision.image_embeds, ref["image_embeds"])
-    assert_close("high_res_image_embeds (window order)", out.vision.high_res_image_embeds, ref["high_res_image_embeds"])
+    assert_close(
+        "high_res_image_embeds (window order)", out.vision.high_res_image_embeds, ref["high_res_image_embeds"]
+    )
     assert_close("visual_pe_cos", out.vision.visual_pe[0], ref["visual_pe_cos"])
     assert_close("visual_pe_sin", out.vision.visual_pe[1], ref["visual_pe_sin"])
     assert_close("image_prototypes", out.vision.prototypes, ref["image_prototypes"])
     visual = fx.model.model.visual
     window_index, cu_window = get_vision_window_index(fx.grid, 2, visual.window_size, visual.patch_size)
     assert_equal("window_index", window_index, ref["window_index"])
-    assert_equal("cu_window_seqlens", cu_window, torch.unique_consecutive(ref["cu_window_seqlens"]).to(cu_window.dtype))
+    assert_equal(
+        "cu_window_seqlens", cu_window, torch.unique_consecutive(ref["cu_window_seqlens"]).to(cu_window.dtype)
+    )
 
 
 @pytest.mark.parametrize("folder", FIXTURES)
@@ -207,10 +221,14 @@ def test_logits_hidden_states_and_positions(folder):
     assert_equal("logit_mask", out.vrt_allowed, ref["logit_mask"])
     # Padded positions depend on how each backbone treats fully masked rows: compare real tokens only.
     assert_close("logits (real positions)", out.logits[real], ref["logits"][real])
-    assert_close("last_hidden_state (real positions)", out.last_hidden_state[real], ref["last_hidden_state"][real])
+    assert_close(
+        "last_hidden_state (real positions)", out.last_hidden_state[real], ref["last_hidden_state"][real]
+    )
     ids = fx.inputs["input_ids_global"]
     mm = (ids == fx.model.config.image_token_id).int()
-    positions, deltas = fx.model.model.get_rope_index(ids, mm, fx.grid, attention_mask=fx.inputs["attention_mask"])
+    positions, deltas = fx.model.model.get_rope_index(
+        ids, mm, fx.grid, attention_mask=fx.inputs["attention_mask"]
+    )
     assert_equal("position_ids (real positions)", positions[:, real], ref["position_ids"][:, real])
     # transformers 4.50 counts left padding into rope_deltas, 5.x does not; decode positions agree either way.
     padding = (~real).sum(-1, keepdim=True)
@@ -223,6 +241,7 @@ def _decoder_hooks(model, store):
         def hook(module, args, output):
             queries = output[0]
             store[name] = queries
+
         return hook
 
     dec = model.vl_decoder
@@ -241,8 +260,12 @@ def test_decoder_outputs(folder, prefix):
     """Decoder on the reference's own VRT features (teacher-forced and generated), including internals."""
     fx, out = load(folder), forward(folder)
     ref = fx.expected
-    feats = split_objects(ref[f"{prefix}_vrt_feats"], ref[f"{prefix}_vrt_feats_counts"],
-                          ref[f"{prefix}_vrt_feats_sample"], fx.grid.shape[0])
+    feats = split_objects(
+        ref[f"{prefix}_vrt_feats"],
+        ref[f"{prefix}_vrt_feats_counts"],
+        ref[f"{prefix}_vrt_feats_sample"],
+        fx.grid.shape[0],
+    )
     store: dict[str, torch.Tensor] = {}
     handles = _decoder_hooks(fx.model, store)
     try:
@@ -276,8 +299,12 @@ def test_decoder_warmup_features(folder):
     ref = fx.expected
     if "tf_warmup_vrt_feats" not in ref:
         pytest.fail(f"{folder} has no tf_warmup_vrt_feats")
-    feats = split_objects(ref["tf_warmup_vrt_feats"], ref["tf_warmup_vrt_feats_counts"],
-                          ref["tf_warmup_vrt_feats_sample"], fx.grid.shape[0])
+    feats = split_objects(
+        ref["tf_warmup_vrt_feats"],
+        ref["tf_warmup_vrt_feats_counts"],
+        ref["tf_warmup_vrt_feats_sample"],
+        fx.grid.shape[0],
+    )
     # The warm-up features are prototype rows: find them in our prototypes to check the id arithmetic too.
     for objects, sample in zip(feats, range(len(feats))):
         for f in objects:
@@ -306,8 +333,11 @@ def test_greedy_generation(folder):
         vrt_steps = (new[row] >= fx.vocab_size).nonzero().flatten().tolist()
         assert sorted(recorder.states.get(row, {})) == vrt_steps
         if vrt_steps:
-            assert_close(f"gen VRT states (sample {row})", recorder.features(row, vrt_steps),
-                         ref["gen_step_last_hidden"][row, vrt_steps])
+            assert_close(
+                f"gen VRT states (sample {row})",
+                recorder.features(row, vrt_steps),
+                ref["gen_step_last_hidden"][row, vrt_steps],
+            )
 
 
 # ------------------------------------------------------------------------------------------------ losses
@@ -366,11 +396,18 @@ def test_parity_token_loss(folder: str):
         _close(key, out["token_loss_per_sample"], exp[key])
     # The reference's own boolean layout gives the same losses.
     out_mask = robust_token_loss(
-        exp["logits"][:, prompt_len - 1 : -1], targets, inp["completion_attention_mask"], exp["loss_vrt_masks"], vocab
+        exp["logits"][:, prompt_len - 1 : -1],
+        targets,
+        inp["completion_attention_mask"],
+        exp["loss_vrt_masks"],
+        vocab,
     )
     torch.testing.assert_close(out_mask["token_loss_per_token"], out["token_loss_per_token"], atol=0, rtol=0)
-    _close("sft_loss (logged)", out["loss_token"],
-           torch.tensor(meta["loss"]["main"]["metrics_logged_by_trainer"]["sft_loss"][0]))
+    _close(
+        "sft_loss (logged)",
+        out["loss_token"],
+        torch.tensor(meta["loss"]["main"]["metrics_logged_by_trainer"]["sft_loss"][0]),
+    )
 
 
 def _mask_targets(meta, exp):
@@ -449,7 +486,12 @@ def test_parity_box_score_and_mask_losses(folder: str, run: str):
         completion_mask=inp["completion_attention_mask"],
         foreground_sets=_foreground_sets(meta, settings, targets),
         vocab_size=vocab,
-        pred_boxes=pred_boxes, pred_scores=pred_scores, gt_boxes=gt_boxes,
-        pred_masks=exp["tf_pred_mask"], gt_masks=gt, valid_masks=valid, has_mask=has_mask,
+        pred_boxes=pred_boxes,
+        pred_scores=pred_scores,
+        gt_boxes=gt_boxes,
+        pred_masks=exp["tf_pred_mask"],
+        gt_masks=gt,
+        valid_masks=valid,
+        has_mask=has_mask,
     )
     _close("loss_total", full["loss"], exp["loss_total"])

@@ -32,18 +32,28 @@ def test_recorded_settings_of_the_shipped_fixture(meta):
     assert settings.generation_config == {"bos_token_id": 398, "eos_token_id": 400, "pad_token_id": 398}
     assert settings.processor_kwargs == {"min_pixels": 3136, "max_pixels": 12845056}
     assert settings.loss_weights == dict.fromkeys(
-        ["loss_token", "loss_bbox_l1", "loss_bbox_giou", "loss_score", "loss_mask_dice", "loss_mask_focal"], 1.0
+        ["loss_token", "loss_bbox_l1", "loss_bbox_giou", "loss_score", "loss_mask_dice", "loss_mask_focal"],
+        1.0,
     )
-    assert settings.robust_loss and settings.warm_up and settings.random_select and settings.vrts_per_object == 5
+    assert (
+        settings.robust_loss and settings.warm_up and settings.random_select and settings.vrts_per_object == 5
+    )
 
 
 def test_other_recorded_values_are_read_not_assumed(meta):
-    changed = with_call(meta, "model.generate(**x, max_new_tokens=7, do_sample=False, repetition_penalty=1.3, "
-                              "no_repeat_ngram_size=2, output_scores=True)")
+    changed = with_call(
+        meta,
+        "model.generate(**x, max_new_tokens=7, do_sample=False, repetition_penalty=1.3, "
+        "no_repeat_ngram_size=2, output_scores=True)",
+    )
     changed["trainer_args_used"].update(use_mask_loss=False, use_sft_vp_mask=False, random_select_patch_num=3)
     settings = Settings.from_meta(changed)
-    assert settings.generate_kwargs == {"max_new_tokens": 7, "do_sample": False, "repetition_penalty": 1.3,
-                                        "no_repeat_ngram_size": 2}
+    assert settings.generate_kwargs == {
+        "max_new_tokens": 7,
+        "do_sample": False,
+        "repetition_penalty": 1.3,
+        "no_repeat_ngram_size": 2,
+    }
     assert settings.loss_weights["loss_mask_dice"] == settings.loss_weights["loss_mask_focal"] == 0.0
     assert settings.loss_weights["loss_bbox_l1"] == 1.0
     assert not settings.robust_loss and settings.vrts_per_object == 3
@@ -89,7 +99,9 @@ def test_a_recorded_repetition_penalty_changes_what_is_compared(meta, one_torch_
     own terms), not with the shipped fixture's 1.0."""
     from safetensors.torch import load_file
 
-    model = PaDTForConditionalGeneration.from_pretrained(TIED, dtype=torch.float32, attn_implementation="sdpa")
+    model = PaDTForConditionalGeneration.from_pretrained(
+        TIED, dtype=torch.float32, attn_implementation="sdpa"
+    )
     inputs = load_file(TIED / "inputs.safetensors")
     pv = inputs["pixel_values_t0"]
     pixel_values = pv.view(pv.shape[0], 3, 1, -1).repeat(1, 1, 2, 1).reshape(pv.shape[0], -1)
@@ -97,11 +109,22 @@ def test_a_recorded_repetition_penalty_changes_what_is_compared(meta, one_torch_
 
     def run(settings: Settings) -> torch.Tensor:
         recorder = VRTStateRecorder(model.vocab_size, inputs["prompt_input_ids"].shape[1])
-        return model.generate(inputs["prompt_input_ids"], attention_mask=inputs["prompt_attention_mask"],
-                              pixel_values=pixel_values, image_grid_thw=inputs["image_grid_thw"],
-                              vrt_recorder=recorder, vrt_repeat_penalty=0.0, **settings.generate_kwargs)
+        return model.generate(
+            inputs["prompt_input_ids"],
+            attention_mask=inputs["prompt_attention_mask"],
+            pixel_values=pixel_values,
+            image_grid_thw=inputs["image_grid_thw"],
+            vrt_recorder=recorder,
+            vrt_repeat_penalty=0.0,
+            **settings.generate_kwargs,
+        )
 
     assert torch.equal(run(Settings.from_meta(meta)), expected)
-    penalised = run(Settings.from_meta(with_call(meta, meta["generation"]["call"].replace(
-        "repetition_penalty=1.0", "repetition_penalty=3.0"))))
+    penalised = run(
+        Settings.from_meta(
+            with_call(
+                meta, meta["generation"]["call"].replace("repetition_penalty=1.0", "repetition_penalty=3.0")
+            )
+        )
+    )
     assert penalised.shape == expected.shape and not torch.equal(penalised, expected)

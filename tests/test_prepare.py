@@ -23,8 +23,21 @@ def _dicts(records):
 def test_prepare_refcoco_writes_the_readers_records(tmp_path, capsys):
     instances, refs = _refcoco_files(tmp_path)
     out = tmp_path / "out" / "refcoco_val.jsonl"
-    argv = ["data", "prepare", "--source", "refcoco", "--instances", str(instances), "--refs", str(refs),
-            "--split", "val", "--out", str(out), "--no-progress"]
+    argv = [
+        "data",
+        "prepare",
+        "--source",
+        "refcoco",
+        "--instances",
+        str(instances),
+        "--refs",
+        str(refs),
+        "--split",
+        "val",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     written = read_records(out)
     assert _dicts(written) == _dicts(read_refcoco(instances, refs, "val"))
@@ -36,8 +49,9 @@ def test_prepare_refcoco_writes_the_readers_records(tmp_path, capsys):
     (tmp_path / "refcoco").mkdir()
     shutil.copy(instances, tmp_path / "refcoco" / "instances.json")
     shutil.copy(refs, tmp_path / "refcoco" / "refs(unc).p")
-    summary = prepare("refcoco", tmp_path / "again.jsonl", root=tmp_path, dataset="refcoco", split="val",
-                      progress=False)
+    summary = prepare(
+        "refcoco", tmp_path / "again.jsonl", root=tmp_path, dataset="refcoco", split="val", progress=False
+    )
     assert _dicts(read_records(summary.path)) == _dicts(written)
     assert summary.images == 1 and summary.objects == len(written)
 
@@ -45,12 +59,45 @@ def test_prepare_refcoco_writes_the_readers_records(tmp_path, capsys):
 def test_prepare_coco_ovd_val_and_seeded_train(tmp_path, capsys):
     instances = _coco_ovd_file(tmp_path)
     out = tmp_path / "ovd.jsonl"
-    assert main(["data", "prepare", "--source", "coco", "--instances", str(instances), "--out", str(out),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                "--source",
+                "coco",
+                "--instances",
+                str(instances),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert _dicts(read_records(out)) == _dicts(read_coco_ovd(instances, train=False))
     assert "larger than 1288 px" in capsys.readouterr().out
-    assert main(["data", "prepare", "--source", "coco", "--instances", str(instances), "--out", str(out),
-                 "--train", "--seed", "3", "--drop-rate", "1.0", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                "--source",
+                "coco",
+                "--instances",
+                str(instances),
+                "--out",
+                str(out),
+                "--train",
+                "--seed",
+                "3",
+                "--drop-rate",
+                "1.0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert _dicts(read_records(out)) == _dicts(read_coco_ovd(instances, train=True, seed=3, drop_rate=1.0))
 
 
@@ -61,16 +108,46 @@ def test_prepare_user_jsonl_and_padt_files(tmp_path, capsys):
     source = tmp_path / "user.jsonl"
     source.write_text(json.dumps(line) + "\n")
     out = tmp_path / "user_records.jsonl"
-    assert main(["data", "prepare", "--source", "jsonl", "--input", str(source), "--image-root",
-                 str(tmp_path / "img"), "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                "--source",
+                "jsonl",
+                "--input",
+                str(source),
+                "--image-root",
+                str(tmp_path / "img"),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     records = read_records(out)
     assert _dicts(records) == _dicts(read_user_jsonl(source, image_root=tmp_path / "img"))
     assert records[0].objects[0].patches
     # A PaDT file (a JSON list here) is checked and rewritten as JSONL.
     listed = tmp_path / "padt.json"
     listed.write_text(json.dumps(_dicts(records)))
-    assert main(["data", "prepare", "--source", "padt", "--input", str(listed), "--out",
-                 str(tmp_path / "padt.jsonl"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                "--source",
+                "padt",
+                "--input",
+                str(listed),
+                "--out",
+                str(tmp_path / "padt.jsonl"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert _dicts(read_records(tmp_path / "padt.jsonl")) == _dicts(records)
     assert "1 record(s) (1 rec), 1 object(s), 1 image(s)" in capsys.readouterr().out
 
@@ -81,7 +158,10 @@ def test_prepare_user_jsonl_and_padt_files(tmp_path, capsys):
         (["--source", "coco"], "--source coco needs --instances"),
         (["--source", "refcoco", "--instances", "i.json", "--refs", "r.p"], "needs --split"),
         (["--source", "refcoco", "--root", "."], "--root and --dataset go together"),
-        (["--source", "coco", "--instances", "i.json", "--refs", "r.p"], "--refs do(es) not apply to --source coco"),
+        (
+            ["--source", "coco", "--instances", "i.json", "--refs", "r.p"],
+            "--refs do(es) not apply to --source coco",
+        ),
         (["--source", "jsonl", "--input", "missing.jsonl"], "missing.jsonl: no such file"),
         (["--source", "padt"], "--source padt needs --input"),
     ],

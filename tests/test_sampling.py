@@ -123,8 +123,13 @@ def test_reference_picks_and_completions(fixture: Path):
         # The reference's positional mode reads the grid width as round(image width / 28).
         grid_cols = round(sample["image_size_wh"][0] / 28)
         for obj in sample["objects"]:
-            picked = sample_foreground_vrts(obj["patches"], rng, settings.vrts_per_object,
-                                            random_select=settings.random_select, grid_cols=grid_cols)
+            picked = sample_foreground_vrts(
+                obj["patches"],
+                rng,
+                settings.vrts_per_object,
+                random_select=settings.random_select,
+                grid_cols=grid_cols,
+            )
             assert picked == obj["picked"]
             runs.append(picked)
         assert fill_answer_template(sample["answer_template"], runs) == sample["completion_text"]

@@ -20,8 +20,10 @@ def test_box_text_rounds_to_resized_pixels_and_clips():
 
 
 def test_parse_text_boxes_labels_normalises_and_orders_corners():
-    text = ('In this image, there are 2 "circle" ([20,28,98,112], [98,56,49,0]), 1 "star" ([0,0,300,-5]).'
-            '<|im_end|>')
+    text = (
+        'In this image, there are 2 "circle" ([20,28,98,112], [98,56,49,0]), 1 "star" ([0,0,300,-5]).'
+        "<|im_end|>"
+    )
     parsed = parse_text_boxes(text, (112, 196))
     assert [label for label, _ in parsed] == ["circle", "circle", "star"]
     assert parsed[0][1] == pytest.approx([20 / 196, 28 / 112, 98 / 196, 1.0])

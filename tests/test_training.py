@@ -60,20 +60,42 @@ def scenes(tmp_path_factory) -> Path:
 
 
 def make_config(records: Path, out: Path, *overrides: str) -> dict:
-    return load_config(None, [
-        "model.tiny={hidden_size: 32}", f"processor.max_pixels={PIXELS}", f"data.train=[{{records: '{records}'}}]",
-        "padt.patches=recompute", "padt.warmup_steps=2", f"training.output_dir='{out}'",
-        "training.per_device_train_batch_size=2", "training.learning_rate=1e-3", "training.max_steps=2",
-        "training.save_strategy=no", "training.logging_steps=1", "training.report_to=[]",
-        "training.disable_tqdm=true", *overrides,
-    ])
+    return load_config(
+        None,
+        [
+            "model.tiny={hidden_size: 32}",
+            f"processor.max_pixels={PIXELS}",
+            f"data.train=[{{records: '{records}'}}]",
+            "padt.patches=recompute",
+            "padt.warmup_steps=2",
+            f"training.output_dir='{out}'",
+            "training.per_device_train_batch_size=2",
+            "training.learning_rate=1e-3",
+            "training.max_steps=2",
+            "training.save_strategy=no",
+            "training.logging_steps=1",
+            "training.report_to=[]",
+            "training.disable_tqdm=true",
+            *overrides,
+        ],
+    )
 
 
 # ------------------------------------------------------------------------------------------------ config
 def test_overrides_parse_types_and_nested_keys(tmp_path):
-    config = make_config(tmp_path / "r.jsonl", tmp_path / "run", "training.max_steps=100", "padt.robust_loss=false",
-                         "training.learning_rate=3e-5", "lora.r=8", "training.fsdp_config.min_num_params=5",
-                         "components.vision=freeze", "seed=7", "resume=false", "training.run_name=my run")
+    config = make_config(
+        tmp_path / "r.jsonl",
+        tmp_path / "run",
+        "training.max_steps=100",
+        "padt.robust_loss=false",
+        "training.learning_rate=3e-5",
+        "lora.r=8",
+        "training.fsdp_config.min_num_params=5",
+        "components.vision=freeze",
+        "seed=7",
+        "resume=false",
+        "training.run_name=my run",
+    )
     assert config["training"]["max_steps"] == 100
     assert config["padt"]["robust_loss"] is False
     assert config["training"]["learning_rate"] == pytest.approx(3e-5)  # YAML 1.1 reads 3e-5 as a string
@@ -84,18 +106,23 @@ def test_overrides_parse_types_and_nested_keys(tmp_path):
     assert config["components"] == {"vision": "freeze", "llm": "train", "decoder": "train"}
     assert (config["seed"], config["resume"], config["training"]["run_name"]) == (7, False, "my run")
     # YAML reads `no` as false; the *_strategy fields still get transformers' "no".
-    args = training_arguments(make_config(tmp_path / "r.jsonl", tmp_path / "run", "training.save_strategy=no"))
+    args = training_arguments(
+        make_config(tmp_path / "r.jsonl", tmp_path / "run", "training.save_strategy=no")
+    )
     assert args.save_strategy == "no"
 
 
-@pytest.mark.parametrize("override, message", [
-    ("bogus.key=1", "unknown section(s) ['bogus']"),
-    ("components.llm=half", "components.llm must be train, freeze or lora, got 'half'"),
-    ("components.audio=train", "unknown component 'audio'"),
-    ("training.output_dir=", "set training.output_dir"),
-    ("padt.answer_format=xml", "padt.answer_format must be vrt or text"),
-    ("model.dtype=int8", "model.dtype must be fp32, bf16 or fp16"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("bogus.key=1", "unknown section(s) ['bogus']"),
+        ("components.llm=half", "components.llm must be train, freeze or lora, got 'half'"),
+        ("components.audio=train", "unknown component 'audio'"),
+        ("training.output_dir=", "set training.output_dir"),
+        ("padt.answer_format=xml", "padt.answer_format must be vrt or text"),
+        ("model.dtype=int8", "model.dtype must be fp32, bf16 or fp16"),
+    ],
+)
 def test_config_errors_are_one_line(tmp_path, override, message):
     with pytest.raises(PaDTError) as info:
         make_config(tmp_path / "r.jsonl", tmp_path / "run", override)
@@ -107,10 +134,27 @@ def test_cli_print_config_and_errors(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", list(sys.argv))  # main() rewrites sys.argv
     monkeypatch.chdir(tmp_path)
     config = tmp_path / "c.yaml"
-    config.write_text(f"model: {{tiny: {{hidden_size: 32}}}}\ndata: {{train: [{{records: {tmp_path}/r.jsonl}}]}}\n"
-                      "training: {output_dir: runs/x, max_steps: 5}\n")
-    assert main(["train", "--config", str(config), "--print-config", "--max-steps", "9",
-                 "--output-dir", str(tmp_path / "o"), "padt.vrts_per_object=3", "--no-resume"]) == 0
+    config.write_text(
+        f"model: {{tiny: {{hidden_size: 32}}}}\ndata: {{train: [{{records: {tmp_path}/r.jsonl}}]}}\n"
+        "training: {output_dir: runs/x, max_steps: 5}\n"
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(config),
+                "--print-config",
+                "--max-steps",
+                "9",
+                "--output-dir",
+                str(tmp_path / "o"),
+                "padt.vrts_per_object=3",
+                "--no-resume",
+            ]
+        )
+        == 0
+    )
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["training"] == {"output_dir": str(tmp_path / "o"), "max_steps": 9}
     assert printed["padt"]["vrts_per_object"] == 3 and printed["resume"] is False
@@ -180,8 +224,15 @@ def test_vrt_targets_carry_their_objects_foreground_sets(step_batch):
     extra = inputs["padt"]
     criterion = RecordingCriterion()
     terms = padt_loss(model, processor, inputs, np.random.default_rng(0), criterion=criterion)
-    assert {"loss", "loss_token", "loss_bbox_l1", "loss_bbox_giou", "loss_score", "loss_mask_dice",
-            "loss_mask_focal"} <= set(terms)
+    assert {
+        "loss",
+        "loss_token",
+        "loss_bbox_l1",
+        "loss_bbox_giou",
+        "loss_score",
+        "loss_mask_dice",
+        "loss_mask_focal",
+    } <= set(terms)
     seen = criterion.seen
     targets, sets = seen["targets"], seen["foreground_sets"]
     vrt_targets = targets[targets >= vocab]  # row-major: (sample, object, pick)
@@ -200,13 +251,20 @@ def test_plain_loss_is_cross_entropy_and_robust_loss_is_lower(step_batch):
     model, processor, _, inputs = step_batch
     vocab = model.vocab_size
     plain = RecordingCriterion()
-    terms = padt_loss(model, processor, inputs, np.random.default_rng(0), criterion=plain,
-                      options=StepOptions(robust_loss=False))
+    terms = padt_loss(
+        model,
+        processor,
+        inputs,
+        np.random.default_rng(0),
+        criterion=plain,
+        options=StepOptions(robust_loss=False),
+    )
     seen = plain.seen
     targets, logits, mask = seen["targets"], seen["logits"], seen["completion_mask"]
     assert [s.tolist() for s in seen["foreground_sets"]] == [[t] for t in targets[targets >= vocab].tolist()]
     per_sample = [
-        F.cross_entropy(logits[b].float(), targets[b], ignore_index=-100, reduction="sum") / (mask[b].sum() + 1e-4)
+        F.cross_entropy(logits[b].float(), targets[b], ignore_index=-100, reduction="sum")
+        / (mask[b].sum() + 1e-4)
         for b in range(targets.shape[0])
     ]
     torch.testing.assert_close(terms["loss_token"], torch.stack(per_sample).mean(), rtol=1e-5, atol=1e-5)
@@ -230,7 +288,9 @@ def test_warmup_feeds_the_decoder_the_ground_truth_prototypes(step_batch):
 
     def recording_decode(features, vision, layout, **kwargs):
         out = decode(features, vision, layout, **kwargs)
-        calls.append((torch.cat([f for sample in features for f in sample]).detach(), vision.prototypes.detach(), out))
+        calls.append(
+            (torch.cat([f for sample in features for f in sample]).detach(), vision.prototypes.detach(), out)
+        )
         return out
 
     model.decode_objects = recording_decode
@@ -288,7 +348,12 @@ def test_resume_reproduces_the_uninterrupted_run(scenes, tmp_path, monkeypatch):
 
     monkeypatch.setattr(batch_module, "build_completions", recording)
     # 8 scenes, batch 2: the run crosses an epoch boundary after step 4 and leaves warm-up after step 3.
-    settings = ("training.max_steps=6", "training.save_strategy=steps", "training.save_steps=3", "padt.warmup_steps=4")
+    settings = (
+        "training.max_steps=6",
+        "training.save_strategy=steps",
+        "training.save_steps=3",
+        "padt.warmup_steps=4",
+    )
     whole = train(make_config(scenes, tmp_path / "whole", *settings, "generation.vrt_repeat_penalty=2.0"))
     uninterrupted = list(drawn)
     assert len(uninterrupted) == 6
@@ -316,8 +381,9 @@ def test_resume_reproduces_the_uninterrupted_run(scenes, tmp_path, monkeypatch):
     wrong = make_config(scenes, tmp_path / "wrong", *settings)
     shutil.copytree(tmp_path / "resumed" / "checkpoint-3", tmp_path / "wrong" / "checkpoint-3")
     fresh = PaDTTrainer.sampling_rngs
-    monkeypatch.setattr(PaDTTrainer, "sampling_rngs",
-                        lambda self, indices: fresh(self, [i + 1000 for i in indices]))
+    monkeypatch.setattr(
+        PaDTTrainer, "sampling_rngs", lambda self, indices: fresh(self, [i + 1000 for i in indices])
+    )
     drawn.clear()
     other = load_file(train(wrong) / "model.safetensors")
     assert drawn != uninterrupted[3:]
@@ -338,13 +404,21 @@ def test_every_parameter_belongs_to_a_component_and_freezing_follows_it():
 def test_lora_trains_adapters_and_decoder_only_and_merges(scenes, tmp_path):
     from padt.inference import PaDT
 
-    config = make_config(scenes, tmp_path / "lora", "components={llm: lora, vision: freeze, decoder: train}",
-                         "training.max_steps=3", "training.learning_rate=1e-2", "lora.dropout=0.0")
+    config = make_config(
+        scenes,
+        tmp_path / "lora",
+        "components={llm: lora, vision: freeze, decoder: train}",
+        "training.max_steps=3",
+        "training.learning_rate=1e-2",
+        "lora.dropout=0.0",
+    )
     initial = build_model_and_processor(config)[0].state_dict()
     trainer = build_trainer(config)
     trainer.train()
     peft_model = trainer.model
-    state = {k.removeprefix("base_model.model."): v.detach().clone() for k, v in peft_model.state_dict().items()}
+    state = {
+        k.removeprefix("base_model.model."): v.detach().clone() for k, v in peft_model.state_dict().items()
+    }
 
     lora = {k: v for k, v in state.items() if ".lora_" in k}
     assert lora and all(k.startswith("model.language_model.") for k in lora)
@@ -368,7 +442,9 @@ def test_lora_trains_adapters_and_decoder_only_and_merges(scenes, tmp_path):
     folder = save_final(trainer, tmp_path / "lora")
     pipe = PaDT.from_pretrained(folder, device="cpu", dtype="fp32")
     merged = load_file(folder / "model.safetensors")
-    assert torch.equal(merged["visual.patch_embed.proj.weight"], initial["model.visual.patch_embed.proj.weight"])
+    assert torch.equal(
+        merged["visual.patch_embed.proj.weight"], initial["model.visual.patch_embed.proj.weight"]
+    )
     q = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(merged[q], initial["model.language_model.layers.0.self_attn.q_proj.weight"])
     with torch.no_grad():
@@ -384,12 +460,33 @@ def test_lora_trains_adapters_and_decoder_only_and_merges(scenes, tmp_path):
 def test_two_processes_with_gloo(scenes, tmp_path):
     out = tmp_path / "ddp"
     config = REPO / "configs" / "cpu.yaml"
-    overrides = [f"data.train=[{{records: '{scenes}'}}]", "data.synthetic=null", "model.tiny.hidden_size=32",
-                 "training.per_device_train_batch_size=2", "training.save_strategy=no", "training.ddp_backend=gloo"]
+    overrides = [
+        f"data.train=[{{records: '{scenes}'}}]",
+        "data.synthetic=null",
+        "model.tiny.hidden_size=32",
+        "training.per_device_train_batch_size=2",
+        "training.save_strategy=no",
+        "training.ddp_backend=gloo",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "padt.cli", "train", "--config", str(config), "--output-dir", str(out), "--max-steps", "2",
-               *overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "padt.cli",
+        "train",
+        "--config",
+        str(config),
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        "2",
+        *overrides,
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "model written to" in result.stdout
@@ -397,19 +494,28 @@ def test_two_processes_with_gloo(scenes, tmp_path):
     assert summary["global_step"] == 2
 
     trained = PaDTForConditionalGeneration.from_pretrained(out).state_dict()
-    initial = build_model_and_processor(load_config(config, [*overrides, f"training.output_dir={out}"]))[0].state_dict()
+    initial = build_model_and_processor(load_config(config, [*overrides, f"training.output_dir={out}"]))[
+        0
+    ].state_dict()
     assert trained.keys() == initial.keys()
-    changed = {k.split(".")[0] if not k.startswith("model.") else ".".join(k.split(".")[:2])
-               for k in trained if not torch.equal(trained[k], initial[k])}
+    changed = {
+        k.split(".")[0] if not k.startswith("model.") else ".".join(k.split(".")[:2])
+        for k in trained
+        if not torch.equal(trained[k], initial[k])
+    }
     assert {"model.visual", "model.language_model", "vl_decoder", "vis_proj"} <= changed
 
 
 # -------------------------------------------------------------------------------------------------- overfit
 def test_overfits_a_few_rec_samples(tmp_path):
-    records = generate_dataset("rec", 4, 3, tmp_path / "rec", min_size=112, max_size=112, progress=False).records_path
+    records = generate_dataset(
+        "rec", 4, 3, tmp_path / "rec", min_size=112, max_size=112, progress=False
+    ).records_path
     config = make_config(records, tmp_path / "run")
     dataset = build_dataset(config, tmp_path)
-    model = tiny_model(seed=0, hidden_size=32, random_prototypes=False).train()  # PaDT's zero-initialised vis_norm
+    model = tiny_model(
+        seed=0, hidden_size=32, random_prototypes=False
+    ).train()  # PaDT's zero-initialised vis_norm
     processor = PaDTProcessor(tiny_processor(max_pixels=PIXELS), model.vocab_size)
     inputs = PaDTCollator(processor, patches="recompute")([dataset[i] for i in range(len(dataset))])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)

@@ -17,7 +17,7 @@ def ids_with_images(counts_per_row: list[list[int]], length: int = 20) -> torch.
         row = [1] * length
         pos = 0
         for n in counts:
-            row[pos: pos + n] = [IMAGE] * n
+            row[pos : pos + n] = [IMAGE] * n
             pos += n + 1
         rows.append(row)
     return torch.tensor(rows)
@@ -57,9 +57,9 @@ def test_several_images_and_text_only_samples():
     mask = layout.allowed_mask()
     assert mask.shape == (3, V + 11)
     assert mask[:, :V].all()
-    assert mask[0, V: V + 10].all() and not mask[0, V + 10]
+    assert mask[0, V : V + 10].all() and not mask[0, V + 10]
     assert not mask[1, V:].any()
-    assert mask[2, V + 10] and not mask[2, V: V + 10].any()
+    assert mask[2, V + 10] and not mask[2, V : V + 10].any()
 
 
 def test_out_of_range_vrt_ids_are_refused():

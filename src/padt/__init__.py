@@ -1,6 +1,6 @@
 """PaDT: Patch-as-Decodable-Token (visual reference tokens) for Qwen2.5-VL on current transformers.
 
-    from padt import PaDT, PaDTForConditionalGeneration, PaDTProcessor, predict
+from padt import PaDT, PaDTForConditionalGeneration, PaDTProcessor, predict
 """
 
 from padt.errors import PaDTError

@@ -24,13 +24,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-
 class CLIError(PaDTError):
     """A command-line problem the user can fix."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="padt", description="Patch-as-Decodable-Token (PaDT) for Qwen2.5-VL.")
+    parser = argparse.ArgumentParser(
+        prog="padt", description="Patch-as-Decodable-Token (PaDT) for Qwen2.5-VL."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

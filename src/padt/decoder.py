@@ -56,9 +56,13 @@ class PaDTDecoderConfig:
         if self.absolute_position and self.ordering != "raster":
             raise ValueError("vl_decoder.absolute_position needs ordering 'raster'")
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"vl_decoder.hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+            raise ValueError(
+                f"vl_decoder.hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
+            )
         if self.hidden_size % 16:
-            raise ValueError(f"vl_decoder.hidden_size {self.hidden_size} must be a multiple of 16 (mask upsampling)")
+            raise ValueError(
+                f"vl_decoder.hidden_size {self.hidden_size} must be a multiple of 16 (mask upsampling)"
+            )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PaDTDecoderConfig:
@@ -156,7 +160,9 @@ class Attention(nn.Module):
             k = self._heads(self.k_proj(key + key_pos))
         v = self._heads(self.v_proj(key))
         mask = key_padding[:, None, None, :]
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
+        )
         return self.proj(out.transpose(1, 2).reshape(*query.shape[:2], -1))
 
 
@@ -230,7 +236,9 @@ class PaDTDecoder(nn.Module):
         self.vp_embedding = nn.Embedding(1, d)
         self.bbox_score_mask_tokens = nn.Embedding(3, d)  # rows: box, score, mask
         # Shared by the VRT features and the low-res prototypes.
-        self.input_projection = nn.Sequential(RMSNorm(llm_d, eps=1e-6), nn.Linear(llm_d, d), nn.GELU(), nn.Linear(d, d))
+        self.input_projection = nn.Sequential(
+            RMSNorm(llm_d, eps=1e-6), nn.Linear(llm_d, d), nn.GELU(), nn.Linear(d, d)
+        )
         block = (d, config.intermediate_size, config.num_heads)
         self.low_res_transformer = PaDTDecoderBlock(*block)
         self.high_res_norm = RMSNorm(d, eps=1e-6)
@@ -257,8 +265,9 @@ class PaDTDecoder(nn.Module):
         weight = self.vp_embedding.weight
         counts = [f.shape[0] for f in vrt_features]
         k_max = max(counts)
-        feats = torch.zeros(len(vrt_features), k_max, self.config.llm_hidden_state, device=weight.device,
-                            dtype=weight.dtype)
+        feats = torch.zeros(
+            len(vrt_features), k_max, self.config.llm_hidden_state, device=weight.device, dtype=weight.dtype
+        )
         valid = torch.zeros(len(vrt_features), 3 + k_max, dtype=torch.bool, device=weight.device)
         valid[:, :3] = True
         for o, f in enumerate(vrt_features):
@@ -295,7 +304,9 @@ class PaDTDecoder(nn.Module):
         if num_objects == 0:
             empty = torch.zeros(0, device=device, dtype=dtype)
             return PaDTDecoderOutput(
-                pred_boxes=empty.view(0, 4), pred_score=empty.view(0, 1), pred_mask=empty.view(0, 8, 8),
+                pred_boxes=empty.view(0, 4),
+                pred_score=empty.view(0, 1),
+                pred_mask=empty.view(0, 8, 8),
                 pred_mask_valid_hw=torch.zeros(0, 2, dtype=torch.long, device=device),
                 object_image=torch.zeros(0, dtype=torch.long, device=device),
             )
@@ -333,11 +344,15 @@ class PaDTDecoder(nn.Module):
         low_pe = (cos[low_pe_idx], sin[low_pe_idx])
         if self.config.absolute_position:
             units_hw = grid[object_image, 1:] // merge
-            low_memory = low_memory + normalised_position_code(low_pos, units_hw, low_memory.shape[-1]).to(dtype)
+            low_memory = low_memory + normalised_position_code(low_pos, units_hw, low_memory.shape[-1]).to(
+                dtype
+            )
         queries, query_valid = self.embed_queries(vrt_features)
         query_pe = queries
 
-        queries, low_memory = self.low_res_transformer(queries, low_memory, query_pe, low_pe, query_valid, low_valid)
+        queries, low_memory = self.low_res_transformer(
+            queries, low_memory, query_pe, low_pe, query_valid, low_valid
+        )
 
         if raster:
             # Each patch gets the low-res unit it lies in.
@@ -350,7 +365,9 @@ class PaDTDecoder(nn.Module):
             low_for_high = low_memory.repeat_interleave(m2, dim=1)
         high_memory = low_for_high + high_res_image_embeds.to(dtype)[high_idx]
         if self.config.absolute_position:
-            high_memory = high_memory + normalised_position_code(high_pos, grid[object_image, 1:], high_memory.shape[-1]).to(dtype)
+            high_memory = high_memory + normalised_position_code(
+                high_pos, grid[object_image, 1:], high_memory.shape[-1]
+            ).to(dtype)
         high_memory = self.high_res_norm(high_memory)
         high_pe = (cos[high_idx], sin[high_idx])
         for block in (self.high_res_transformer1, self.high_res_transformer2):
@@ -361,11 +378,16 @@ class PaDTDecoder(nn.Module):
         grid_hw = grid[object_image, 1:]
         pred_mask = self.predict_masks(queries[:, 2], high_memory, grid_hw)
         return PaDTDecoderOutput(
-            pred_boxes=pred_boxes, pred_score=pred_score, pred_mask=pred_mask, pred_mask_valid_hw=grid_hw,
+            pred_boxes=pred_boxes,
+            pred_score=pred_score,
+            pred_mask=pred_mask,
+            pred_mask_valid_hw=grid_hw,
             object_image=object_image,
         )
 
-    def predict_masks(self, mask_tokens: torch.Tensor, memory: torch.Tensor, grid_hw: torch.Tensor) -> torch.Tensor:
+    def predict_masks(
+        self, mask_tokens: torch.Tensor, memory: torch.Tensor, grid_hw: torch.Tensor
+    ) -> torch.Tensor:
         """Mask logits ``O x 4H_max x 4W_max`` from the mask-token output ``O x d`` and the high-res memory
         ``O x n_max x d``; each high-res token yields a 4x4 block of logits."""
         num_objects, n_max, d = memory.shape

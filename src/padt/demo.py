@@ -64,5 +64,7 @@ def _print(scene: int, task: str, text: str, pred: Prediction, overlay: Path) ->
     print(f"  answer: {pred.text[:160]}{'...' if len(pred.text) > 160 else ''}")
     for obj in pred.objects[:5]:
         box = ", ".join(f"{v:.0f}" for v in obj.box_xyxy)
-        print(f"  object {obj.label or '(no label)'}: box [{box}] score {obj.score:.2f} VRTs {obj.vrt_ids[:8]}")
+        print(
+            f"  object {obj.label or '(no label)'}: box [{box}] score {obj.score:.2f} VRTs {obj.vrt_ids[:8]}"
+        )
     print(f"  overlay: {overlay}")

@@ -34,7 +34,9 @@ BUNDLED_MODEL = Path(__file__).parent / "assets" / "bundled"
 def default_model() -> Path:
     """The bundled model's folder; the default of ``padt predict``, ``padt demo`` and ``padt eval``."""
     if not (BUNDLED_MODEL / "config.json").is_file():
-        raise PaDTError(f"the bundled model is missing from {BUNDLED_MODEL}; reinstall padt or pass --model PATH")
+        raise PaDTError(
+            f"the bundled model is missing from {BUNDLED_MODEL}; reinstall padt or pass --model PATH"
+        )
     return BUNDLED_MODEL
 
 
@@ -112,7 +114,10 @@ def predict(
     recorder = VRTStateRecorder(model.vocab_size, prompt_length)
     generate_kwargs.setdefault("do_sample", False)
     sequences = model.generate(
-        **inputs, max_new_tokens=max_new_tokens, vrt_recorder=recorder, pad_token_id=processor.pad_token_id,
+        **inputs,
+        max_new_tokens=max_new_tokens,
+        vrt_recorder=recorder,
+        pad_token_id=processor.pad_token_id,
         **generate_kwargs,
     )
     layout = batch.layout
@@ -120,7 +125,9 @@ def predict(
     eos = model.generation_config.eos_token_id
     if getattr(model.config, "padt_answer_format", "vrt") == "text":
         return _text_box_predictions(processor, completions.cpu(), eos, batch)
-    parsed: list[ParsedCompletion] = processor.parse_completions(completions.cpu(), eos_token_ids=eos, layout=layout)
+    parsed: list[ParsedCompletion] = processor.parse_completions(
+        completions.cpu(), eos_token_ids=eos, layout=layout
+    )
 
     features: list[list[torch.Tensor]] = []
     object_images: list[list[int]] = []
@@ -136,12 +143,16 @@ def predict(
 
     decoded = None
     if any(features) and recorder.vision is not None:
-        decoded = model.decode_objects(features, recorder.vision, recorder.vrt_layout, object_images=object_images)
+        decoded = model.decode_objects(
+            features, recorder.vision, recorder.vrt_layout, object_images=object_images
+        )
 
     results = []
     row = 0
     for b, completion in enumerate(parsed):
-        prediction = Prediction(text=completion.text, warnings=list(completion.warnings), finished=completion.finished)
+        prediction = Prediction(
+            text=completion.text, warnings=list(completion.warnings), finished=completion.finished
+        )
         own_images = (layout.image_sample == b).nonzero().flatten().tolist()
         for obj, image in zip(completion.objects, object_images[b]):
             k = own_images.index(image)
@@ -149,7 +160,10 @@ def predict(
             start = int(layout.image_local_offset[image])
             sl = slice(row, row + 1)
             [detected] = detected_objects(
-                decoded.pred_boxes[sl].float(), decoded.pred_score[sl].float(), size, labels=[obj.label],
+                decoded.pred_boxes[sl].float(),
+                decoded.pred_score[sl].float(),
+                size,
+                labels=[obj.label],
                 vrt_ids=[[j - start for j in obj.vrt_indices]],
                 pred_mask=decoded.pred_mask[sl].float() if decode_masks else None,
                 pred_mask_valid_hw=decoded.pred_mask_valid_hw[sl],
@@ -161,16 +175,21 @@ def predict(
     return results
 
 
-def _text_box_predictions(processor: PaDTProcessor, completions: torch.Tensor, eos: Any,
-                          batch: Any) -> list[Prediction]:
+def _text_box_predictions(
+    processor: PaDTProcessor, completions: torch.Tensor, eos: Any, batch: Any
+) -> list[Prediction]:
     """Predictions of a text-coordinate model (:mod:`padt.text_boxes`): boxes parsed from the text, on the
     sample's first image, score 1, no mask."""
     from padt.text_boxes import parse_text_boxes
 
     layout = batch.layout
     results = []
-    for b, completion in enumerate(processor.parse_completions(completions, eos_token_ids=eos, layout=layout)):
-        prediction = Prediction(text=completion.text, warnings=list(completion.warnings), finished=completion.finished)
+    for b, completion in enumerate(
+        processor.parse_completions(completions, eos_token_ids=eos, layout=layout)
+    ):
+        prediction = Prediction(
+            text=completion.text, warnings=list(completion.warnings), finished=completion.finished
+        )
         images = (layout.image_sample == b).nonzero().flatten().tolist()
         if images:
             _, gh, gw = (int(v) for v in layout.image_grid_thw[images[0]].tolist())
@@ -196,19 +215,29 @@ class PaDT:
         self.processor = processor
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, *, device: str | None = None, dtype: str = "auto",
-                        max_side: int | None = None) -> PaDT:
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        device: str | None = None,
+        dtype: str = "auto",
+        max_side: int | None = None,
+    ) -> PaDT:
         """Model and processor from one folder. ``device`` defaults to CUDA when available; ``dtype`` is
         ``auto`` (bf16 on GPU, fp32 on CPU), ``bf16``, ``fp16`` or ``fp32``."""
         folder = Path(path)
         if not folder.is_dir():
-            raise PaDTError(f"model folder {os.fspath(path)!r} does not exist; pass a checkpoint folder to --model")
+            raise PaDTError(
+                f"model folder {os.fspath(path)!r} does not exist; pass a checkpoint folder to --model"
+            )
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if dtype == "auto":
             dtype = "bf16" if device.startswith("cuda") else "fp32"
         if dtype not in DTYPES:
             raise PaDTError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(DTYPES)}")
-        model = PaDTForConditionalGeneration.from_pretrained(folder, dtype=DTYPES[dtype], attn_implementation="sdpa")
+        model = PaDTForConditionalGeneration.from_pretrained(
+            folder, dtype=DTYPES[dtype], attn_implementation="sdpa"
+        )
         model.to(device)
         processor = PaDTProcessor.from_pretrained(folder, model.vocab_size, max_side=max_side)
         return cls(model, processor)
@@ -220,22 +249,37 @@ class PaDT:
 # ------------------------------------------------------------------------------------------------ CLI
 def add_vrt_repeat_penalty_argument(parser: argparse.ArgumentParser) -> None:
     """``--vrt-repeat-penalty`` (shared by predict and eval)."""
-    parser.add_argument("--vrt-repeat-penalty", type=float, default=None, metavar="P",
-                        help="lower the logits of the VRTs already in an object's run by P (0: plain greedy, inf: "
-                        "never repeat; default: the checkpoint's generation_config)")
+    parser.add_argument(
+        "--vrt-repeat-penalty",
+        type=float,
+        default=None,
+        metavar="P",
+        help="lower the logits of the VRTs already in an object's run by P (0: plain greedy, inf: "
+        "never repeat; default: the checkpoint's generation_config)",
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None,
-                        help="checkpoint folder (model + processor files; default: the bundled model)")
-    parser.add_argument("--image", action="append", required=True,
-                        help="input image; repeat for several images in one prompt")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="checkpoint folder (model + processor files; default: the bundled model)",
+    )
+    parser.add_argument(
+        "--image", action="append", required=True, help="input image; repeat for several images in one prompt"
+    )
     parser.add_argument("--prompt", default="", help="prompt, or with --task the sentence / class list")
-    parser.add_argument("--task", choices=TASKS, help="build the reference prompt: rec/res sentence, "
-                        "ovd comma-separated classes, ric (no text)")
-    parser.add_argument("--json", type=Path, help="write {text, objects: [{label, vrt_ids, box_xyxy, score, "
-                        "mask_rle}]} here")
-    parser.add_argument("--overlay", type=Path, help="write the image with boxes, labels, scores and masks here")
+    parser.add_argument(
+        "--task",
+        choices=TASKS,
+        help="build the reference prompt: rec/res sentence, ovd comma-separated classes, ric (no text)",
+    )
+    parser.add_argument(
+        "--json", type=Path, help="write {text, objects: [{label, vrt_ids, box_xyxy, score, mask_rle}]} here"
+    )
+    parser.add_argument(
+        "--overlay", type=Path, help="write the image with boxes, labels, scores and masks here"
+    )
     parser.add_argument("--show-vrt", action="store_true", help="also outline the VRT cells on the overlay")
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--max-side", type=int, default=None, help="cap the longer image side (px) first")
@@ -250,9 +294,16 @@ def run(args: argparse.Namespace) -> int:
     for image in args.image:
         if not Path(image).is_file():
             raise PaDTError(f"image file not found: {image}")
-    pipe = PaDT.from_pretrained(args.model or default_model(), device=args.device, dtype=args.dtype, max_side=args.max_side)
-    [prediction] = pipe([list(args.image)], [args.prompt], task=args.task, max_new_tokens=args.max_new_tokens,
-                        vrt_repeat_penalty=args.vrt_repeat_penalty)  # None: the checkpoint's setting
+    pipe = PaDT.from_pretrained(
+        args.model or default_model(), device=args.device, dtype=args.dtype, max_side=args.max_side
+    )
+    [prediction] = pipe(
+        [list(args.image)],
+        [args.prompt],
+        task=args.task,
+        max_new_tokens=args.max_new_tokens,
+        vrt_repeat_penalty=args.vrt_repeat_penalty,
+    )  # None: the checkpoint's setting
     print(prediction.text)
     for obj, image in zip(prediction.objects, prediction.object_images):
         where = f" [image {image}]" if len(args.image) > 1 else ""
@@ -268,7 +319,13 @@ def run(args: argparse.Namespace) -> int:
     if args.overlay:
         from padt.visualize import draw_prediction
 
-        draw_prediction(args.image[0], prediction, image_index=0, show_vrt=args.show_vrt,
-                        merge_size=pipe.processor.merge_size, processor=pipe.processor).save(args.overlay)
+        draw_prediction(
+            args.image[0],
+            prediction,
+            image_index=0,
+            show_vrt=args.show_vrt,
+            merge_size=pipe.processor.merge_size,
+            processor=pipe.processor,
+        ).save(args.overlay)
         print(f"overlay written to {args.overlay}")
     return 0

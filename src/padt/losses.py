@@ -211,7 +211,9 @@ def _pred_xyxy(pred_boxes: torch.Tensor) -> torch.Tensor:
     return box_cxcywh_to_xyxy(torch.cat([centre, size], dim=-1))
 
 
-def _gt_boxes(gt_boxes: torch.Tensor, reference_gt_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _gt_boxes(
+    gt_boxes: torch.Tensor, reference_gt_dtype: torch.dtype | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """GT boxes as ``(xyxy, cxcywh)`` float32, optionally through the reference's low-precision cast."""
     if reference_gt_dtype is None:
         xyxy = _sanitise_gt_boxes(gt_boxes.float())
@@ -291,7 +293,9 @@ def score_loss(pred_scores: torch.Tensor, giou: torch.Tensor) -> dict[str, torch
     """
     scores = pred_scores.float().reshape(-1)
     if scores.shape != giou.shape:
-        raise PaDTError(f"expected one score per object: {tuple(pred_scores.shape)} vs GIoU {tuple(giou.shape)}")
+        raise PaDTError(
+            f"expected one score per object: {tuple(pred_scores.shape)} vs GIoU {tuple(giou.shape)}"
+        )
     err = 2 * torch.sigmoid(scores) - 1 - giou.detach().float()
     return {"loss_score": (err * err).sum() / (scores.shape[0] + _OBJECT_EPS)}
 
@@ -391,7 +395,9 @@ def mask_losses(
         valid = valid * counted[:, None]
     prob = logits.sigmoid()
 
-    dice = 1 - (2 * (prob * target * valid).sum(-1) + 1) / ((prob * valid).sum(-1) + (target * valid).sum(-1) + 1)
+    dice = 1 - (2 * (prob * target * valid).sum(-1) + 1) / (
+        (prob * valid).sum(-1) + (target * valid).sum(-1) + 1
+    )
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     p_t = prob * target + (1 - prob) * (1 - target)
     alpha_t = focal_alpha * target + (1 - focal_alpha) * (1 - target)
@@ -414,7 +420,9 @@ def weighted_total(terms: Mapping[str, torch.Tensor], weights: Mapping[str, floa
         raise PaDTError(f"no value for weighted loss terms {missing}; compute them or set their weight to 0")
     if not active:
         raise PaDTError("every loss weight is zero; give at least one term a weight")
-    return sum((terms[name] * w for name, w in active), start=torch.zeros((), device=terms[active[0][0]].device))
+    return sum(
+        (terms[name] * w for name, w in active), start=torch.zeros((), device=terms[active[0][0]].device)
+    )
 
 
 class PaDTCriterion:
@@ -488,8 +496,12 @@ class PaDTCriterion:
                 raise PaDTError("the mask losses need pred_masks, gt_masks and valid_masks")
             out.update(
                 mask_losses(
-                    pred_masks, gt_masks, valid_masks, has_mask,
-                    focal_alpha=self.focal_alpha, focal_gamma=self.focal_gamma,
+                    pred_masks,
+                    gt_masks,
+                    valid_masks,
+                    has_mask,
+                    focal_alpha=self.focal_alpha,
+                    focal_gamma=self.focal_gamma,
                 )
             )
         out["loss"] = weighted_total(out, self.weight_dict)

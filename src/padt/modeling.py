@@ -54,8 +54,12 @@ register_checkpoint_conversion_mapping(
 PADT_MODULE_PREFIXES = ("vis_norm.", "vis_proj.", "vl_decoder.")
 PROTOTYPE_RANK = 64  # the reference's rank-64 bottleneck (``lora_r``)
 IMAGE_POSITION_CODE_DIM = 32  # 8 frequencies x (sin, cos) x (x, y) for ``config.image_position_code``
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 @dataclass
@@ -125,7 +129,9 @@ def prepare_padt_config(config: Qwen2_5_VLConfig) -> Qwen2_5_VLConfig:
     return config
 
 
-def window_to_raster(window_index: torch.Tensor, image_grid_thw: torch.Tensor, merge_size: int = 2) -> torch.Tensor:
+def window_to_raster(
+    window_index: torch.Tensor, image_grid_thw: torch.Tensor, merge_size: int = 2
+) -> torch.Tensor:
     """Permutation ``perm`` with ``raster = window_ordered[perm]`` for ViT patch tokens (images, ``t = 1``).
 
     The ViT's last hidden state and RoPE come in window order: merge units permuted by ``window_index``, the
@@ -163,8 +169,11 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
                 nn.Linear(hidden, PROTOTYPE_RANK, bias=False), nn.Linear(PROTOTYPE_RANK, hidden, bias=False)
             )
         self.vl_decoder = PaDTDecoder(PaDTDecoderConfig.from_dict(config.vl_decoder))
-        self.image_position = (nn.Linear(IMAGE_POSITION_CODE_DIM, hidden, bias=False)
-                               if getattr(config, "image_position_code", False) else None)
+        self.image_position = (
+            nn.Linear(IMAGE_POSITION_CODE_DIM, hidden, bias=False)
+            if getattr(config, "image_position_code", False)
+            else None
+        )
         self.post_init()
 
     # ------------------------------------------------------------------------------------------ init / loading
@@ -177,7 +186,10 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
 
     @classmethod
     def from_pretrained(
-        cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, init_padt_modules: bool = False,
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *args: Any,
+        init_padt_modules: bool = False,
         **kwargs: Any,
     ) -> PaDTForConditionalGeneration:
         """Load a PaDT checkpoint: the reference's layout (transformers 4.50 keys) or padt's own.
@@ -199,17 +211,27 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         kwargs.setdefault("ignore_mismatched_sizes", True)
         model, info = super().from_pretrained(path, *args, output_loading_info=True, **kwargs)
         problems = []
-        missing = [k for k in info.get("missing_keys", []) if not (init_padt_modules and k.startswith(PADT_MODULE_PREFIXES))]
+        missing = [
+            k
+            for k in info.get("missing_keys", [])
+            if not (init_padt_modules and k.startswith(PADT_MODULE_PREFIXES))
+        ]
         if missing:
             problems.append(f"missing keys {sorted(missing)}")
         if info.get("unexpected_keys"):
             problems.append(f"unexpected keys {sorted(info['unexpected_keys'])}")
         if info.get("mismatched_keys"):
-            shapes = sorted(f"{k[0]} (checkpoint {tuple(k[1])}, model {tuple(k[2])})" if isinstance(k, tuple) else str(k)
-                            for k in info["mismatched_keys"])
+            shapes = sorted(
+                f"{k[0]} (checkpoint {tuple(k[1])}, model {tuple(k[2])})" if isinstance(k, tuple) else str(k)
+                for k in info["mismatched_keys"]
+            )
             problems.append(f"mismatched keys [{', '.join(shapes)}]")
         if problems:
-            hint = "" if init_padt_modules else " (to start from a plain Qwen2.5-VL checkpoint pass init_padt_modules=True)"
+            hint = (
+                ""
+                if init_padt_modules
+                else " (to start from a plain Qwen2.5-VL checkpoint pass init_padt_modules=True)"
+            )
             raise PaDTError(f"checkpoint {path} does not match PaDT: " + "; ".join(problems) + hint)
         return (model, info) if user_wants_info else model
 
@@ -234,17 +256,22 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         """``ΣN x D`` learned embedding of each merged patch's normalised ``(x, y)`` centre, unit-raster order."""
         units_hw = image_grid_thw[:, 1:] // self.merge_size
         codes = [
-            normalised_position_code(torch.arange(int(h * w), device=units_hw.device), units_hw[i:i + 1],
-                                     IMAGE_POSITION_CODE_DIM)[0].repeat(int(image_grid_thw[i, 0]), 1)
+            normalised_position_code(
+                torch.arange(int(h * w), device=units_hw.device), units_hw[i : i + 1], IMAGE_POSITION_CODE_DIM
+            )[0].repeat(int(image_grid_thw[i, 0]), 1)
             for i, (h, w) in enumerate(units_hw.tolist())
         ]
         weight = self.image_position.weight
         return self.image_position(torch.cat(codes).to(device=weight.device, dtype=weight.dtype))
 
-    def encode_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None) -> PaDTVisionOutput:
+    def encode_images(
+        self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None
+    ) -> PaDTVisionOutput:
         """One pass of the vision tower, returning what the LLM and the decoder need (§1.2, §9.4)."""
         if image_grid_thw is None:
-            raise PaDTError("pixel_values were given without image_grid_thw; pass both, as the processor returns them")
+            raise PaDTError(
+                "pixel_values were given without image_grid_thw; pass both, as the processor returns them"
+            )
         visual = self.model.visual
         grid = image_grid_thw.to(pixel_values.device)
         expected = int(grid.prod(-1).sum())
@@ -255,11 +282,17 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             )
         position_ids = get_vision_position_ids(grid, self.merge_size)
         window_index, cu_window_seqlens = get_vision_window_index(
-            grid, spatial_merge_size=self.merge_size, window_size=visual.window_size, patch_size=visual.patch_size
+            grid,
+            spatial_merge_size=self.merge_size,
+            window_size=visual.window_size,
+            patch_size=visual.patch_size,
         )
         out = visual(
-            pixel_values.type(visual.dtype), grid_thw=grid, position_ids=position_ids,
-            window_index=window_index, cu_window_seqlens=cu_window_seqlens,
+            pixel_values.type(visual.dtype),
+            grid_thw=grid,
+            position_ids=position_ids,
+            window_index=window_index,
+            cu_window_seqlens=cu_window_seqlens,
         )
         # The ViT's RoPE, permuted into window order like its last hidden state (the decoder's visual PE).
         cos, sin = visual.rotary_pos_emb(out.last_hidden_state, position_ids)
@@ -281,7 +314,9 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         )
 
     # ------------------------------------------------------------------------------------------ VRT head
-    def embed_tokens_with_vrts(self, input_ids: torch.Tensor, prototypes: torch.Tensor | None) -> torch.Tensor:
+    def embed_tokens_with_vrts(
+        self, input_ids: torch.Tensor, prototypes: torch.Tensor | None
+    ) -> torch.Tensor:
         """Input embeddings: text ids from ``embed_tokens``, global VRT ids ``V + r`` from ``prototypes[r]``.
 
         A gather from the two tables: the extended table ``[E; prototypes]`` is never materialised.
@@ -292,13 +327,16 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         text = embed(input_ids.clamp(max=vocab - 1))
         if prototypes is None or prototypes.shape[0] == 0:
             if not torch.compiler.is_compiling() and bool(is_vrt.any()):
-                raise PaDTError("the input holds VRT ids but no image was given; pass the images the VRTs refer to")
+                raise PaDTError(
+                    "the input holds VRT ids but no image was given; pass the images the VRTs refer to"
+                )
             return text
         vrt = prototypes.to(text.dtype)[(input_ids - vocab).clamp(0, prototypes.shape[0] - 1)]
         return torch.where(is_vrt[..., None], vrt, text)
 
-    def vrt_logits(self, hidden: torch.Tensor, prototypes: torch.Tensor | None,
-                   allowed: torch.Tensor | None) -> torch.Tensor:
+    def vrt_logits(
+        self, hidden: torch.Tensor, prototypes: torch.Tensor | None, allowed: torch.Tensor | None
+    ) -> torch.Tensor:
         """``B x L x (V + ΣN)`` logits: the text head, then a plain dot product with every prototype (§2);
         VRTs of other samples' images are ``-inf``."""
         text = self.lm_head(hidden)
@@ -362,8 +400,11 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             vision = self.encode_images(pixel_values, image_grid_thw)
         if vrt_layout is None:
             vrt_layout = VRTLayout.from_input_ids(
-                input_ids, image_grid_thw if vision is not None else None, vocab_size=self.vocab_size,
-                image_token_id=self.config.image_token_id, merge_size=self.merge_size,
+                input_ids,
+                image_grid_thw if vision is not None else None,
+                vocab_size=self.vocab_size,
+                image_token_id=self.config.image_token_id,
+                merge_size=self.merge_size,
             )
             self._check_vrt_ids(input_ids, vrt_layout)
             vrt_allowed = vrt_layout.allowed_mask() if vrt_layout.num_vrts else None
@@ -374,9 +415,12 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         if pixel_values is not None:
             # The prompt's <|image_pad|> tokens get the raw merger features (stock Qwen2.5-VL behaviour).
             sizes = (vision.image_grid_thw.prod(-1) // self.merge_size**2).tolist()
-            encoder_outputs = {"image": BaseModelOutputWithPooling(
-                last_hidden_state=vision.high_res_image_embeds, pooler_output=torch.split(vision.image_embeds, sizes)
-            )}
+            encoder_outputs = {
+                "image": BaseModelOutputWithPooling(
+                    last_hidden_state=vision.high_res_image_embeds,
+                    pooler_output=torch.split(vision.image_embeds, sizes),
+                )
+            }
             if mm_token_type_ids is None:
                 mm_token_type_ids = (input_ids == self.config.image_token_id).int()
         outputs = self.model(
@@ -392,7 +436,9 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             **kwargs,
         )
         hidden = outputs.last_hidden_state
-        kept = hidden[:, -logits_to_keep:] if isinstance(logits_to_keep, int) and logits_to_keep > 0 else hidden
+        kept = (
+            hidden[:, -logits_to_keep:] if isinstance(logits_to_keep, int) and logits_to_keep > 0 else hidden
+        )
         if isinstance(logits_to_keep, torch.Tensor):
             kept = hidden[:, logits_to_keep]
         logits = self.vrt_logits(kept, prototypes, vrt_allowed)
@@ -436,7 +482,9 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             :class:`PaDTDecoderOutput` with one row per object, in (sample, object) order, and ``sample_idx``.
         """
         if len(vrt_features) != vrt_layout.num_samples:
-            raise PaDTError(f"got objects for {len(vrt_features)} samples but the batch has {vrt_layout.num_samples}")
+            raise PaDTError(
+                f"got objects for {len(vrt_features)} samples but the batch has {vrt_layout.num_samples}"
+            )
         flat, images, samples = [], [], []
         for b, objects in enumerate(vrt_features):
             if not objects:
@@ -451,10 +499,14 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             else:
                 chosen = list(object_images[b])
                 if len(chosen) != len(objects) or any(i not in own for i in chosen):
-                    raise PaDTError(f"object_images[{b}] must give one of the sample's images {own} per object")
+                    raise PaDTError(
+                        f"object_images[{b}] must give one of the sample's images {own} per object"
+                    )
             for f in objects:
                 if f.ndim != 2 or f.shape[0] == 0:
-                    raise PaDTError(f"each object needs a (k, D) tensor with k >= 1 VRT features, got {tuple(f.shape)}")
+                    raise PaDTError(
+                        f"each object needs a (k, D) tensor with k >= 1 VRT features, got {tuple(f.shape)}"
+                    )
             flat.extend(objects)
             images.extend(chosen)
             samples.extend([b] * len(objects))
@@ -471,9 +523,14 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         return out
 
     # ------------------------------------------------------------------------------------------ generation
-    def generate(self, input_ids: torch.LongTensor | None = None, *args: Any,
-                 vrt_recorder: VRTStateRecorder | None = None, vrt_repeat_penalty: float | None = None,
-                 **kwargs: Any) -> Any:
+    def generate(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        *args: Any,
+        vrt_recorder: VRTStateRecorder | None = None,
+        vrt_repeat_penalty: float | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """transformers' ``generate`` with global VRT ids in and out.
 
         Pass a :class:`~padt.generation.VRTStateRecorder` as ``vrt_recorder`` to collect the hidden states the
@@ -490,7 +547,11 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             processors = LogitsProcessorList(kwargs.pop("logits_processor", None) or [])
             processors.append(VRTRepeatPenaltyLogitsProcessor(self.vocab_size, vrt_repeat_penalty))
             kwargs["logits_processor"] = processors
-        if input_ids is not None and kwargs.get("mm_token_type_ids") is None and kwargs.get("pixel_values") is not None:
+        if (
+            input_ids is not None
+            and kwargs.get("mm_token_type_ids") is None
+            and kwargs.get("pixel_values") is not None
+        ):
             # M-RoPE needs the image-token positions; derive them when the caller did not pass them.
             kwargs["mm_token_type_ids"] = (input_ids == self.config.image_token_id).int()
         if vrt_recorder is not None:
@@ -500,14 +561,17 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             vrt_recorder.finish(out if isinstance(out, torch.Tensor) else out.sequences)
         return out
 
-    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def prepare_inputs_for_generation(
+        self, input_ids: torch.LongTensor, *args: Any, **kwargs: Any
+    ) -> dict[str, Any]:
         recorder = kwargs.pop("vrt_recorder", None)
         if recorder is not None:
             recorder.observe(input_ids)
         return super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
 
-    def _update_model_kwargs_for_generation(self, outputs: Any, model_kwargs: dict[str, Any], *args: Any,
-                                            **kwargs: Any) -> dict[str, Any]:
+    def _update_model_kwargs_for_generation(
+        self, outputs: Any, model_kwargs: dict[str, Any], *args: Any, **kwargs: Any
+    ) -> dict[str, Any]:
         model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
         # Carry the prefill's prototypes, layout and logit mask to the decode steps (the ViT runs once).
         if getattr(outputs, "vision", None) is not None:

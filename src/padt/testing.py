@@ -64,23 +64,113 @@ QWEN_SPECIAL_TOKENS = (
 
 COLOURS = ("red", "green", "blue", "yellow", "orange", "purple", "pink", "brown", "black", "white", "gray")
 SHAPES = (
-    "square", "circle", "triangle", "rectangle", "star", "ellipse", "diamond", "ring", "cross", "stripe",
+    "square",
+    "circle",
+    "triangle",
+    "rectangle",
+    "star",
+    "ellipse",
+    "diamond",
+    "ring",
+    "cross",
+    "stripe",
 )
 SIZES = ("small", "big", "large", "tiny", "tall", "wide")
 PLACES = (
-    "on the left", "on the right", "at the top", "at the bottom", "in the middle", "in the corner",
-    "next to the", "above the", "below the", "behind the", "in front of the", "near the",
+    "on the left",
+    "on the right",
+    "at the top",
+    "at the bottom",
+    "in the middle",
+    "in the corner",
+    "next to the",
+    "above the",
+    "below the",
+    "behind the",
+    "in front of the",
+    "near the",
 )
 COCO_CLASSES = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard",
-    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
-    "teddy bear", "hair drier", "toothbrush",
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "backpack",
+    "umbrella",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "dining table",
+    "toilet",
+    "tv",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
 )
 
 
@@ -95,7 +185,7 @@ def _corpus() -> list[str]:
         lines.append(prompts.rec_prompt(sentence))
         lines.append(prompts.rec_answer_template(sentence))
     for i in range(0, len(COCO_CLASSES) - 2, 3):
-        names = list(COCO_CLASSES[i:i + 3])
+        names = list(COCO_CLASSES[i : i + 3])
         counts = [1 + i % 3, 0, 2]
         lines.append(prompts.ovd_prompt(names))
         lines.append(prompts.ovd_answer_template(names, counts))
@@ -245,7 +335,9 @@ def tiny_config(
     return config
 
 
-def tiny_model(seed: int = 0, *, random_prototypes: bool = True, **config_kwargs: Any) -> PaDTForConditionalGeneration:
+def tiny_model(
+    seed: int = 0, *, random_prototypes: bool = True, **config_kwargs: Any
+) -> PaDTForConditionalGeneration:
     """A randomly initialised tiny PaDT model (fp32, SDPA, eval mode), deterministic for a seed.
 
     ``vis_norm`` is zero-initialised in PaDT, which makes every prototype 0; ``random_prototypes`` gives it

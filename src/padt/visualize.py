@@ -12,8 +12,18 @@ from padt.data.patches import merged_grid_for_image
 if TYPE_CHECKING:
     from padt.inference import Prediction
 
-PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
-           (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128)]
+PALETTE = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+]
 
 
 def merged_grid_for(size: tuple[int, int], processor: Any = None) -> tuple[int, int, int, int]:
@@ -27,8 +37,16 @@ def merged_grid_for(size: tuple[int, int], processor: Any = None) -> tuple[int, 
     return rows, cols, rows * 28, cols * 28
 
 
-def draw_prediction(image: Any, prediction: Prediction, *, image_index: int = 0, show_vrt: bool = False,
-                    merge_size: int = 2, processor: Any = None, alpha: float = 0.45) -> Image.Image:
+def draw_prediction(
+    image: Any,
+    prediction: Prediction,
+    *,
+    image_index: int = 0,
+    show_vrt: bool = False,
+    merge_size: int = 2,
+    processor: Any = None,
+    alpha: float = 0.45,
+) -> Image.Image:
     """Draw the objects of ``prediction`` that lie in image ``image_index`` of the sample onto ``image``."""
     base = (Image.open(image) if not isinstance(image, Image.Image) else image).convert("RGB")
     canvas = base.convert("RGBA")

@@ -87,8 +87,13 @@ class VRTLayout:
         num_samples = input_ids.shape[0]
         if image_grid_thw is None or image_grid_thw.numel() == 0:
             grid = torch.zeros(0, 3, dtype=torch.long, device=input_ids.device)
-            return cls(vocab_size, grid, torch.zeros(0, dtype=torch.long, device=input_ids.device), num_samples,
-                       merge_size)
+            return cls(
+                vocab_size,
+                grid,
+                torch.zeros(0, dtype=torch.long, device=input_ids.device),
+                num_samples,
+                merge_size,
+            )
         counts = (input_ids == image_token_id).sum(-1).tolist()
         sizes = vrts_per_image(image_grid_thw, merge_size).tolist()
         owner: list[int] = []
@@ -109,18 +114,27 @@ class VRTLayout:
                 f"image_grid_thw has {len(sizes)} images but the input_ids hold image tokens for {image}; "
                 "pass the processor's input_ids and image_grid_thw together"
             )
-        return cls(vocab_size, image_grid_thw, torch.tensor(owner, dtype=torch.long, device=input_ids.device),
-                   num_samples, merge_size)
+        return cls(
+            vocab_size,
+            image_grid_thw,
+            torch.tensor(owner, dtype=torch.long, device=input_ids.device),
+            num_samples,
+            merge_size,
+        )
 
     @classmethod
-    def one_image_per_sample(cls, image_grid_thw: torch.Tensor, *, vocab_size: int, merge_size: int = 2) -> VRTLayout:
+    def one_image_per_sample(
+        cls, image_grid_thw: torch.Tensor, *, vocab_size: int, merge_size: int = 2
+    ) -> VRTLayout:
         """Layout of a batch whose row ``b`` holds exactly image ``b`` (the reference's setting)."""
         n = image_grid_thw.shape[0]
         return cls(vocab_size, image_grid_thw, torch.arange(n, device=image_grid_thw.device), n, merge_size)
 
     def to(self, device: torch.device | str) -> VRTLayout:
         """The same layout with its tensors on ``device``."""
-        return replace(self, image_grid_thw=self.image_grid_thw.to(device), image_sample=self.image_sample.to(device))
+        return replace(
+            self, image_grid_thw=self.image_grid_thw.to(device), image_sample=self.image_sample.to(device)
+        )
 
     # ---------------------------------------------------------------- sizes and offsets
     @property

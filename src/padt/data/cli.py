@@ -18,22 +18,41 @@ from pathlib import Path
 def _add_synthetic(parser: argparse.ArgumentParser) -> None:
     from padt.data.synthetic import MAX_OBJECTS, MAX_SIDE, MIN_SIDE, TASK_CHOICES
 
-    parser.add_argument("--task", required=True, choices=TASK_CHOICES,
-                        help="rec, res (the same records as rec), ovd, ric, or all (scenes cycle over rec, "
-                             "ovd, ric)")
+    parser.add_argument(
+        "--task",
+        required=True,
+        choices=TASK_CHOICES,
+        help="rec, res (the same records as rec), ovd, ric, or all (scenes cycle over rec, ovd, ric)",
+    )
     parser.add_argument("--n", type=int, required=True, help="number of scenes (images) to write")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same arguments give the same bytes")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="output folder for the PNG images and records.jsonl; an interrupted run resumes")
-    parser.add_argument("--min-size", type=int, default=112,
-                        help=f"smallest image side in pixels (at least {MIN_SIDE}; default 112)")
-    parser.add_argument("--max-size", type=int, default=336,
-                        help=f"largest image side in pixels (at most {MAX_SIDE}; default 336)")
-    parser.add_argument("--max-objects", type=int, default=8,
-                        help=f"most objects per scene (1 to {MAX_OBJECTS}; default 8)")
-    parser.add_argument("--refs-per-scene", type=int, default=1,
-                        help="rec/res: referring expressions per scene, each about a different object "
-                             "(default 1)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output folder for the PNG images and records.jsonl; an interrupted run resumes",
+    )
+    parser.add_argument(
+        "--min-size",
+        type=int,
+        default=112,
+        help=f"smallest image side in pixels (at least {MIN_SIDE}; default 112)",
+    )
+    parser.add_argument(
+        "--max-size",
+        type=int,
+        default=336,
+        help=f"largest image side in pixels (at most {MAX_SIDE}; default 336)",
+    )
+    parser.add_argument(
+        "--max-objects", type=int, default=8, help=f"most objects per scene (1 to {MAX_OBJECTS}; default 8)"
+    )
+    parser.add_argument(
+        "--refs-per-scene",
+        type=int,
+        default=1,
+        help="rec/res: referring expressions per scene, each about a different object (default 1)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
 
 
@@ -41,13 +60,21 @@ def _run_synthetic(args: argparse.Namespace) -> int:
     from padt.data.synthetic import generate_dataset
 
     summary = generate_dataset(
-        args.task, args.n, args.seed, args.out,
-        min_size=args.min_size, max_size=args.max_size, max_objects=args.max_objects,
-        refs_per_scene=args.refs_per_scene, progress=not args.no_progress,
+        args.task,
+        args.n,
+        args.seed,
+        args.out,
+        min_size=args.min_size,
+        max_size=args.max_size,
+        max_objects=args.max_objects,
+        refs_per_scene=args.refs_per_scene,
+        progress=not args.no_progress,
     )
     skipped = summary.scenes - summary.new_scenes
-    print(f"{summary.records_path}: {summary.new_scenes} new scene(s), {summary.new_records} new record(s)"
-          + (f"; {skipped} already present" if skipped else ""))
+    print(
+        f"{summary.records_path}: {summary.new_scenes} new scene(s), {summary.new_records} new record(s)"
+        + (f"; {skipped} already present" if skipped else "")
+    )
     return 0
 
 
@@ -64,12 +91,19 @@ def _run_prepare(args: argparse.Namespace) -> int:
 
 
 # subcommand -> (one-line help, add its arguments, run it). Further dataset commands register here.
-DATA_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
-                               Callable[[argparse.Namespace], int]]] = {
-    "synthetic": ("generate a synthetic grounding dataset (shapes with exact masks) for rec/res/ovd/ric",
-                  _add_synthetic, _run_synthetic),
-    "prepare": ("turn a PaDT, RefCOCO, COCO or user JSONL dataset into a records file (prompts, masks, patches)",
-                _add_prepare, _run_prepare),
+DATA_COMMANDS: dict[
+    str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+] = {
+    "synthetic": (
+        "generate a synthetic grounding dataset (shapes with exact masks) for rec/res/ovd/ric",
+        _add_synthetic,
+        _run_synthetic,
+    ),
+    "prepare": (
+        "turn a PaDT, RefCOCO, COCO or user JSONL dataset into a records file (prompts, masks, patches)",
+        _add_prepare,
+        _run_prepare,
+    ),
 }
 
 

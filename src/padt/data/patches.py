@@ -114,7 +114,10 @@ def _decode_rles(rles: list[Mapping[str, Any]], image_hw: tuple[int, int] | None
         if isinstance(counts, list):
             api_rle = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
         else:
-            api_rle = {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+            api_rle = {
+                "size": [h, w],
+                "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
+            }
         decoded.append(mask_utils.decode(api_rle).astype(bool))
     if len({m.shape for m in decoded}) != 1:
         raise PaDTError("the RLE parts of one mask have different sizes")
@@ -148,7 +151,9 @@ def resize_bilinear_cv2(image: np.ndarray, out_hw: tuple[int, int]) -> np.ndarra
     """
     image = np.asarray(image)
     if image.ndim != 2 or image.dtype not in (np.uint8, np.float32):
-        raise PaDTError(f"resize_bilinear_cv2 takes a 2-D uint8 or float32 array, got {image.dtype} {image.shape}")
+        raise PaDTError(
+            f"resize_bilinear_cv2 takes a 2-D uint8 or float32 array, got {image.dtype} {image.shape}"
+        )
     out_h, out_w = (int(v) for v in out_hw)
     if out_h <= 0 or out_w <= 0:
         raise PaDTError(f"output size must be positive, got {out_hw}")

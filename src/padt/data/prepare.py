@@ -60,8 +60,10 @@ class PrepareSummary:
 
     def lines(self) -> list[str]:
         tasks = ", ".join(f"{n} {t}" for t, n in sorted(self.tasks.items()))
-        out = [f"{self.path}: {self.records} record(s) ({tasks or 'none'}), {self.objects} object(s), "
-               f"{self.images} image(s)"]
+        out = [
+            f"{self.path}: {self.records} record(s) ({tasks or 'none'}), {self.objects} object(s), "
+            f"{self.images} image(s)"
+        ]
         out += [f"  skipped: {reason}" for reason in self.skipped]
         return out
 
@@ -117,21 +119,29 @@ def read_source(source: str, **options: object) -> Callable[[], list[Record]]:
         instances, refs = options.get("instances"), options.get("refs")
         if options.get("root") is not None or options.get("dataset") is not None:
             if options.get("root") is None or options.get("dataset") is None:
-                raise PaDTError("--root and --dataset go together (ROOT/DATASET/instances.json and refs(...).p)")
+                raise PaDTError(
+                    "--root and --dataset go together (ROOT/DATASET/instances.json and refs(...).p)"
+                )
             default_instances, default_refs = refcoco_files(str(options["root"]), str(options["dataset"]))
             instances, refs = instances or default_instances, refs or default_refs
         if instances is None or refs is None:
             raise PaDTError("--source refcoco needs --instances and --refs, or --root and --dataset")
         split = options.get("split")
         if not split:
-            raise PaDTError("--source refcoco needs --split (train, val, testA, testB; refcocog: train, val, test)")
+            raise PaDTError(
+                "--source refcoco needs --split (train, val, testA, testB; refcocog: train, val, test)"
+            )
         return lambda: readers.read_refcoco(instances, refs, str(split), with_patches=patches)  # type: ignore[arg-type]
     if source == "coco":
         if options.get("instances") is None:
             raise PaDTError("--source coco needs --instances (a COCO-format instances_*.json)")
         kwargs = {k: options[k] for k in sorted(_COCO_OPTIONS) if options.get(k) is not None}
-        return lambda: readers.read_coco_ovd(options["instances"], train=bool(options.get("train")),  # type: ignore[arg-type]
-                                             with_patches=patches, **kwargs)  # type: ignore[arg-type]
+        return lambda: readers.read_coco_ovd(
+            options["instances"],
+            train=bool(options.get("train")),  # type: ignore[arg-type]
+            with_patches=patches,
+            **kwargs,
+        )  # type: ignore[arg-type]
     raise PaDTError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
 
 
@@ -148,7 +158,9 @@ def write_records(records: Sequence[Record], out: str | os.PathLike, *, progress
     return n
 
 
-def prepare(source: str, out: str | os.PathLike, *, progress: bool = True, **options: object) -> PrepareSummary:
+def prepare(
+    source: str, out: str | os.PathLike, *, progress: bool = True, **options: object
+) -> PrepareSummary:
     """Read ``source`` with its reader (:func:`read_source`) and write its records to ``out`` (JSONL)."""
     reader = read_source(source, **options)
     with _reader_warnings() as skipped:
@@ -174,29 +186,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", required=True, choices=SOURCES, help="dataset format (below)")
     parser.add_argument("--out", required=True, type=Path, help="records file to write (.jsonl)")
     parser.add_argument("--input", type=Path, help="padt/jsonl: the file to read")
-    parser.add_argument("--image-root", type=Path, help="jsonl: folder of the images (default: the file's folder)")
+    parser.add_argument(
+        "--image-root", type=Path, help="jsonl: folder of the images (default: the file's folder)"
+    )
     parser.add_argument("--instances", type=Path, help="refcoco/coco: the COCO-format instances json")
     parser.add_argument("--refs", type=Path, help="refcoco: refs(unc).p or refs(umd).p")
     parser.add_argument("--root", type=Path, help="refcoco: folder holding DATASET/instances.json and refs")
-    parser.add_argument("--dataset", choices=tuple(REFCOCO_DATASETS), help="refcoco: which dataset under --root")
+    parser.add_argument(
+        "--dataset", choices=tuple(REFCOCO_DATASETS), help="refcoco: which dataset under --root"
+    )
     parser.add_argument("--split", help="refcoco: train, val, testA, testB (refcocog: train, val, test)")
-    parser.add_argument("--train", action="store_true", help="coco: training prompts (seeded shuffles and drops)")
+    parser.add_argument(
+        "--train", action="store_true", help="coco: training prompts (seeded shuffles and drops)"
+    )
     parser.add_argument("--seed", type=int, help="coco --train: seed of the shuffles (default 0)")
-    parser.add_argument("--drop-rate", type=float, help="coco --train: probability of dropping absent classes "
-                        "(default 0.5)")
-    parser.add_argument("--max-instances-per-class", type=int, help="coco: classes with more instances leave "
-                        "the prompt (default 50)")
+    parser.add_argument(
+        "--drop-rate", type=float, help="coco --train: probability of dropping absent classes (default 0.5)"
+    )
+    parser.add_argument(
+        "--max-instances-per-class",
+        type=int,
+        help="coco: classes with more instances leave the prompt (default 50)",
+    )
     parser.add_argument("--max-classes", type=int, help="coco: most classes per prompt (default 100)")
     parser.add_argument("--max-image-side", type=int, help="coco: skip larger images (default 1288)")
-    parser.add_argument("--no-patches", action="store_true",
-                        help="do not compute foreground patch lists (nor drop objects covering no patch)")
+    parser.add_argument(
+        "--no-patches",
+        action="store_true",
+        help="do not compute foreground patch lists (nor drop objects covering no patch)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     """Prepare and print the summary."""
-    options = {k: v for k, v in vars(args).items() if k not in ("source", "out", "no_progress")
-               and not k.startswith("_") and k not in ("command", "data_command")}
+    options = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("source", "out", "no_progress")
+        and not k.startswith("_")
+        and k not in ("command", "data_command")
+    }
     summary = prepare(args.source, args.out, progress=not args.no_progress, **options)
     print("\n".join(summary.lines()))
     return 0

@@ -178,15 +178,36 @@ def _unit_polygon(shape: str) -> np.ndarray:
         return ring(6, start=0.0)
     if shape == "cross":
         a, b = 0.3, 0.9
-        return np.array([[-a, -b], [a, -b], [a, -a], [b, -a], [b, a], [a, a], [a, b], [-a, b], [-a, a],
-                         [-b, a], [-b, -a], [-a, -a]])
+        return np.array(
+            [
+                [-a, -b],
+                [a, -b],
+                [a, -a],
+                [b, -a],
+                [b, a],
+                [a, a],
+                [a, b],
+                [-a, b],
+                [-a, a],
+                [-b, a],
+                [-b, -a],
+                [-a, -a],
+            ]
+        )
     raise ValueError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
 
 
 _UNIT_POLYGONS = {shape: _unit_polygon(shape) for shape in SHAPES}
 # Squares, diamonds and crosses only tilt a little: a square at 45° would read as a diamond, a cross as an x.
-_MAX_TILT = {"circle": 0.0, "square": 12.0, "diamond": 12.0, "cross": 12.0,
-             "triangle": 180.0, "star": 180.0, "hexagon": 180.0}
+_MAX_TILT = {
+    "circle": 0.0,
+    "square": 12.0,
+    "diamond": 12.0,
+    "cross": 12.0,
+    "triangle": 180.0,
+    "star": 180.0,
+    "hexagon": 180.0,
+}
 
 
 def _polygon_mask(
@@ -329,8 +350,10 @@ def make_scene(
             kept.append((i, visible, patches))
             occupied |= full
     if not kept:
-        raise PaDTError(f"no object stays visible in a {w}x{h} scene; lower min_visible_pixels "
-                        f"({min_visible_pixels}) or min_visible_fraction ({min_visible_fraction})")
+        raise PaDTError(
+            f"no object stays visible in a {w}x{h} scene; lower min_visible_pixels "
+            f"({min_visible_pixels}) or min_visible_fraction ({min_visible_fraction})"
+        )
     kept.reverse()
 
     # Paint bottom to top; each object gets a slightly jittered, slightly noisy fill.
@@ -376,8 +399,13 @@ def _descriptors_of(obj: SceneObject) -> list[Descriptor]:
     for use_size, use_colour, use_shape in sorted(
         ((a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1) if a or b or c), key=lambda m: (sum(m), m)
     ):
-        out.append(Descriptor(obj.size if use_size else None, obj.colour if use_colour else None,
-                              obj.shape if use_shape else None))
+        out.append(
+            Descriptor(
+                obj.size if use_size else None,
+                obj.colour if use_colour else None,
+                obj.shape if use_shape else None,
+            )
+        )
     return out
 
 
@@ -425,7 +453,13 @@ class ReferringExpression:
     @property
     def form(self) -> str:
         """``attribute``, ``extreme`` or ``relation``."""
-        return "relation" if self.relation is not None else "extreme" if self.extreme is not None else "attribute"
+        return (
+            "relation"
+            if self.relation is not None
+            else "extreme"
+            if self.extreme is not None
+            else "attribute"
+        )
 
     @property
     def text(self) -> str:
@@ -688,8 +722,9 @@ def synthetic_sample(
     this_task = scene_task(task, index)
     for _ in range(100):
         scene = make_scene(rng, min_size=min_size, max_size=max_size, max_objects=max_objects)
-        records = scene_records(scene, this_task, rng, image=image_name(index), image_id=index,
-                                refs_per_scene=refs_per_scene)
+        records = scene_records(
+            scene, this_task, rng, image=image_name(index), image_id=index, refs_per_scene=refs_per_scene
+        )
         if records:
             return scene, records
     raise RuntimeError(f"no scene with a referring expression after 100 draws (seed {seed}, index {index})")
@@ -707,8 +742,10 @@ class GenerationSummary:
 
 def _check_sizes(min_size: int, max_size: int) -> None:
     if not MIN_SIDE <= min_size <= max_size <= MAX_SIDE:
-        raise PaDTError(f"image sizes must satisfy {MIN_SIDE} <= min_size <= max_size <= {MAX_SIDE}, "
-                        f"got min_size={min_size}, max_size={max_size}")
+        raise PaDTError(
+            f"image sizes must satisfy {MIN_SIDE} <= min_size <= max_size <= {MAX_SIDE}, "
+            f"got min_size={min_size}, max_size={max_size}"
+        )
 
 
 def _check_settings(out: Path, settings: dict) -> None:
@@ -717,12 +754,15 @@ def _check_settings(out: Path, settings: dict) -> None:
     if path.exists():
         previous = json.loads(path.read_text(encoding="utf-8"))
         if previous != settings:
-            raise PaDTError(f"{out} holds a synthetic dataset generated with other settings ({previous}); "
-                            "use another output folder or the same settings")
+            raise PaDTError(
+                f"{out} holds a synthetic dataset generated with other settings ({previous}); "
+                "use another output folder or the same settings"
+            )
         return
     if (out / RECORDS_FILE).exists():
-        raise PaDTError(f"{out / RECORDS_FILE} exists but was not written by this generator; "
-                        "use another output folder")
+        raise PaDTError(
+            f"{out / RECORDS_FILE} exists but was not written by this generator; use another output folder"
+        )
     path.write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
 
 
@@ -809,20 +849,35 @@ def generate_dataset(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"generator": "padt.data.synthetic", "version": 1, "task": task, "seed": seed,
-                "min_size": min_size, "max_size": max_size, "max_objects": max_objects,
-                "refs_per_scene": refs_per_scene}
+    settings = {
+        "generator": "padt.data.synthetic",
+        "version": 1,
+        "task": task,
+        "seed": seed,
+        "min_size": min_size,
+        "max_size": max_size,
+        "max_objects": max_objects,
+        "refs_per_scene": refs_per_scene,
+    }
     _check_settings(out, settings)
     records_path = out / RECORDS_FILE
     done = _completed_ids(records_path)
     new_scenes = new_records = 0
-    with records_path.open("a", encoding="utf-8") as f, tqdm(
-        total=n, desc=f"synthetic {task}", unit="scene", disable=not progress
-    ) as bar:
+    with (
+        records_path.open("a", encoding="utf-8") as f,
+        tqdm(total=n, desc=f"synthetic {task}", unit="scene", disable=not progress) as bar,
+    ):
         for index in range(n):
             if index not in done:
-                scene, records = synthetic_sample(task, seed, index, min_size=min_size, max_size=max_size,
-                                                  max_objects=max_objects, refs_per_scene=refs_per_scene)
+                scene, records = synthetic_sample(
+                    task,
+                    seed,
+                    index,
+                    min_size=min_size,
+                    max_size=max_size,
+                    max_objects=max_objects,
+                    refs_per_scene=refs_per_scene,
+                )
                 path = out / image_name(index)
                 if not path.exists():
                     _save_png(scene.image, path)

@@ -32,8 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = DATA_HELP
-    parser.add_argument("--model", default=None,
-                        help="checkpoint folder (model + processor files; default: the bundled model)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="checkpoint folder (model + processor files; default: the bundled model)",
+    )
     parser.add_argument("--data", required=True, help="records file or synthetic:... spec (below)")
     parser.add_argument("--task", required=True, choices=("rec", "res", "ovd", "ric"))
     parser.add_argument("--out", required=True, type=Path, help="output folder (below)")
@@ -41,22 +44,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="queries per generate call (default 8)")
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--limit", type=int, help="evaluate the first N records only")
-    parser.add_argument("--protocol", choices=("padt", "paper"), default="padt",
-                        help="rec/res scoring: 'padt' per query index, 'paper' the reference's (keyed by image "
-                             "and echoed sentence, best of the objects)")
-    parser.add_argument("--index-file", type=Path,
-                        help="rec/res: VLM-R1 rec_jsons_processed/<split>.json; scores the paper protocol over "
-                             "its keys (missing ones count 0)")
-    parser.add_argument("--coco", type=Path,
-                        help="ovd: the official COCO annotation file; predictions are scored against its "
-                             "annotations (default: the ground truth rebuilt from the records)")
-    parser.add_argument("--rebuilt-gt", action="store_true",
-                        help="ovd with --coco: score against the reference's ground truth rebuilt from the "
-                             "records (with the official image and category lists), as the paper did")
+    parser.add_argument(
+        "--protocol",
+        choices=("padt", "paper"),
+        default="padt",
+        help="rec/res scoring: 'padt' per query index, 'paper' the reference's (keyed by image "
+        "and echoed sentence, best of the objects)",
+    )
+    parser.add_argument(
+        "--index-file",
+        type=Path,
+        help="rec/res: VLM-R1 rec_jsons_processed/<split>.json; scores the paper protocol over "
+        "its keys (missing ones count 0)",
+    )
+    parser.add_argument(
+        "--coco",
+        type=Path,
+        help="ovd: the official COCO annotation file; predictions are scored against its "
+        "annotations (default: the ground truth rebuilt from the records)",
+    )
+    parser.add_argument(
+        "--rebuilt-gt",
+        action="store_true",
+        help="ovd with --coco: score against the reference's ground truth rebuilt from the "
+        "records (with the official image and category lists), as the paper did",
+    )
     parser.add_argument("--masks", action="store_true", help="store predicted masks for rec/ovd/ric too")
     parser.add_argument("--no-meteor", action="store_true", help="ric: skip METEOR (slow Java process)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available; "
-                        "each process's own GPU when distributed)")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda, cuda:1 ... (default: cuda if available; each process's own GPU when distributed)",
+    )
     parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     add_vrt_repeat_penalty_argument(parser)
@@ -73,11 +92,24 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.model).is_dir():
         raise PaDTError(f"model folder {args.model!r} does not exist; pass a checkpoint folder to --model")
     metrics = evaluate(
-        args.model, args.data, args.task, args.out,
-        image_root=args.image_root, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-        limit=args.limit, protocol="paper" if args.index_file is not None else args.protocol, index_file=args.index_file, coco=args.coco, rebuilt_gt=args.rebuilt_gt,
-        masks=True if args.masks else None, meteor=not args.no_meteor, device=args.device, dtype=args.dtype,
-        progress=not args.no_progress, vrt_repeat_penalty=args.vrt_repeat_penalty,
+        args.model,
+        args.data,
+        args.task,
+        args.out,
+        image_root=args.image_root,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        limit=args.limit,
+        protocol="paper" if args.index_file is not None else args.protocol,
+        index_file=args.index_file,
+        coco=args.coco,
+        rebuilt_gt=args.rebuilt_gt,
+        masks=True if args.masks else None,
+        meteor=not args.no_meteor,
+        device=args.device,
+        dtype=args.dtype,
+        progress=not args.no_progress,
+        vrt_repeat_penalty=args.vrt_repeat_penalty,
     )
     if metrics is not None:
         print(json.dumps(metrics, indent=2))

@@ -43,7 +43,13 @@ SYNTHETIC_FOLDER = "data"
 SYNTHETIC_PREFIX = "synthetic:"
 # Keys of a ``synthetic:`` data spec and their defaults (None: taken from the task / required).
 SYNTHETIC_KEYS: dict[str, int | str | None] = {
-    "task": None, "n": None, "seed": 0, "min_size": 112, "max_size": 336, "max_objects": 8, "refs_per_scene": 1,
+    "task": None,
+    "n": None,
+    "seed": 0,
+    "min_size": 112,
+    "max_size": 336,
+    "max_objects": 8,
+    "refs_per_scene": 1,
 }
 _RANK_FILE = re.compile(r"predictions\.rank(\d+)\.jsonl")
 
@@ -68,7 +74,7 @@ class EvalData:
 def parse_synthetic_spec(spec: str, task: str) -> dict[str, int | str]:
     """``synthetic:task=rec,n=500,seed=123[,min_size=..,max_size=..,max_objects=..,refs_per_scene=..]`` as
     :func:`padt.data.synthetic.generate_dataset` arguments; ``task`` defaults to the evaluated task."""
-    body = spec[len(SYNTHETIC_PREFIX):]
+    body = spec[len(SYNTHETIC_PREFIX) :]
     values: dict[str, int | str | None] = dict(SYNTHETIC_KEYS)
     for item in filter(None, (part.strip() for part in body.split(","))):
         key, sep, value = item.partition("=")
@@ -84,7 +90,9 @@ def parse_synthetic_spec(spec: str, task: str) -> dict[str, int | str]:
         try:
             values[key] = int(value)
         except ValueError:
-            raise PaDTError(f"synthetic data spec {spec!r}: {key} must be an integer, got {value!r}") from None
+            raise PaDTError(
+                f"synthetic data spec {spec!r}: {key} must be an integer, got {value!r}"
+            ) from None
     if values["n"] is None:
         raise PaDTError(f"synthetic data spec {spec!r} needs n=NUMBER_OF_SCENES (e.g. synthetic:n=500)")
     values["task"] = values["task"] or task
@@ -123,8 +131,9 @@ def load_data(
         values = parse_synthetic_spec(text, task)
         folder = Path(out_dir) / SYNTHETIC_FOLDER
         kwargs = {k: v for k, v in values.items() if k not in ("task", "n", "seed")}
-        generate_dataset(str(values["task"]), int(values["n"]), int(values["seed"]), folder, progress=progress,
-                         **kwargs)  # type: ignore[arg-type]
+        generate_dataset(
+            str(values["task"]), int(values["n"]), int(values["seed"]), folder, progress=progress, **kwargs
+        )  # type: ignore[arg-type]
         records = read_records(folder / RECORDS_FILE)
         return EvalData(records, folder, canonical_data_name(text, task))
     path = Path(text)
@@ -173,8 +182,11 @@ def check_settings(out_dir: str | os.PathLike, settings: Mapping[str, Any]) -> N
         except json.JSONDecodeError:
             previous = None
         if previous != dict(settings):
-            changed = [k for k in sorted(set(settings) | set(previous or {}))
-                       if (previous or {}).get(k) != settings.get(k)]
+            changed = [
+                k
+                for k in sorted(set(settings) | set(previous or {}))
+                if (previous or {}).get(k) != settings.get(k)
+            ]
             shown = "; ".join(f"{k}: {(previous or {}).get(k)!r} -> {settings.get(k)!r}" for k in changed[:3])
             raise PaDTError(
                 f"{out} holds an evaluation with other settings ({shown}); use another --out or delete {out}"
@@ -196,8 +208,11 @@ def shard_file(out_dir: str | os.PathLike, rank: int, world_size: int) -> Path:
 
 
 def _prediction_files(out_dir: Path) -> list[Path]:
-    ranks = sorted((int(m.group(1)), p) for p in out_dir.glob("predictions.rank*.jsonl")
-                   if (m := _RANK_FILE.fullmatch(p.name)))
+    ranks = sorted(
+        (int(m.group(1)), p)
+        for p in out_dir.glob("predictions.rank*.jsonl")
+        if (m := _RANK_FILE.fullmatch(p.name))
+    )
     main = out_dir / PREDICTIONS_FILE
     return ([main] if main.is_file() else []) + [p for _, p in ranks]
 
@@ -257,8 +272,9 @@ def _json_line(item: Mapping[str, Any]) -> str:
     return json.dumps(item, ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
-def prediction_line(index: int, record: Record, task: str, prediction: Prediction, size: tuple[int, int],
-                    *, masks: bool) -> dict[str, Any]:
+def prediction_line(
+    index: int, record: Record, task: str, prediction: Prediction, size: tuple[int, int], *, masks: bool
+) -> dict[str, Any]:
     """The per-query line of ``padt score`` for one prediction; ``size`` is the first image's (width, height)."""
     from padt.evaluation.caption import plain_caption
 
@@ -296,7 +312,7 @@ def prediction_line(index: int, record: Record, task: str, prediction: Predictio
 
 def _batches(items: Sequence[int], size: int) -> Iterator[list[int]]:
     for start in range(0, len(items), size):
-        yield list(items[start:start + size])
+        yield list(items[start : start + size])
 
 
 def _image_path(image_root: Path | None, name: str) -> Path:
@@ -358,15 +374,27 @@ def predict_shard(
     mine = query_indices(records, task)[rank::world_size]
     todo = [i for i in mine if i not in done]
     desc = f"eval {task}" + (f" [rank {rank}/{world_size}]" if world_size > 1 else "")
-    with own.open("a", encoding="utf-8") as f, tqdm(
-        total=len(mine), initial=len(mine) - len(todo), desc=desc, unit="query", disable=not progress,
-        position=rank if world_size > 1 else None,
-    ) as bar:
+    with (
+        own.open("a", encoding="utf-8") as f,
+        tqdm(
+            total=len(mine),
+            initial=len(mine) - len(todo),
+            desc=desc,
+            unit="query",
+            disable=not progress,
+            position=rank if world_size > 1 else None,
+        ) as bar,
+    ):
         for batch in _batches(todo, batch_size):
             images, sizes = zip(*(_load_images(records[i], i, root) for i in batch), strict=True)
             prompts = [records[i].prompt for i in batch]
-            predictions = pipe(list(images), prompts, max_new_tokens=max_new_tokens, decode_masks=masks,
-                               vrt_repeat_penalty=vrt_repeat_penalty)
+            predictions = pipe(
+                list(images),
+                prompts,
+                max_new_tokens=max_new_tokens,
+                decode_masks=masks,
+                vrt_repeat_penalty=vrt_repeat_penalty,
+            )
             lines = [
                 prediction_line(i, records[i], task, p, size, masks=masks)
                 for i, p, size in zip(batch, predictions, sizes, strict=True)
@@ -394,12 +422,16 @@ def read_vlmr1_index(path: str | os.PathLike) -> list[str]:
 
     path = Path(path)
     if not path.is_file():
-        raise PaDTError(f"{path}: no such file; give VLM-R1's rec_jsons_processed/<split>.json to --index-file")
+        raise PaDTError(
+            f"{path}: no such file; give VLM-R1's rec_jsons_processed/<split>.json to --index-file"
+        )
     text = path.read_text(encoding="utf-8")
     try:
-        entries = json.loads(text) if text.lstrip().startswith("[") else [
-            json.loads(line) for line in text.splitlines() if line.strip()
-        ]
+        entries = (
+            json.loads(text)
+            if text.lstrip().startswith("[")
+            else [json.loads(line) for line in text.splitlines() if line.strip()]
+        )
     except json.JSONDecodeError as exc:
         raise PaDTError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
     keys: dict[str, None] = {}
@@ -407,7 +439,9 @@ def read_vlmr1_index(path: str | os.PathLike) -> list[str]:
         image = entry.get("image") if isinstance(entry, dict) else None
         caption = entry.get("normal_caption") if isinstance(entry, dict) else None
         if not isinstance(image, str) or not isinstance(caption, str):
-            raise PaDTError(f"{path}: entry {i} needs 'image' (a COCO file name) and 'normal_caption' strings")
+            raise PaDTError(
+                f"{path}: entry {i} needs 'image' (a COCO file name) and 'normal_caption' strings"
+            )
         match = re.search(r"(\d+)\D*$", Path(image).name)
         if match is None:
             raise PaDTError(f"{path}: entry {i}: no image id in the file name {image!r}")
@@ -415,8 +449,13 @@ def read_vlmr1_index(path: str | os.PathLike) -> list[str]:
     return list(keys)
 
 
-def _score_with_index(records: Sequence[Record], preds: Sequence[Mapping[str, Any]], task: str,
-                      index_keys: Sequence[str], image_root: Path | None) -> dict[str, Any]:
+def _score_with_index(
+    records: Sequence[Record],
+    preds: Sequence[Mapping[str, Any]],
+    task: str,
+    index_keys: Sequence[str],
+    image_root: Path | None,
+) -> dict[str, Any]:
     """The paper protocol over the keys of an index file: records outside it are left out, keys without a
     record (no ground truth) or without a prediction count 0."""
     from padt.evaluation.metrics import paper_key
@@ -436,10 +475,19 @@ def _score_with_index(records: Sequence[Record], preds: Sequence[Mapping[str, An
         q["id"] = records[p["index"]].id
         rekeyed.append(q)
     scorer = score_rec if task == "rec" else score_res
-    out = scorer(list(subset.values()), rekeyed, protocol="paper", image_root=image_root) if subset else {
-        "task": task, "protocol": "paper", "acc@0.5": 0.0, "acc@0.75": 0.0, "num_keys": 0, "num_missing": 0,
-        **({"miou": 0.0} if task == "res" else {}),
-    }
+    out = (
+        scorer(list(subset.values()), rekeyed, protocol="paper", image_root=image_root)
+        if subset
+        else {
+            "task": task,
+            "protocol": "paper",
+            "acc@0.5": 0.0,
+            "acc@0.75": 0.0,
+            "num_keys": 0,
+            "num_missing": 0,
+            **({"miou": 0.0} if task == "res" else {}),
+        }
+    )
     scale = len(subset) / len(index_keys) if index_keys else 0.0
     for name in ("acc@0.5", "acc@0.75", "miou"):
         if name in out:
@@ -450,7 +498,9 @@ def _score_with_index(records: Sequence[Record], preds: Sequence[Mapping[str, An
     return out
 
 
-def ovd_official_from_records(records: Sequence[Record], preds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def ovd_official_from_records(
+    records: Sequence[Record], preds: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
     """Image and category lists for OVD records scored without the official file: the images of the
     records (sizes from the predictions), and every class named in the records' prompts or objects."""
     sizes = {p["index"]: (int(p["width"]), int(p["height"])) for p in preds}
@@ -459,11 +509,13 @@ def ovd_official_from_records(records: Sequence[Record], preds: Sequence[Mapping
     prefix = OVD_PROMPT.split("{}")[0]
     for i, rec in enumerate(records):
         if isinstance(rec.id, bool) or not isinstance(rec.id, int):
-            raise PaDTError(f"record id {rec.id!r}: OVD is scored with COCO tools, which need integer image ids")
+            raise PaDTError(
+                f"record id {rec.id!r}: OVD is scored with COCO tools, which need integer image ids"
+            )
         names.update(o.label for o in rec.objects)
         if rec.prompt.startswith(prefix):
             try:
-                listed = json.loads(rec.prompt[len(prefix):].rstrip("."))
+                listed = json.loads(rec.prompt[len(prefix) :].rstrip("."))
                 names.update(str(n) for n in listed if isinstance(n, str))
             except json.JSONDecodeError:
                 pass
@@ -534,8 +586,10 @@ def _distributed_state(device: str | None) -> Any:
     cpu = (device or "").startswith("cpu") or not torch.cuda.is_available()
     state = PartialState(cpu=cpu)
     if state.num_processes != world_size:
-        raise PaDTError(f"WORLD_SIZE is {world_size} but accelerate found {state.num_processes} process(es); "
-                        "start padt eval with accelerate launch or torchrun")
+        raise PaDTError(
+            f"WORLD_SIZE is {world_size} but accelerate found {state.num_processes} process(es); "
+            "start padt eval with accelerate launch or torchrun"
+        )
     return state
 
 
@@ -603,7 +657,9 @@ def evaluate(
     with state.main_process_first() if state is not None else contextlib.nullcontext():
         check_settings(out, settings)
         if isinstance(data, str | os.PathLike):
-            loaded = load_data(data, task, out_dir=out, image_root=image_root, progress=progress and rank == 0)
+            loaded = load_data(
+                data, task, out_dir=out, image_root=image_root, progress=progress and rank == 0
+            )
         else:
             loaded = EvalData(list(data), Path(image_root) if image_root is not None else None, name)
     records = loaded.records[:limit] if limit is not None else loaded.records
@@ -616,8 +672,9 @@ def evaluate(
         for image in records[i].images:
             path = _image_path(root, image)
             if not path.is_file():
-                raise PaDTError(f"image file not found: {path} (record {i}, id {records[i].id!r}); "
-                                "check --image-root")
+                raise PaDTError(
+                    f"image file not found: {path} (record {i}, id {records[i].id!r}); check --image-root"
+                )
 
     if isinstance(pipe, str | os.PathLike):
         from padt.inference import PaDT
@@ -625,9 +682,20 @@ def evaluate(
         if state is not None and device is None:
             device = str(state.device)
         pipe = PaDT.from_pretrained(pipe, device=device, dtype=dtype)
-    predict_shard(pipe, records, task, out, image_root=loaded.image_root, batch_size=batch_size,
-                  max_new_tokens=max_new_tokens, masks=masks, rank=rank, world_size=world_size, progress=progress,
-                  vrt_repeat_penalty=vrt_repeat_penalty)
+    predict_shard(
+        pipe,
+        records,
+        task,
+        out,
+        image_root=loaded.image_root,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        masks=masks,
+        rank=rank,
+        world_size=world_size,
+        progress=progress,
+        vrt_repeat_penalty=vrt_repeat_penalty,
+    )
     if state is not None:
         state.wait_for_everyone()
         if not state.is_main_process:
@@ -637,10 +705,19 @@ def evaluate(
     have = {p["index"] for p in merged}
     missing = [i for i in query_indices(records, task) if i not in have]
     if missing:
-        raise PaDTError(f"{len(missing)} queries have no prediction (e.g. index {missing[0]}); rerun to resume")
-    metrics = score_predictions(records, merged, task, protocol=protocol, index_file=index_file, coco=coco,
-                                rebuilt_gt=rebuilt_gt,
-                                image_root=loaded.image_root, meteor=meteor)
+        raise PaDTError(
+            f"{len(missing)} queries have no prediction (e.g. index {missing[0]}); rerun to resume"
+        )
+    metrics = score_predictions(
+        records,
+        merged,
+        task,
+        protocol=protocol,
+        index_file=index_file,
+        coco=coco,
+        rebuilt_gt=rebuilt_gt,
+        image_root=loaded.image_root,
+        meteor=meteor,
+    )
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return metrics
-

@@ -88,8 +88,14 @@ class PaDTCollator:
         strict_patches: RefCOCO's ``>`` coverage test when recomputing (§6.5).
     """
 
-    def __init__(self, processor: PaDTProcessor, *, patches: str = "record", with_masks: bool = True,
-                 strict_patches: bool = False) -> None:
+    def __init__(
+        self,
+        processor: PaDTProcessor,
+        *,
+        patches: str = "record",
+        with_masks: bool = True,
+        strict_patches: bool = False,
+    ) -> None:
         if patches not in ("record", "recompute"):
             raise PaDTError(f"patches must be 'record' or 'recompute', got {patches!r}")
         self.processor = processor
@@ -125,15 +131,25 @@ class PaDTCollator:
                 mask = None
                 if self.with_masks and obj.rle is not None:
                     mask = gt_mask_for_loss(obj.rle, (gh, gw))
-                sample_objects.append(TrainObject(
-                    image=i, local_offset=int(layout.image_local_offset[i]), grid_cols=cols,
-                    patches=patches, bbox=list(obj.bbox), mask=mask,
-                ))
+                sample_objects.append(
+                    TrainObject(
+                        image=i,
+                        local_offset=int(layout.image_local_offset[i]),
+                        grid_cols=cols,
+                        patches=patches,
+                        bbox=list(obj.bbox),
+                        mask=mask,
+                    )
+                )
             objects.append(sample_objects)
-        extra = PaDTTrainBatch(records=records, objects=objects, resized_hw=resized, layout=layout, indices=indices)
+        extra = PaDTTrainBatch(
+            records=records, objects=objects, resized_hw=resized, layout=layout, indices=indices
+        )
         return dict(batch.inputs) | {"padt": extra}
 
-    def _patches(self, obj: Any, grid_hw: tuple[int, int], image_hw: tuple[int, int], where: str) -> list[int]:
+    def _patches(
+        self, obj: Any, grid_hw: tuple[int, int], image_hw: tuple[int, int], where: str
+    ) -> list[int]:
         rows, cols = grid_hw
         if self.patches == "record":
             patches = list(obj.patches)
@@ -147,8 +163,9 @@ class PaDTCollator:
         else:
             h, w = image_hw
             x1, y1, x2, y2 = obj.bbox
-            patches = box_foreground_patches([x1 * w, y1 * h, x2 * w, y2 * h], (h, w), grid_hw,
-                                             strict=self.strict_patches)
+            patches = box_foreground_patches(
+                [x1 * w, y1 * h, x2 * w, y2 * h], (h, w), grid_hw, strict=self.strict_patches
+            )
         if not patches:
             raise PaDTError(f"{where}: the object covers no image patch; drop it from the record (§6.5)")
         return patches
@@ -178,8 +195,11 @@ class StepOptions:
 
 
 def build_completions(
-    extra: PaDTTrainBatch, rng: np.random.Generator | Sequence[np.random.Generator], options: StepOptions,
-    *, eos: str = "<|im_end|>",
+    extra: PaDTTrainBatch,
+    rng: np.random.Generator | Sequence[np.random.Generator],
+    options: StepOptions,
+    *,
+    eos: str = "<|im_end|>",
 ) -> tuple[list[str], list[list[list[int]]]]:
     """The completion text of every sample (ending with ``eos``) and, per sample and object, the local VRT
     indices written (empty for text coordinates).
@@ -196,8 +216,13 @@ def build_completions(
             continue
         sample_runs = []
         for obj in objects:
-            picked = sample_foreground_vrts(obj.patches, sample_rng, options.vrts_per_object,
-                                            random_select=options.random_select, grid_cols=obj.grid_cols)
+            picked = sample_foreground_vrts(
+                obj.patches,
+                sample_rng,
+                options.vrts_per_object,
+                random_select=options.random_select,
+                grid_cols=obj.grid_cols,
+            )
             sample_runs.append([obj.local_offset + p for p in picked])
         texts.append(fill_answer_template(record.answer_template, sample_runs, eos=eos))
         runs.append(sample_runs)
@@ -266,8 +291,13 @@ def padt_loss(
         model_inputs["pixel_values"] = model_inputs["pixel_values"].to(padt.dtype)
     model_inputs.pop("mm_token_type_ids", None)
     comp_len = comp_ids.shape[1]
-    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                logits_to_keep=comp_len + 1, **model_inputs)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        use_cache=False,
+        logits_to_keep=comp_len + 1,
+        **model_inputs,
+    )
     logits = out.logits[:, :-1]  # position P-1+t predicts completion token t
 
     objects = [o for sample in extra.objects for o in sample]
@@ -275,12 +305,17 @@ def padt_loss(
     image_offsets = layout_dev.image_global_offset.tolist()
     targets = comp_ids.masked_fill(comp_mask == 0, -100)
     if options.answer_format == "vrt" and options.robust_loss:
-        fg = build_foreground_sets(picked, [o.patches for o in objects],
-                                   [image_offsets[o.image] for o in objects], vocab)
+        fg = build_foreground_sets(
+            picked, [o.patches for o in objects], [image_offsets[o.image] for o in objects], vocab
+        )
     else:  # plain cross-entropy: each VRT target's set holds only itself
         fg = [t.reshape(1) for t in targets[targets >= vocab]]
     loss_args: dict[str, Any] = dict(
-        logits=logits, targets=targets, completion_mask=comp_mask, foreground_sets=fg, vocab_size=vocab,
+        logits=logits,
+        targets=targets,
+        completion_mask=comp_mask,
+        foreground_sets=fg,
+        vocab_size=vocab,
     )
 
     if options.answer_format == "vrt" and objects and criterion.wants(*DECODER_TERMS):
@@ -292,7 +327,7 @@ def padt_loss(
             positions = (comp_ids[b] >= vocab).nonzero().flatten()
             feats, start = [], 0
             for run in sample_runs:
-                pos = positions[start:start + len(run)]
+                pos = positions[start : start + len(run)]
                 start += len(run)
                 if warmup:
                     feats.append(vision.prototypes[comp_ids[b, pos] - vocab])
@@ -309,10 +344,17 @@ def padt_loss(
         gt_boxes = torch.tensor([o.bbox for o in objects], dtype=torch.float32, device=device)
         loss_args.update(pred_boxes=decoded.pred_boxes, pred_scores=decoded.pred_score, gt_boxes=gt_boxes)
         if criterion.wants("loss_mask_dice", "loss_mask_focal"):
-            gt, valid, has = stack_mask_targets([o.mask for o in objects], decoded.pred_mask_valid_hw.cpu(),
-                                                tuple(decoded.pred_mask.shape[-2:]))
-            loss_args.update(pred_masks=decoded.pred_mask, gt_masks=gt.to(device), valid_masks=valid.to(device),
-                             has_mask=has.to(device))
+            gt, valid, has = stack_mask_targets(
+                [o.mask for o in objects],
+                decoded.pred_mask_valid_hw.cpu(),
+                tuple(decoded.pred_mask.shape[-2:]),
+            )
+            loss_args.update(
+                pred_masks=decoded.pred_mask,
+                gt_masks=gt.to(device),
+                valid_masks=valid.to(device),
+                has_mask=has.to(device),
+            )
         terms = criterion(**loss_args)
     else:
         # No decoder term applies (text coordinates, no object in the batch, or decoder losses switched off).

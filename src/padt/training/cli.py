@@ -12,8 +12,12 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config (see configs/); every key can be overridden after it")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help="overrides, e.g. training.max_steps=100 padt.robust_loss=false")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="section.key=value",
+        help="overrides, e.g. training.max_steps=100 padt.robust_loss=false",
+    )
     parser.add_argument("--output-dir", help="shortcut for training.output_dir=...")
     parser.add_argument("--max-steps", type=int, help="shortcut for training.max_steps=...")
     parser.add_argument("--no-resume", action="store_true", help="start afresh even if checkpoints exist")

@@ -31,8 +31,18 @@ import yaml
 
 from padt.errors import PaDTError
 
-SECTIONS = ("model", "processor", "data", "padt", "components", "lora", "training", "generation", "seed",
-            "resume")
+SECTIONS = (
+    "model",
+    "processor",
+    "data",
+    "padt",
+    "components",
+    "lora",
+    "training",
+    "generation",
+    "seed",
+    "resume",
+)
 COMPONENTS = ("vision", "llm", "decoder")
 COMPONENT_MODES = ("train", "freeze", "lora")
 
@@ -88,7 +98,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, value = text.partition("=")
     key = key.strip().lstrip("-")
     if not sep or not key:
-        raise PaDTError(f"cannot read override {text!r}; write it as section.key=value, e.g. training.max_steps=100")
+        raise PaDTError(
+            f"cannot read override {text!r}; write it as section.key=value, e.g. training.max_steps=100"
+        )
     try:
         parsed = yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError:
@@ -130,7 +142,9 @@ def validate_config(config: Mapping[str, Any], where: str = "config") -> None:
         raise PaDTError(f"{where}: unknown section(s) {unknown}; known: {', '.join(SECTIONS)}")
     model = config["model"]
     if bool(model.get("path")) == bool(model.get("tiny") is not None):
-        raise PaDTError(f"{where}: model needs exactly one of model.path (a checkpoint) or model.tiny (a fresh tiny model)")
+        raise PaDTError(
+            f"{where}: model needs exactly one of model.path (a checkpoint) or model.tiny (a fresh tiny model)"
+        )
     if model.get("dtype") not in ("fp32", "bf16", "fp16"):
         raise PaDTError(f"{where}: model.dtype must be fp32, bf16 or fp16, got {model.get('dtype')!r}")
     data = config["data"]
@@ -150,9 +164,13 @@ def validate_config(config: Mapping[str, Any], where: str = "config") -> None:
         if mode not in COMPONENT_MODES:
             raise PaDTError(f"{where}: components.{name} must be train, freeze or lora, got {mode!r}")
     if all(mode == "freeze" for mode in config["components"].values()):
-        raise PaDTError(f"{where}: every component is frozen; set at least one of components.* to train or lora")
+        raise PaDTError(
+            f"{where}: every component is frozen; set at least one of components.* to train or lora"
+        )
     if not isinstance(config["generation"], Mapping):
-        raise PaDTError(f"{where}: generation must be a mapping of generation_config fields, e.g. vrt_repeat_penalty: 2.0")
+        raise PaDTError(
+            f"{where}: generation must be a mapping of generation_config fields, e.g. vrt_repeat_penalty: 2.0"
+        )
     if not config["training"].get("output_dir"):
         raise PaDTError(f"{where}: set training.output_dir (where checkpoints and the final model go)")
     if config["resume"] not in ("auto", True, False):

@@ -46,7 +46,11 @@ COMPONENT_PREFIXES = {
     "decoder": ("vis_norm.", "vis_proj.", "vl_decoder."),
 }
 # The attribute each component's modules hang from (what peft keeps as a full trainable copy).
-COMPONENT_MODULES = {"vision": ["visual", "image_position"], "llm": ["language_model", "lm_head"], "decoder": ["vl_decoder", "vis_norm", "vis_proj"]}
+COMPONENT_MODULES = {
+    "vision": ["visual", "image_position"],
+    "llm": ["language_model", "lm_head"],
+    "decoder": ["vl_decoder", "vis_norm", "vis_proj"],
+}
 
 
 class PaDTTrainer(Trainer):
@@ -60,9 +64,16 @@ class PaDTTrainer(Trainer):
         sampling_seed: seed of the VRT sampling streams.
     """
 
-    def __init__(self, *args: Any, padt_processor: PaDTProcessor, step_options: StepOptions,
-                 criterion: PaDTCriterion, warmup_steps: int = 300, sampling_seed: int = 42,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        padt_processor: PaDTProcessor,
+        step_options: StepOptions,
+        criterion: PaDTCriterion,
+        warmup_steps: int = 300,
+        sampling_seed: int = 42,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("processing_class", padt_processor)
         super().__init__(*args, **kwargs)
         self.padt_processor = padt_processor
@@ -84,12 +95,24 @@ class PaDTTrainer(Trainer):
         rank = self.args.process_index
         return [np.random.default_rng([self.sampling_seed, step, micro, rank, i]) for i in indices]
 
-    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> Any:
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
         rngs = self.sampling_rngs(inputs["padt"].indices)
         warmup = self.state.global_step < self.warmup_steps
-        terms = padt_loss(model, self.padt_processor, inputs, rngs, options=self.step_options,
-                          criterion=self.criterion, warmup=warmup)
+        terms = padt_loss(
+            model,
+            self.padt_processor,
+            inputs,
+            rngs,
+            options=self.step_options,
+            criterion=self.criterion,
+            warmup=warmup,
+        )
         for name, value in terms.items():
             if value.ndim == 0 and name != "loss":
                 self._term_sums[name] = self._term_sums.get(name, 0) + value.detach().float()
@@ -106,10 +129,17 @@ class PaDTTrainer(Trainer):
         model = self.model if model is None else model
         folder = Path(resume_from_checkpoint)
         index = folder / "model.safetensors.index.json"
-        files = sorted({folder / f for f in json.loads(index.read_text())["weight_map"].values()}) \
-            if index.is_file() else [folder / "model.safetensors"]
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled or hasattr(model, "peft_config") \
-                or not all(f.is_file() for f in files):
+        files = (
+            sorted({folder / f for f in json.loads(index.read_text())["weight_map"].values()})
+            if index.is_file()
+            else [folder / "model.safetensors"]
+        )
+        if (
+            self.is_deepspeed_enabled
+            or self.is_fsdp_enabled
+            or hasattr(model, "peft_config")
+            or not all(f.is_file() for f in files)
+        ):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
             return
         from safetensors.torch import load_file
@@ -123,11 +153,15 @@ class PaDTTrainer(Trainer):
                     key = re.sub(pattern, replacement, key, count=1)
                 state[key] = value
         result = model.load_state_dict(state, strict=False)
-        tied = {"lm_head.weight"} if getattr(unwrap_padt(model).config, "tie_word_embeddings", False) else set()
+        tied = (
+            {"lm_head.weight"} if getattr(unwrap_padt(model).config, "tie_word_embeddings", False) else set()
+        )
         missing = sorted(set(result.missing_keys) - tied)
         if missing or result.unexpected_keys:
-            raise PaDTError(f"checkpoint {folder} does not match the model: missing {missing[:5]}, "
-                            f"unexpected {sorted(result.unexpected_keys)[:5]}")
+            raise PaDTError(
+                f"checkpoint {folder} does not match the model: missing {missing[:5]}, "
+                f"unexpected {sorted(result.unexpected_keys)[:5]}"
+            )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._term_count:
@@ -169,7 +203,9 @@ def build_model_and_processor(config: Mapping[str, Any]) -> tuple[nn.Module, PaD
         if not Path(path).is_dir():
             raise PaDTError(f"model.path {path!r} is not a folder; point it at a local checkpoint")
         model = PaDTForConditionalGeneration.from_pretrained(
-            path, dtype=dtype, init_padt_modules=bool(spec.get("init_padt_modules")),
+            path,
+            dtype=dtype,
+            init_padt_modules=bool(spec.get("init_padt_modules")),
             attn_implementation=spec.get("attn_implementation", "sdpa"),
         )
         processor = PaDTProcessor.from_pretrained(path, model.vocab_size, **pixels)
@@ -189,7 +225,8 @@ def apply_components(model: nn.Module, components: Mapping[str, str], lora: Mapp
     """Freeze, train or LoRA-adapt each component. Returns the model (a peft model if any is ``lora``)."""
     modes = {c: components.get(c, "train") for c in COMPONENTS}
     lora_targets = [
-        name for name, module in model.named_modules()
+        name
+        for name, module in model.named_modules()
         if isinstance(module, nn.Linear) and modes.get(component_of(name) or "") == "lora"
     ]
     if lora_targets:
@@ -197,9 +234,12 @@ def apply_components(model: nn.Module, components: Mapping[str, str], lora: Mapp
 
         keep = [m for c, mode in modes.items() if mode == "train" for m in COMPONENT_MODULES[c]]
         peft_config = LoraConfig(
-            r=int(lora.get("r", 16)), lora_alpha=int(lora.get("alpha", 32)),
-            lora_dropout=float(lora.get("dropout", 0.05)), target_modules=lora_targets,
-            modules_to_save=keep or None, bias="none",
+            r=int(lora.get("r", 16)),
+            lora_alpha=int(lora.get("alpha", 32)),
+            lora_dropout=float(lora.get("dropout", 0.05)),
+            target_modules=lora_targets,
+            modules_to_save=keep or None,
+            bias="none",
         )
         model = get_peft_model(model, peft_config)
         return model
@@ -240,8 +280,11 @@ def build_dataset(config: Mapping[str, Any], output_dir: Path) -> PaDTDataset:
         for r in recs:
             # Image paths are resolved per record, so several sources with different roots can mix.
             if root is not None:
-                r.image = [os.fspath(root / name) for name in r.images] if isinstance(r.image, list) \
+                r.image = (
+                    [os.fspath(root / name) for name in r.images]
+                    if isinstance(r.image, list)
                     else os.fspath(root / r.image)
+                )
             records.append(r)
     if not records:
         raise PaDTError("the training data holds no records")
@@ -273,7 +316,11 @@ def training_arguments(config: Mapping[str, Any]) -> TrainingArguments:
     for key, value in args.items():
         if key.endswith("_strategy") and value is False:  # YAML 1.1 reads `save_strategy: no` as false
             args[key] = "no"
-    if importlib.util.find_spec("wandb") and "wandb" not in args["report_to"] and os.environ.get("WANDB_PROJECT"):
+    if (
+        importlib.util.find_spec("wandb")
+        and "wandb" not in args["report_to"]
+        and os.environ.get("WANDB_PROJECT")
+    ):
         args["report_to"] = [*args["report_to"], "wandb"]
     args["remove_unused_columns"] = False  # the collator needs the records
     try:
@@ -283,7 +330,9 @@ def training_arguments(config: Mapping[str, Any]) -> TrainingArguments:
         name = match.group(1) if match else str(error)
         raise PaDTError(f"training.{name} is not a transformers TrainingArguments field") from None
     except (ValueError, ImportError) as error:
-        raise PaDTError(f"training arguments rejected by transformers: {str(error).splitlines()[0]}") from None
+        raise PaDTError(
+            f"training arguments rejected by transformers: {str(error).splitlines()[0]}"
+        ) from None
 
 
 def build_trainer(config: Mapping[str, Any]) -> PaDTTrainer:
@@ -292,8 +341,10 @@ def build_trainer(config: Mapping[str, Any]) -> PaDTTrainer:
     padt_cfg = config["padt"]
     model, processor = build_model_and_processor(config)
     options = StepOptions(
-        vrts_per_object=int(padt_cfg["vrts_per_object"]), random_select=bool(padt_cfg["random_select"]),
-        robust_loss=bool(padt_cfg["robust_loss"]), answer_format=padt_cfg["answer_format"],
+        vrts_per_object=int(padt_cfg["vrts_per_object"]),
+        random_select=bool(padt_cfg["random_select"]),
+        robust_loss=bool(padt_cfg["robust_loss"]),
+        answer_format=padt_cfg["answer_format"],
     )
     weights = dict(DEFAULT_LOSS_WEIGHTS) | dict(padt_cfg.get("loss_weights") or {})
     unknown = sorted(set(weights) - set(LOSS_TERMS))
@@ -309,21 +360,33 @@ def build_trainer(config: Mapping[str, Any]) -> PaDTTrainer:
     model = apply_components(model, components, config.get("lora") or {})
     trainable, total = count_parameters(model)
     if args.process_index == 0:
-        print(f"padt train: {trainable:,} of {total:,} parameters trainable "
-              f"({', '.join(f'{c}={m}' for c, m in components.items())})")
+        print(
+            f"padt train: {trainable:,} of {total:,} parameters trainable "
+            f"({', '.join(f'{c}={m}' for c, m in components.items())})"
+        )
     dataset = build_dataset(config, Path(args.output_dir))
-    collator = PaDTCollator(processor, patches=padt_cfg["patches"],
-                            with_masks=criterion.wants("loss_mask_dice", "loss_mask_focal"),
-                            strict_patches=bool(padt_cfg.get("strict_patches")))
+    collator = PaDTCollator(
+        processor,
+        patches=padt_cfg["patches"],
+        with_masks=criterion.wants("loss_mask_dice", "loss_mask_focal"),
+        strict_patches=bool(padt_cfg.get("strict_patches")),
+    )
     return PaDTTrainer(
-        model=model, args=args, train_dataset=dataset, data_collator=collator, padt_processor=processor,
-        step_options=options, criterion=criterion, warmup_steps=int(padt_cfg["warmup_steps"]),
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=collator,
+        padt_processor=processor,
+        step_options=options,
+        criterion=criterion,
+        warmup_steps=int(padt_cfg["warmup_steps"]),
         sampling_seed=int(config.get("seed", 42)),
     )
 
 
-def save_final(trainer: PaDTTrainer, output_dir: str | os.PathLike,
-               generation: Mapping[str, Any] | None = None) -> Path:
+def save_final(
+    trainer: PaDTTrainer, output_dir: str | os.PathLike, generation: Mapping[str, Any] | None = None
+) -> Path:
     """Write a plain ``from_pretrained`` folder (LoRA merged) that ``padt predict`` loads, with the
     ``generation`` settings (e.g. ``vrt_repeat_penalty``) in its ``generation_config``."""
     out = Path(output_dir)
@@ -336,7 +399,9 @@ def save_final(trainer: PaDTTrainer, output_dir: str | os.PathLike,
         if generation:
             for key, value in generation.items():
                 setattr(padt.generation_config, key, value)
-            padt.generation_config._from_model_config = False  # else loading rebuilds it from the model config
+            padt.generation_config._from_model_config = (
+                False  # else loading rebuilds it from the model config
+            )
         padt.save_pretrained(out, safe_serialization=True)
         trainer.padt_processor.save_pretrained(out)
     return out
@@ -357,8 +422,11 @@ def train(config: Mapping[str, Any]) -> Path:
     result = trainer.train(resume_from_checkpoint=checkpoint)
     final = save_final(trainer, out, config.get("generation"))
     if trainer.args.process_index == 0:
-        summary = {"global_step": trainer.state.global_step, "train_loss": result.training_loss,
-                   "metrics": result.metrics}
+        summary = {
+            "global_step": trainer.state.global_step,
+            "train_loss": result.training_loss,
+            "metrics": result.metrics,
+        }
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
         print(f"padt train: model written to {final}")
     return final
