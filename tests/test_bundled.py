@@ -45,6 +45,7 @@ def test_bundled_model_ships_small_and_loads(pipe):
     assert 1e6 < sum(p.numel() for p in pipe.model.parameters()) < 2e7
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", list(THRESHOLDS))
 def test_bundled_model_reaches_its_targets_on_fresh_scenes(pipe, task, tmp_path):
     key, threshold = THRESHOLDS[task]
@@ -82,6 +83,7 @@ def _class_agnostic_precision(out_dir) -> float:
     return sum(hits) / len(hits)
 
 
+@pytest.mark.slow
 def test_demo_uses_the_bundled_model(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--scenes", "1"]) == 0
     summary = json.loads((tmp_path / "demo.json").read_text())

@@ -23,6 +23,7 @@ def test_plain_caption_removes_grounding():
     )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("java") is None, reason="caption metrics need Java for the PTB tokenizer")
 def test_caption_metrics_tiny_case():
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
@@ -50,6 +51,7 @@ def test_caption_metrics_tiny_case():
         caption_metrics(refs, {1: "x"}, meteor=False)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("java") is None, reason="caption metrics need Java for the PTB tokenizer")
 def test_score_cli_ric(tmp_path, capsys):
     import json

@@ -71,6 +71,7 @@ def _lines(out):
     return (out / PREDICTIONS_FILE).read_text().splitlines()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["rec", "res", "ovd", "ric"])
 def test_each_task_end_to_end_matches_padt_score(pipe, tmp_path, capsys, task):
     metrics = evaluate(pipe, SPEC, task, tmp_path, meteor=task == "ric", **RUN)
@@ -97,6 +98,7 @@ def test_each_task_end_to_end_matches_padt_score(pipe, tmp_path, capsys, task):
     assert scored == {k: v for k, v in metrics.items() if k != "meteor"}
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_redoes_only_the_rest(pipe, reference, tmp_path):
     spec = "synthetic:n=6,seed=2,max_size=160"
     crashing = Counting(pipe, fail_after=1)
@@ -140,6 +142,7 @@ def test_other_settings_are_refused(pipe, reference):
     assert counting.queries == 0
 
 
+@pytest.mark.slow
 def test_sharded_run_equals_single_process(pipe, reference, tmp_path):
     spec = "synthetic:n=6,seed=2,max_size=160"
     records = read_records(reference / "data" / "records.jsonl")

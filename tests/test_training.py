@@ -337,6 +337,7 @@ class StopAt(TrainerCallback):
             raise Crash(f"stopped before step {self.step}")
 
 
+@pytest.mark.slow
 def test_resume_reproduces_the_uninterrupted_run(scenes, tmp_path, monkeypatch):
     drawn: list[list[str]] = []  # every step's completions, in call order
     original = batch_module.build_completions
@@ -401,6 +402,7 @@ def test_every_parameter_belongs_to_a_component_and_freezing_follows_it():
     assert trainable == set(names) - vision
 
 
+@pytest.mark.slow
 def test_lora_trains_adapters_and_decoder_only_and_merges(scenes, tmp_path):
     from padt.inference import PaDT
 
@@ -456,6 +458,7 @@ def test_lora_trains_adapters_and_decoder_only_and_merges(scenes, tmp_path):
     assert isinstance(prediction.text, str)
 
 
+@pytest.mark.slow
 # ------------------------------------------------------------------------------------------- two processes
 def test_two_processes_with_gloo(scenes, tmp_path):
     out = tmp_path / "ddp"
@@ -506,6 +509,7 @@ def test_two_processes_with_gloo(scenes, tmp_path):
     assert {"model.visual", "model.language_model", "vl_decoder", "vis_proj"} <= changed
 
 
+@pytest.mark.slow
 # -------------------------------------------------------------------------------------------------- overfit
 def test_overfits_a_few_rec_samples(tmp_path):
     records = generate_dataset(
