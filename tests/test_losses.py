@@ -1,4 +1,4 @@
-"""PaDT's losses (padt-method.md §5.4, §5.6): hand-computed values on tiny cases, edge cases and the weight dict.
+"""PaDT's losses (docs/method.md §8.3, §8.5): hand-computed values on tiny cases, edge cases and the weight dict.
 Parity with the loss pieces the reference trainer computed lives in test_parity.py."""
 
 from __future__ import annotations

@@ -317,7 +317,7 @@ def test_raster_decoder_equals_reference_where_the_orders_coincide():
     a, b = _decode_both([1, 8, 2])
     for key in ("pred_boxes", "pred_score", "pred_mask"):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
-    # Wider images: the reference ordering mixes positions (§3.9), the raster one does not.
+    # Wider images: the reference ordering mixes positions (docs/method.md §7.7), the raster one does not.
     a, b = _decode_both([1, 4, 12])
     assert (a.pred_mask - b.pred_mask).abs().max() > 1e-4
 

@@ -341,8 +341,8 @@ def test_greedy_generation(folder):
 
 
 # ------------------------------------------------------------------------------------------------ losses
-# The loss pieces the reference trainer computed on the fixture's teacher-forced batch (padt-method.md §5.4,
-# §5.6), recomputed by padt.losses from the stored logits, decoder outputs and objects.
+# The loss pieces the reference trainer computed on the fixture's teacher-forced batch (docs/method.md §8.3,
+# §8.5), recomputed by padt.losses from the stored logits, decoder outputs and objects.
 
 
 def _close(name: str, actual: torch.Tensor, expected: torch.Tensor) -> None:

@@ -1,4 +1,4 @@
-"""Foreground patch assignment (padt-method.md §6.5): the 1/28 rule, cv2-exact resizing, the processor's grid,
+"""Foreground patch assignment (docs/method.md §9.3): the 1/28 rule, cv2-exact resizing, the processor's grid,
 and the patch lists the reference preprocessing wrote for the parity fixtures."""
 
 from __future__ import annotations

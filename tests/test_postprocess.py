@@ -1,4 +1,4 @@
-"""Post-processing: pixel boxes, masks at the original size, COCO RLE, JSON records (padt-method.md §7.1)."""
+"""Post-processing: pixel boxes, masks at the original size, COCO RLE, JSON records (docs/method.md §6.5)."""
 
 from __future__ import annotations
 

@@ -371,7 +371,7 @@ def test_fixture_generated_parse(fx):
             assert [int(row[p]) - proc.vocab_size for p in obj.positions] == obj.vrt_indices
     if meta.get("set") == "tied":
         assert [len(o.vrt_indices) for o in parsed[1].objects] == [2, 7, 5, 3]
-        # The reference dropped every object of sample 0 (a run cut off without eos, padt-method.md §4.6).
+        # The reference dropped every object of sample 0 (a run cut off without eos, docs/method.md §6.4).
         assert meta["samples"][0]["gen_parse"]["feat_counts"] == []
         assert [len(o.vrt_indices) for o in parsed[0].objects] == [3, 6, 4, 7]
         assert not parsed[0].finished and "cut off" in parsed[0].warnings[0]

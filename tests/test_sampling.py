@@ -1,4 +1,4 @@
-"""Foreground VRT sampling and completion text (padt-method.md §5.2, §4.2): distributions over many draws,
+"""Foreground VRT sampling and completion text (docs/method.md §8.1, §3.3): distributions over many draws,
 the positional mode, and the reference's own picks and completions from the parity fixtures."""
 
 from __future__ import annotations

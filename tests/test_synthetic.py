@@ -78,7 +78,7 @@ def cell_coverage(mask: np.ndarray) -> np.ndarray:
 
 
 def check_schema(rec: dict) -> None:
-    """padt-method.md §6.1 / §6.3."""
+    """docs/method.md §9.1 / §9.2."""
     assert set(rec) == {"id", "image", "conversations", "answer_template", "objects", "task"}
     assert isinstance(rec["id"], int) and isinstance(rec["image"], str) and rec["image"].endswith(".png")
     assert rec["conversations"] == [{"from": "human", "value": rec["conversations"][0]["value"]}]

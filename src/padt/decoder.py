@@ -1,4 +1,4 @@
-"""The PaDT decoder: VRT hidden states + image features -> box, score and mask per object (padt-method.md §3).
+"""The PaDT decoder: VRT hidden states + image features -> box, score and mask per object (docs/method.md §7).
 
 A SAM-style two-way transformer. Each object is decoded independently: its query sequence is three learned
 tokens (box, score, mask) followed by its projected VRT features, and it owns a private copy of its image's
@@ -6,7 +6,7 @@ memory (the memory is updated by image->query attention, per object). Objects ar
 memories are padded to the longest object and attention uses key-padding masks on PyTorch SDPA, which
 computes the same function as the reference's per-object flash-attn varlen calls.
 
-Parameter names and shapes follow the reference checkpoints (§9.2) so the published weights load unchanged.
+Parameter names and shapes follow the reference checkpoints (§11.1) so the published weights load unchanged.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ ORDERINGS = ("reference", "raster")
 
 @dataclass
 class PaDTDecoderConfig:
-    """The ``vl_decoder`` dict of a PaDT ``config.json``, with the reference's key names (§3.1).
+    """The ``vl_decoder`` dict of a PaDT ``config.json``, with the reference's key names (§7.1).
 
     ``hidden_size`` and ``num_heads`` must equal the vision tower's: raw ViT features are added to decoder
     states without projection and the ViT RoPE tables are applied inside decoder heads.
@@ -41,7 +41,7 @@ class PaDTDecoderConfig:
     use_mask_loss: bool = True
     name: str = "PaDTDecoder"
     attn_implementation: str = "flash_attention_2"
-    #: ``"reference"``: the published decoders' mixed window/raster orders (§3.9), required for their weights.
+    #: ``"reference"``: the published decoders' mixed window/raster orders (§7.7), required for their weights.
     #: ``"raster"``: every input in its true spatial order (for decoders trained from scratch with padt).
     ordering: str = "reference"
     #: Add a fixed sinusoidal code of each memory token's normalised (x, y) to the image memory (raster
@@ -168,7 +168,7 @@ class Attention(nn.Module):
 
 class PaDTDecoderBlock(nn.Module):
     """Two-way block: queries attend to themselves and to the image, then the image memory attends to the
-    queries. Memory tokens never attend to each other and the memory has no MLP (§3.5)."""
+    queries. Memory tokens never attend to each other and the memory has no MLP (§7.4)."""
 
     def __init__(self, hidden_size: int, intermediate_size: int, num_heads: int) -> None:
         super().__init__()
@@ -222,9 +222,9 @@ def normalised_position_code(positions: torch.Tensor, grid_hw: torch.Tensor, dim
 
 
 class PaDTDecoder(nn.Module):
-    """Decodes objects from VRT hidden states (§3.3-§3.7).
+    """Decodes objects from VRT hidden states (§7.3-§7.6).
 
-    Inputs live in three different orders, and the mismatch is part of the published weights (§3.9): the
+    Inputs live in three different orders, and the mismatch is part of the published weights (§7.7): the
     high-res ViT features and the ViT RoPE are in *window* order, the low-res prototypes in *unit-raster* order,
     and mask blocks are pasted by sequence index. See :meth:`forward`.
     """
@@ -338,7 +338,7 @@ class PaDTDecoder(nn.Module):
             low_pe_idx = torch.where(low_valid, high_start[object_image, None] + own_patch, 0)
         else:
             # Low-res unit u gets the RoPE of sub-patch 0 of the window-ordered 4-token group u, not its own
-            # position (§3.9 a).
+            # position (§7.7 a).
             low_pe_idx = low_idx * m2
         low_memory = self.input_projection(prototypes.to(dtype))[low_idx]
         low_pe = (cos[low_pe_idx], sin[low_pe_idx])
@@ -361,7 +361,7 @@ class PaDTDecoder(nn.Module):
             unit = torch.where(high_valid, (row // merge) * (width // merge) + col // merge, 0)
             low_for_high = low_memory.gather(1, unit[..., None].expand(-1, -1, low_memory.shape[-1]))
         else:
-            # Raster-ordered low-res unit p // 4 is added to the window-ordered ViT token p (§3.9 b).
+            # Raster-ordered low-res unit p // 4 is added to the window-ordered ViT token p (§7.7 b).
             low_for_high = low_memory.repeat_interleave(m2, dim=1)
         high_memory = low_for_high + high_res_image_embeds.to(dtype)[high_idx]
         if self.config.absolute_position:
@@ -400,7 +400,7 @@ class PaDTDecoder(nn.Module):
         h_max, w_max = (int(v) for v in grid_hw.max(0).values)
         out = blocks.new_zeros(num_objects, 4 * h_max, 4 * w_max)
         # The block of sequence position p goes to raster cell (p // W, p % W). With the reference ordering p is a
-        # window-ordered token (§3.9 c): the published decoders learned this layout. One paste per grid size.
+        # window-ordered token (§7.7 c): the published decoders learned this layout. One paste per grid size.
         for h, w in {tuple(hw) for hw in grid_hw.tolist()}:
             sel = ((grid_hw[:, 0] == h) & (grid_hw[:, 1] == w)).nonzero().flatten()
             cells = blocks[sel, : h * w].view(len(sel), h, w, 4, 4).permute(0, 1, 3, 2, 4)

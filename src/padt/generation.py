@@ -1,6 +1,6 @@
 """Generation with visual reference tokens, on transformers' own generation loop.
 
-What PaDT adds to stock ``generate`` (padt-method.md §1.4, §10.5):
+What PaDT adds to stock ``generate`` (docs/method.md §6.1-§6.3, §12):
 
 - the prompt's prototypes, VRT layout and logit mask are computed once at prefill and passed to every decode
   step (:meth:`PaDTForConditionalGeneration._update_model_kwargs_for_generation`);
@@ -10,7 +10,7 @@ What PaDT adds to stock ``generate`` (padt-method.md §1.4, §10.5):
 - prefill logits are computed for the last position only (``logits_to_keep``), as in stock generation;
 - optionally (:class:`VRTRepeatPenaltyLogitsProcessor`, ``vrt_repeat_penalty``), a penalty on the VRTs already
   in the object's run. Training runs hold 5 VRTs, distinct for an object with at least 5 foreground patches and
-  drawn with replacement for a smaller one (§5.2). A small model decoding greedily tends to write its most
+  drawn with replacement for a smaller one (§8.1). A small model decoding greedily tends to write its most
   likely patch five times even for a large object, which leaves the decoder one point of it instead of five;
   with the penalty the next-best patch wins when it is nearly as likely, while a small object's only patches
   still repeat.

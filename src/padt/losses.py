@@ -1,4 +1,4 @@
-"""PaDT's training losses (padt-method.md §5.4 and §5.6), independent of the model.
+"""PaDT's training losses (docs/method.md §8.3 and §8.5), independent of the model.
 
 Each loss is a function returning a dict of named terms, as DETR's ``SetCriterion`` does:
 
@@ -13,7 +13,7 @@ A weight dict (:data:`DEFAULT_LOSS_WEIGHTS`) combines the terms (:func:`weighted
 :class:`PaDTCriterion` computes only the terms whose weight is non-zero, so any term can be switched off by
 name. The reference weighs every term by 1.
 
-Objects are matched to ground truth by order (the order of the ``<|Obj_k|>`` placeholders, §5.5), so every
+Objects are matched to ground truth by order (the order of the ``<|Obj_k|>`` placeholders, §8.4), so every
 per-object tensor here is ``(O, ...)`` with row ``o`` belonging to the ``o``-th object of the batch.
 Everything is computed in float32 whatever the input dtype.
 """
@@ -39,10 +39,10 @@ LOSS_TERMS = (
     "loss_mask_dice",
     "loss_mask_focal",
 )
-# padt-method.md §5.6: L = mean_b(sft) + L_box + L_score + L_mask, all weights 1.
+# docs/method.md §8.5: L = mean_b(sft) + L_box + L_score + L_mask, all weights 1.
 DEFAULT_LOSS_WEIGHTS: dict[str, float] = dict.fromkeys(LOSS_TERMS, 1.0)
 
-# The reference's normalisers (§5.4, §5.6).
+# The reference's normalisers (§8.3, §8.5).
 _TOKEN_EPS = 1e-4
 _OBJECT_EPS = 1e-4
 _MASK_EPS = 1e-5
@@ -63,7 +63,7 @@ def build_foreground_sets(
 
     Args:
         picked: per object, the patch indices written in its VRT run (``k_o`` of them).
-        patches: per object, its foreground patch indices (§6.5), in the same image as ``picked``.
+        patches: per object, its foreground patch indices (§9.3), in the same image as ``picked``.
         image_offsets: per object, the global offset ``P_i`` of its image in the batch
             (``VRTLayout.image_global_offset``).
         vocab_size: ``V``.
@@ -127,7 +127,7 @@ def robust_token_loss(
     foreground_sets: torch.Tensor | Sequence[torch.Tensor | Sequence[int]],
     vocab_size: int,
 ) -> dict[str, torch.Tensor]:
-    """Per-token cross-entropy over text + VRT classes in which an object's VRTs do not compete (§5.4).
+    """Per-token cross-entropy over text + VRT classes in which an object's VRTs do not compete (§8.3).
 
     At a position whose target is the VRT ``p*`` of object ``o``, the other foreground VRTs of ``o`` are left
     out of the softmax::
@@ -218,7 +218,7 @@ def _gt_boxes(
     if reference_gt_dtype is None:
         xyxy = _sanitise_gt_boxes(gt_boxes.float())
         return xyxy, box_xyxy_to_cxcywh(xyxy)
-    # The reference casts GT boxes to bfloat16 (§5.6) and converts them to cxcywh in that dtype; its GIoU
+    # The reference casts GT boxes to bfloat16 (§8.5) and converts them to cxcywh in that dtype; its GIoU
     # then runs in float32 on the rounded corners. Reproduced only for parity checks.
     low = gt_boxes.to(reference_gt_dtype)
     return _sanitise_gt_boxes(low.float()), box_xyxy_to_cxcywh(low).float()
@@ -252,7 +252,7 @@ def matched_box_iou(
 def box_losses(
     pred_boxes: torch.Tensor, gt_boxes: torch.Tensor, *, reference_gt_dtype: torch.dtype | None = None
 ) -> dict[str, torch.Tensor]:
-    """L1 and GIoU box losses (§5.6), each normalised by ``O + 1e-4``.
+    """L1 and GIoU box losses (§8.5), each normalised by ``O + 1e-4``.
 
     Args:
         pred_boxes: ``(O, 4)`` predicted normalised cxcywh.
@@ -285,7 +285,7 @@ def box_losses(
 
 
 def score_loss(pred_scores: torch.Tensor, giou: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The score head learns the box quality: ``sum_o (2σ(s_o) - 1 - GIoU_o)^2 / (O + 1e-4)`` (§5.6).
+    """The score head learns the box quality: ``sum_o (2σ(s_o) - 1 - GIoU_o)^2 / (O + 1e-4)`` (§8.5).
 
     Args:
         pred_scores: ``(O,)`` or ``(O, 1)`` raw score logits.
@@ -306,7 +306,7 @@ def score_loss(pred_scores: torch.Tensor, giou: torch.Tensor) -> dict[str, torch
 def gt_mask_for_loss(
     segmentation: Any, patch_grid_hw: tuple[int, int], *, image_hw: tuple[int, int] | None = None
 ) -> torch.Tensor:
-    """The mask target of one object: ``(4H, 4W)`` bool (§5.6).
+    """The mask target of one object: ``(4H, 4W)`` bool (§8.5).
 
     The full-resolution mask (an RLE dict, list of RLEs, COCO polygons with ``image_hw``, or a 2-D array) is
     resized bilinearly to ``(4H, 4W)``, ``(H, W)`` being the image's 14-px patch grid (``image_grid_thw[1:]``),
@@ -367,7 +367,7 @@ def mask_losses(
     focal_alpha: float = 0.25,
     focal_gamma: float = 2.0,
 ) -> dict[str, torch.Tensor]:
-    """Dice and sigmoid focal losses on each object's valid region (§5.6).
+    """Dice and sigmoid focal losses on each object's valid region (§8.5).
 
     Args:
         pred_masks: ``(O, Hm, Wm)`` mask logits (the decoder's ``pred_mask``).

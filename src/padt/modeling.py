@@ -1,4 +1,4 @@
-"""PaDT = Qwen2.5-VL + visual reference tokens (padt-method.md §1-§3, §9).
+"""PaDT = Qwen2.5-VL + visual reference tokens (docs/method.md §4, §7, §11).
 
 :class:`PaDTForConditionalGeneration` subclasses transformers' ``Qwen2_5_VLForConditionalGeneration`` and adds
 only what PaDT adds:
@@ -39,7 +39,7 @@ from padt.generation import VRTRepeatPenaltyLogitsProcessor, VRTStateRecorder
 from padt.vrt import VRTLayout
 
 # Checkpoints saved by the reference (transformers 4.50) keep the vision tower at ``visual.*`` and the text
-# model at ``model.*``; transformers 5 nests both under ``model.`` (§9.4). PaDT's own keys are unaffected.
+# model at ``model.*``; transformers 5 nests both under ``model.`` (§11.1). PaDT's own keys are unaffected.
 REFERENCE_KEY_MAPPING = {
     r"^visual": "model.visual",
     r"^model(?!\.(language_model|visual))": "model.language_model",
@@ -102,7 +102,7 @@ class PaDTCausalLMOutput(MultimodalCausalLMOutputWithPast):
 
 
 def prepare_padt_config(config: Qwen2_5_VLConfig) -> Qwen2_5_VLConfig:
-    """Fill in PaDT's config fields the way the reference does (§1.1, §3.1), in place.
+    """Fill in PaDT's config fields the way the reference does (§7.1, §11.2), in place.
 
     ``vl_decoder`` defaults to the vision tower's width, heads and MLP size (what the reference trainer
     writes); ``llm_hidden_state`` and ``spatial_merge_size`` are always overwritten from the backbone.
@@ -179,7 +179,7 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
     # ------------------------------------------------------------------------------------------ init / loading
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        # The prototype LayerNorm starts at zero, so every prototype is 0 at the start of training (§1.3).
+        # The prototype LayerNorm starts at zero, so every prototype is 0 at the start of training (§4.1).
         if module is getattr(self, "vis_norm", None):
             nn.init.zeros_(module.weight)
             nn.init.zeros_(module.bias)
@@ -246,7 +246,7 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         return self.config.vision_config.spatial_merge_size
 
     def image_prototypes(self, image_embeds: torch.Tensor) -> torch.Tensor:
-        """``ΣN x D`` prototypes from post-merger features: ``LN(x) + vis_proj(LN(x))`` (§1.3)."""
+        """``ΣN x D`` prototypes from post-merger features: ``LN(x) + vis_proj(LN(x))`` (§4.1)."""
         if not self.config.use_visual_prototype_projection:
             return image_embeds.clone()
         x = self.vis_norm(image_embeds)
@@ -267,7 +267,7 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
     def encode_images(
         self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None
     ) -> PaDTVisionOutput:
-        """One pass of the vision tower, returning what the LLM and the decoder need (§1.2, §9.4)."""
+        """One pass of the vision tower, returning what the LLM and the decoder need (§2.4)."""
         if image_grid_thw is None:
             raise PaDTError(
                 "pixel_values were given without image_grid_thw; pass both, as the processor returns them"
@@ -337,7 +337,7 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
     def vrt_logits(
         self, hidden: torch.Tensor, prototypes: torch.Tensor | None, allowed: torch.Tensor | None
     ) -> torch.Tensor:
-        """``B x L x (V + ΣN)`` logits: the text head, then a plain dot product with every prototype (§2);
+        """``B x L x (V + ΣN)`` logits: the text head, then a plain dot product with every prototype (§4.3);
         VRTs of other samples' images are ``-inf``."""
         text = self.lm_head(hidden)
         if prototypes is None or prototypes.shape[0] == 0:

@@ -1,4 +1,4 @@
-"""Decoder outputs -> boxes, masks and scores on the original image (padt-method.md §7.1).
+"""Decoder outputs -> boxes, masks and scores on the original image (docs/method.md §6.5).
 
 The decoder predicts, per object, a box ``(cx, cy, w, h)`` normalised to the (resized) image, a score logit
 and mask logits at 4x4 per 14-px patch (``(4H, 4W)`` valid region of a zero-padded ``(4H_max, 4W_max)`` map,
@@ -24,7 +24,7 @@ from pycocotools import mask as mask_utils
 
 from padt.box_ops import box_cxcywh_to_xyxy
 
-#: Mask logits per 14-px patch side (the decoder's 4x4 upsampling, padt-method.md §3.7).
+#: Mask logits per 14-px patch side (the decoder's 4x4 upsampling, docs/method.md §7.6).
 MASK_PER_PATCH = 4
 
 
@@ -36,7 +36,7 @@ class DetectedObject:
         label: the quoted phrase of the completion the object belongs to (``""`` if none).
         vrt_ids: local VRT indices (``id - V``) of the object's run.
         box_xyxy: ``(x0, y0, x1, y1)`` in pixels of the original image, clipped to it.
-        score: confidence ``sigmoid(score_logit)`` (trained as a GIoU proxy, padt-method.md §3.7).
+        score: confidence ``sigmoid(score_logit)`` (trained as a GIoU proxy, docs/method.md §8.5).
         mask: ``(height, width)`` bool mask at the original size, or None when masks were not decoded.
         mask_rle: the same mask as COCO RLE ``{"size": [h, w], "counts": str}``, or None.
     """
@@ -73,10 +73,10 @@ def boxes_to_pixel_xyxy(boxes_cxcywh: torch.Tensor, image_size: tuple[int, int])
 
 
 def boxes_to_coco_xywh(boxes_cxcywh: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-    """The reference evaluation's integer COCO ``(x, y, w, h)`` boxes, for the paper protocol (§7.1).
+    """The reference evaluation's integer COCO ``(x, y, w, h)`` boxes, for the paper protocol (§6.5).
 
     ``x = max(cx - w/2, 0)``, ``y = max(cy - h/2, 0)``, ``w = min(w, 1)``, ``h = min(h, 1)``, times the image
-    size, rounded. Kept as the reference writes it (padt-method.md §7.1): the right/bottom edges are not
+    size, rounded. Kept as the reference writes it (docs/method.md §6.5): the right/bottom edges are not
     clipped, so ``x + w`` may pass the image border. Returns int64.
     """
     boxes = boxes_cxcywh.float()

@@ -1,16 +1,16 @@
-"""Chat template, VRT strings, tokenisation and completion parsing (padt-method.md §4).
+"""Chat template, VRT strings, tokenisation and completion parsing (docs/method.md §3.3, §5.1, §6.4).
 
 :class:`PaDTProcessor` wraps a transformers ``Qwen2_5_VLProcessor``:
 
 - prompts are rendered with the Qwen2.5-VL chat template, images first, then the text, with the default
-  system prompt and the generation prompt (§4.3); one or several images per sample, or none;
+  system prompt and the generation prompt (§5.1); one or several images per sample, or none;
 - VRTs are written ``<|VRT_j|>`` and never looked up in the tokenizer: published tokenizers may or may not
-  hold ``<|VRT_i|>``/``<|empty_token_k|>`` added tokens (§9.5). Text is split on the VRT pattern, the text
+  hold ``<|VRT_i|>``/``<|empty_token_k|>`` added tokens (§3.3). Text is split on the VRT pattern, the text
   pieces are tokenised and the local id ``V + j`` is inserted for each VRT, which is exactly how an added
   token splits the text in the reference tokenizer; ids ``>= V`` decode to ``<|VRT_{id - V}|>``;
 - the local/global VRT id arithmetic lives in :class:`padt.vrt.VRTLayout`.
 
-:func:`parse_completion` turns the local ids of one generated completion into objects (§4.5, §4.6) with a
+:func:`parse_completion` turns the local ids of one generated completion into objects (§5.5, §6.4) with a
 few deliberate departures from the reference parser, listed in its docstring.
 """
 
@@ -56,7 +56,7 @@ QWEN2_5_VL_CHAT_TEMPLATE = (
 
 #: Side (px) of one merged patch = one VRT.
 PATCH_PX = 28
-#: The reference demo caps the longer image side at this many pixels (padt-method.md §7.5).
+#: The reference demo caps the longer image side at this many pixels (docs/method.md §2.2).
 DEMO_MAX_SIDE = 644
 
 ImageInput = Image.Image | str | os.PathLike
@@ -113,10 +113,10 @@ def _read_vocab_size(path: Path) -> int | None:
 def load_image(image: ImageInput, *, max_side: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
     """Open (if a path) and size an image for the processor; returns it and its ORIGINAL ``(width, height)``.
 
-    - ``max_side``: if given, the longer side is scaled down to it (the reference demo uses 644, §7.5; the
+    - ``max_side``: if given, the longer side is scaled down to it (the reference demo uses 644, §2.2; the
       evaluation scripts do not cap).
     - Sides shorter than 28 px are scaled up (LANCZOS) so the short side is 28, as the reference trainer and
-      evaluation do (padt-method.md §5.2); this runs after the cap and wins over it.
+      evaluation do (docs/method.md §2.2); this runs after the cap and wins over it.
 
     Boxes and masks are normalised to the processed image, so they map back to the original size unchanged.
     """
@@ -191,7 +191,7 @@ class ParsedObject:
         vrt_indices: local VRT indices ``j`` (id - V) of the run, in order.
         positions: index ``t`` in the completion of each of those tokens, to pair a VRT with the hidden state
             of the step that emitted it (the last-layer state at sequence position ``P - 1 + t`` for a prompt
-            of length ``P``, padt-method.md §4.6).
+            of length ``P``, docs/method.md §6.2).
     """
 
     label: str
@@ -220,7 +220,7 @@ class QuoteTracker:
     """Follows double quotes through the text to give each VRT run the quoted phrase it belongs to.
 
     The closing quote of a phrase makes it the current label. Opening a new quote discards the previous label,
-    so a stale label never crosses a new quoted phrase (the reference keeps the old one, padt-method.md §4.6).
+    so a stale label never crosses a new quoted phrase (the reference keeps the old one, docs/method.md §6.4).
     """
 
     def __init__(self) -> None:
@@ -359,7 +359,7 @@ def parse_completion(
     eos_token_ids: int | Collection[int] | None = None,
     num_vrts: int | None = None,
 ) -> ParsedCompletion:
-    """Parse the LOCAL ids of one generated completion (prompt removed) into text and objects (§4.5, §4.6).
+    """Parse the LOCAL ids of one generated completion (prompt removed) into text and objects (§5.5, §6.4).
 
     - An object is a maximal run of consecutive VRT ids (``>= vocab_size``); its local indices and its
       positions in ``ids`` are returned.
@@ -367,7 +367,7 @@ def parse_completion(
     - Parsing stops at the first eos: the tokenizer's eos (``<|im_end|>``) and any ``eos_token_ids``.
     - ``num_vrts``: the number of VRTs the sample's images have; VRTs beyond it are skipped with a warning.
 
-    Departures from the reference parser (padt-method.md §4.6, §10.6), all deliberate: a run cut off without
+    Departures from the reference parser (docs/method.md §6.4, §12), all deliberate: a run cut off without
     eos still yields its object (``finished=False``); a VRT as the first token is an ordinary object; ids that
     are neither text nor VRTs are skipped with a warning instead of dropping every object of the sample; a new
     quoted phrase resets the label instead of leaking the previous one.
@@ -595,7 +595,7 @@ class PaDTProcessor:
 
     # ------------------------------------------------------------------ prompts
     def conversation(self, text: str, num_images: int = 1) -> list[dict[str, Any]]:
-        """The reference's one-turn conversation: the images first, then the text (§4.3)."""
+        """The reference's one-turn conversation: the images first, then the text (§5.1)."""
         content: list[dict[str, Any]] = [{"type": "image"} for _ in range(num_images)]
         content.append({"type": "text", "text": text})
         return [{"role": "user", "content": content}]
@@ -765,7 +765,7 @@ class PaDTProcessor:
         layout: VRTLayout | None = None,
         padding_side: str = "right",
     ) -> BatchFeature:
-        """Tokenise answers with VRT strings, as the reference trainer does (§4.3, §5.3).
+        """Tokenise answers with VRT strings, as the reference trainer does (§5.1, §8.2).
 
         Each text is tokenised without special tokens; ``add_eos`` appends ``<|im_end|>`` unless the text
         already ends with it. Rows are right-padded with the pad id. The returned ``input_ids`` hold LOCAL VRT

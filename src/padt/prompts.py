@@ -1,4 +1,4 @@
-"""Task prompts and answer templates, worded exactly as the reference preprocessing writes them (padt-method.md §4.4).
+"""Task prompts and answer templates, worded exactly as the reference preprocessing writes them (docs/method.md §5).
 
 Answers use ``<|Obj_k|>`` placeholders (numbered in order of appearance); at training time each placeholder
 is replaced by a run of VRT strings, at inference the model writes the runs itself.

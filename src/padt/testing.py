@@ -1,7 +1,7 @@
 """Tiny, offline stand-ins for the Qwen2.5-VL tokenizer and processor, for tests and examples.
 
 Nothing here downloads anything. The tokenizer is a byte-level BPE trained on the spot on a small built-in
-English corpus (the task prompts and answers of padt-method.md §4.4, shape/colour scenes, COCO class names),
+English corpus (the task prompts and answers of docs/method.md §5, shape/colour scenes, COCO class names),
 with Qwen2's own normaliser and pre-tokeniser, followed by the Qwen special tokens in Qwen's order. It
 tokenises any text (byte-level), just with more, shorter tokens than the real one.
 
@@ -9,7 +9,7 @@ tokenises any text (byte-level), just with more, shorter tokens than the real on
 - :func:`tiny_processor`: a transformers ``Qwen2_5_VLProcessor`` (PIL image path) around it.
 - :data:`TINY_VOCAB_SIZE`: the text vocabulary size ``V`` a tiny model should use with this tokenizer. It is
   larger than ``len(tiny_tokenizer())``; like the real checkpoints, ids in ``[len(tokenizer), V)`` are unused
-  rows (``<|empty_token_k|>`` in the reference, padt-method.md §4.1) and ids ``>= V`` are VRTs.
+  rows (``<|empty_token_k|>`` in the reference, docs/method.md §3.3) and ids ``>= V`` are VRTs.
 """
 
 from __future__ import annotations
@@ -249,7 +249,7 @@ def tiny_tokenizer() -> Qwen2Tokenizer:
 def tiny_processor(min_pixels: int = 56 * 56, max_pixels: int = 12845056) -> Qwen2_5_VLProcessor:
     """A ``Qwen2_5_VLProcessor`` with :func:`tiny_tokenizer` and a PIL ``Qwen2VLImageProcessor``.
 
-    The pixel bounds default to the reference training values (padt-method.md §5.2), i.e. native resolution
+    The pixel bounds default to the reference training values (docs/method.md §2.2), i.e. native resolution
     rounded to multiples of 28 px; pass a small ``max_pixels`` to keep tiny-model runs cheap.
     """
     image_processor = Qwen2VLImageProcessorPil(

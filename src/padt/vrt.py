@@ -1,6 +1,6 @@
 """The visual reference token (VRT) id space.
 
-A VRT is a merged 28x28-px patch of an input image used as a token (padt-method.md §1.3, §4.2).
+A VRT is a merged 28x28-px patch of an input image used as a token (docs/method.md §2.3, §3).
 
 - Patch ``j`` of an image is the raster index over its ``(H/m) x (W/m)`` merged grid (``m`` = spatial merge
   size, 2 for Qwen2.5-VL): ``j = row * (W/m) + col``.

@@ -1,1 +1,1 @@
-"""Datasets for PaDT: the record schema of padt-method.md §6, patch assignment and synthetic scenes."""
+"""Datasets for PaDT: the record schema of docs/method.md §9, patch assignment and synthetic scenes."""

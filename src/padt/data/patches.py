@@ -1,7 +1,7 @@
-"""Foreground patches: which VRTs (merged 28x28-px patches) belong to an object (padt-method.md §6.5).
+"""Foreground patches: which VRTs (merged 28x28-px patches) belong to an object (docs/method.md §9.3).
 
-This rule is the only definition of an object's valid VRTs: training samples its VRTs from them (§5.2) and
-the robust token loss treats them as interchangeable (§5.4). The reference preprocessing:
+This rule is the only definition of an object's valid VRTs: training samples its VRTs from them (§8.1) and
+the robust token loss treats them as interchangeable (§8.3). The reference preprocessing:
 
 1. resizes the binary mask, scaled to 0/255, bilinearly (``cv2.resize``, ``INTER_LINEAR``) to the merged
    grid in pixels, ``(rows * 28, cols * 28)``;
@@ -30,7 +30,7 @@ from padt.errors import PaDTError
 
 # The Qwen2.5-VL merged patch: 2x2 ViT patches of 14 px.
 PATCH_SIZE = 28
-# PaDT's processor limits (padt-method.md §5.2), written into its processor config.
+# PaDT's processor limits (docs/method.md §2.2), written into its processor config.
 MIN_PIXELS = 3136
 MAX_PIXELS = 12845056
 
@@ -73,7 +73,7 @@ def segmentation_to_mask(segmentation: Any, image_hw: tuple[int, int] | None = N
 
     Accepts an RLE dict (``counts`` compressed string/bytes or uncompressed list), a list of RLE dicts,
     COCO polygons (a list of ``[x1, y1, x2, y2, ...]`` parts; needs ``image_hw``) or a 2-D array. Several
-    parts are OR-ed, as the reference preprocessing does (padt-method.md §6.3).
+    parts are OR-ed, as the reference preprocessing does (docs/method.md §9.2).
     """
     if hasattr(segmentation, "detach"):  # a torch tensor
         segmentation = segmentation.detach().cpu().numpy()
@@ -208,7 +208,7 @@ def foreground_patches(
     min_pixels: int = MIN_PIXELS,
     max_pixels: int = MAX_PIXELS,
 ) -> list[int]:
-    """Sorted raster indices of the merged patches an object covers (padt-method.md §6.5).
+    """Sorted raster indices of the merged patches an object covers (docs/method.md §9.3).
 
     Args:
         mask: the object at the image's original resolution: a ``(h, w)`` array (nonzero = object) or any

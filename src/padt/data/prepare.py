@@ -1,7 +1,7 @@
 """``padt data prepare``: turn a public dataset into one PaDT records file, once.
 
 The readers of :mod:`padt.data.readers` do the work (prompts, answers, RLE masks, foreground patch lists of
-padt-method.md §6.5); this module picks one from ``--source``, writes its records with
+docs/method.md §9.3); this module picks one from ``--source``, writes its records with
 :func:`padt.data.records.write_jsonl` and prints a summary: records, objects, images, and what the reader
 skipped, with its reasons.
 

@@ -8,7 +8,7 @@ Four sources are understood:
    ``refs(umd).p`` pickle; one record per referring sentence; :func:`read_refcoco`. The pickle is read with
    an unpickler that only admits plain containers, numbers and strings, so a tampered file cannot run code.
 3. **COCO ``instances_*.json`` for open-vocabulary detection**, with the reference's prompt construction
-   (padt-method.md §4.4) made explicit and seeded; any COCO-format detection dataset, whatever its
+   (docs/method.md §9.4) made explicit and seeded; any COCO-format detection dataset, whatever its
    categories, works the same way; :func:`read_coco_ovd`.
 4. **A simple user format**: :func:`read_user_jsonl`. One JSON object per line::
 
@@ -31,10 +31,10 @@ Four sources are understood:
    - Optional per line: ``id`` (default: the line number), ``width`` and ``height`` (default: read from the
      image header).
 
-Masks follow the reference (padt-method.md §6.3): polygons go through ``frPyObjects`` and parts are OR-ed,
+Masks follow the reference (docs/method.md §9.2): polygons go through ``frPyObjects`` and parts are OR-ed,
 RLE is kept as is, and everything is stored as compressed RLE. Crowd annotations are kept as ordinary
 objects. Objects whose mask covers no merged patch are dropped, and with them any REC sample they formed
-(§6.5 rule 4); readers log how many.
+(§9.3 rule 4); readers log how many.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ from padt.prompts import ovd_answer_template, ovd_prompt, rec_answer_template, r
 
 logger = logging.getLogger(__name__)
 
-# Reference preprocessing constants (padt-method.md §4.4).
+# Reference preprocessing constants (docs/method.md §9.4).
 OVD_DROP_RATE = 0.5
 OVD_DROPPABLE_CLASSES = 40
 OVD_MAX_INSTANCES_PER_CLASS = 50
@@ -133,8 +133,8 @@ def _rle_for_api(rle: Mapping[str, Any]) -> dict:
 def object_patches(
     rle: Mapping[str, Any] | None, box_xywh: Sequence[float], height: int, width: int, strict: bool = False
 ) -> list[int]:
-    """Foreground merged-patch indices of an object (padt-method.md §6.5): from its mask, or from its pixel
-    ``[x, y, w, h]`` box rasterised when it has none (§6.5 rule 5). ``strict`` is RefCOCO's ``>`` test."""
+    """Foreground merged-patch indices of an object (docs/method.md §9.3): from its mask, or from its pixel
+    ``[x, y, w, h]`` box rasterised when it has none (§9.3 rule 5). ``strict`` is RefCOCO's ``>`` test."""
     # Imported here: only readers that build patch lists need the patch rule.
     from padt.data.patches import box_foreground_patches, foreground_patches
 
@@ -269,7 +269,7 @@ def read_refcoco(
     :mod:`padt.prompts`, one object with ``label`` = the sentence; ``id`` is the COCO image id and
     ``image`` the train2014 file name. ``ref_id``, ``ann_id`` and ``sent_id`` are kept as extra fields.
     Splits: ``train``, ``val``, ``testA``, ``testB`` (unc) or ``train``, ``val``, ``test`` (umd).
-    RefCOCO uses the strict ``>`` coverage test for patches (padt-method.md §6.5).
+    RefCOCO uses the strict ``>`` coverage test for patches (docs/method.md §9.3).
     """
     refs = load_plain_pickle(refs_path)
     if not isinstance(refs, list) or not all(isinstance(r, dict) for r in refs):
@@ -340,7 +340,7 @@ def ovd_class_order(
     max_instances_per_class: int = OVD_MAX_INSTANCES_PER_CLASS,
     max_classes: int = OVD_MAX_CLASSES_IN_PROMPT,
 ) -> list[int]:
-    """The classes an OVD prompt lists, in prompt order (padt-method.md §4.4).
+    """The classes an OVD prompt lists, in prompt order (docs/method.md §9.4).
 
     Train: the classes are shuffled; with probability ``drop_rate`` the absent classes among the first
     ``droppable`` are removed. Val: all classes in the given (id) order. Both: classes with more than

@@ -1,4 +1,4 @@
-"""The PaDT record: one training or evaluation sample (padt-method.md §6.1–6.3).
+"""The PaDT record: one training or evaluation sample (docs/method.md §9.1–9.2).
 
 A record is one JSON object, stored one per line (JSONL) or as a JSON list::
 
@@ -10,7 +10,7 @@ A record is one JSON object, stored one per line (JSONL) or as a JSON list::
       "objects": [
         {"bbox": [0.1, 0.2, 0.5, 0.9],           # x1, y1, x2, y2 normalised by the original image size
          "rle": {"size": [h, w], "counts": "..."},  # COCO RLE of the full-resolution mask, or null
-         "patches": [12, 13, 40],                 # sorted foreground merged-patch indices (§6.5)
+         "patches": [12, 13, 40],                 # sorted foreground merged-patch indices (§9.3)
          "label": "man",                          # OVD: class name, REC: the sentence, RIC: ""
          "iscrowd": 0, "area": 1234.0}
       ],
@@ -42,7 +42,7 @@ from padt.prompts import TASKS, object_placeholder
 
 PLACEHOLDER_PATTERN = re.compile(r"<\|Obj_(\d+)\|>")
 
-# Reference spellings of task names (padt-method.md §6.1) mapped to ours.
+# Reference spellings of task names (docs/method.md §9.1) mapped to ours.
 TASK_ALIASES = {"refering": "rec", "referring": "rec"}
 
 # Normalised boxes may poke slightly outside [0, 1]: COCO boxes are sometimes a pixel larger than the image.
@@ -58,7 +58,7 @@ class RecordError(PaDTError):
 
 @dataclass
 class ObjectRecord:
-    """One grounded object of a record (padt-method.md §6.3)."""
+    """One grounded object of a record (docs/method.md §9.2)."""
 
     bbox: list[float]
     patches: list[int] = field(default_factory=list)

@@ -6,10 +6,10 @@ A :class:`Scene` holds 1 to 8 objects. Each object is a shape (:data:`SHAPES`) i
 and a size (:data:`SIZES`), drawn at a random position on a noisy, textured background whose sides are drawn
 from :func:`image_sides`. Objects are painted in order, later ones on top, so they overlap and occlude each
 other; an object's ``mask`` holds its *visible* pixels, and an object left with too little visible area (or no
-foreground patch, padt-method.md §6.5 rule 4) is not painted at all. Masks are exact: the painted pixels are
+foreground patch, docs/method.md §9.3 rule 4) is not painted at all. Masks are exact: the painted pixels are
 the rasterised polygon, without anti-aliasing.
 
-:func:`scene_records` writes the records of one scene in the reference schema (padt-method.md §6.1) with the
+:func:`scene_records` writes the records of one scene in the reference schema (docs/method.md §9.1) with the
 reference prompts of :mod:`padt.prompts`:
 
 - REC/RES (``task: "refering"``): one lowercased expression that identifies exactly one object: attributes
@@ -75,7 +75,7 @@ RELATIONS: tuple[str, ...] = ("above", "below", "to the left of", "to the right 
 SPATIAL_MARGIN = 8.0
 
 TASK_CHOICES: tuple[str, ...] = ("rec", "res", "ovd", "ric", "all")
-# RES shares REC's records (padt-method.md §4.4), so a mixed dataset cycles over these three.
+# RES shares REC's records (docs/method.md §5.2), so a mixed dataset cycles over these three.
 MIXED_TASKS: tuple[str, ...] = ("rec", "ovd", "ric")
 RECORDS_FILE = "records.jsonl"
 SETTINGS_FILE = "synthetic.json"
@@ -97,7 +97,7 @@ class SceneObject:
         shape, colour, size: names from :data:`SHAPES`, :data:`COLOURS`, :data:`SIZES`.
         mask: ``(H, W)`` bool, the object's visible pixels.
         box: pixel ``(x1, y1, x2, y2)`` of ``mask``, with exclusive ``x2``/``y2`` (pixel edges, as COCO).
-        patches: sorted foreground merged-patch indices of ``mask`` (padt-method.md §6.5).
+        patches: sorted foreground merged-patch indices of ``mask`` (docs/method.md §9.3).
         occluders: indices (in :attr:`Scene.objects`) of the objects painted over part of this one.
     """
 
@@ -258,7 +258,7 @@ def _box_of(mask: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def _foreground_patches(mask: np.ndarray) -> tuple[int, ...]:
-    """Foreground merged-patch indices of a full-resolution mask (padt-method.md §6.5).
+    """Foreground merged-patch indices of a full-resolution mask (docs/method.md §9.3).
 
     The rule has exactly one implementation, in :mod:`padt.data.patches`; it is imported on first use so that
     importing this module stays light.
@@ -612,7 +612,7 @@ def ric_caption(scene: Scene) -> tuple[str, list[int]]:
 
 # ---------------------------------------------------------------------------------------------- records
 def object_record(scene: Scene, obj: SceneObject, label: str) -> dict:
-    """An object in the record schema (padt-method.md §6.3): normalised xyxy box, COCO RLE, patches."""
+    """An object in the record schema (docs/method.md §9.2): normalised xyxy box, COCO RLE, patches."""
     h, w = scene.height, scene.width
     rle = mask_utils.encode(np.asfortranarray(obj.mask.astype(np.uint8)))
     x1, y1, x2, y2 = obj.box

@@ -1,6 +1,6 @@
 """Caption metrics for referring image captioning (RIC): CIDEr-D, BLEU-4, METEOR and ROUGE-L.
 
-The reference releases no RIC evaluation (padt-method.md §7.4); these are the COCO caption toolkit's
+The reference releases no RIC evaluation (docs/method.md §10.4); these are the COCO caption toolkit's
 (pycocoevalcap) scorers behind its Stanford PTB tokenizer, the usual way the paper's Table 4 columns are
 computed. pycocoevalcap's ``Cider`` scorer is CIDEr-D (clipped n-gram counts, length penalty σ = 6).
 Tokenising and METEOR run Java; without Java this module raises :class:`PaDTError`, and if METEOR alone

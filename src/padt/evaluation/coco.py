@@ -1,4 +1,4 @@
-"""COCO box mAP for open-vocabulary detection (padt-method.md §7.2).
+"""COCO box mAP for open-vocabulary detection (docs/method.md §10.3).
 
 :func:`coco_bbox_map` scores a COCO results list against COCO ground truth with faster-coco-eval, which
 reproduces pycocotools' ``COCOeval`` numbers. Two ground truths are possible:
@@ -90,7 +90,7 @@ def results_from_named(
     """Map ``{"image_id", "category": name, "bbox", "score"}`` predictions to category ids.
 
     ``category.lower()`` must equal a category name exactly, otherwise the prediction is dropped
-    (padt-method.md §7.2). Returns ``(results, number_dropped)``. Predictions with a ``category_id`` pass
+    (docs/method.md §10.3). Returns ``(results, number_dropped)``. Predictions with a ``category_id`` pass
     through unchanged.
     """
     by_name = {str(c["name"]): c["id"] for c in categories}
@@ -111,7 +111,7 @@ def results_from_named(
 
 
 def rebuild_coco_gt(records: Iterable[Record], official: Mapping[str, Any]) -> dict[str, Any]:
-    """The reference's OVD ground truth built from preprocessed val records (padt-method.md §7.2).
+    """The reference's OVD ground truth built from preprocessed val records (docs/method.md §10.3).
 
     Each record object becomes an annotation: category id by name, bbox = the normalised xyxy box times the
     official image size, rounded to integer pixels, as xywh; ``iscrowd`` and ``area`` copied. The image and

@@ -55,7 +55,7 @@ _RANK_FILE = re.compile(r"predictions\.rank(\d+)\.jsonl")
 
 
 def _family(task: str) -> str:
-    """RES is scored on REC's records (padt-method.md §4.4)."""
+    """RES is scored on REC's records (docs/method.md §5.2)."""
     return "rec" if task in ("rec", "res") else task
 
 
@@ -411,7 +411,7 @@ def predict_shard(
 
 
 def read_vlmr1_index(path: str | os.PathLike) -> list[str]:
-    """Paper keys of a VLM-R1 ``rec_jsons_processed/{split}.json`` index file (padt-method.md §7.3).
+    """Paper keys of a VLM-R1 ``rec_jsons_processed/{split}.json`` index file (docs/method.md §10.5).
 
     The file is a JSON list (or JSONL) of entries with ``image`` (a COCO file name or path such as
     ``COCO_train2014_000000123456.jpg``) and ``normal_caption``; the key is the image id parsed from the file
@@ -544,7 +544,7 @@ def score_predictions(
     reference's keyed scoring; ``index_file`` (VLM-R1's, :func:`read_vlmr1_index`) restricts it to the keys
     the paper's numbers use. OVD: with ``coco``, the official annotation file, predictions are scored against
     its annotations (the standard number), or with ``rebuilt_gt`` against the reference's ground truth rebuilt
-    from the records (§7.2) with its image and category lists; without ``coco`` only the rebuilt ground truth
+    from the records (§10.3) with its image and category lists; without ``coco`` only the rebuilt ground truth
     exists, its lists taken from the records (:func:`ovd_official_from_records`).
     """
     from padt.evaluation.score import score_ovd, score_rec, score_res, score_ric

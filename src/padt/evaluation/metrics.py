@@ -9,12 +9,12 @@ model produced them; an empty list is a miss. Metrics are fractions in ``[0, 1]`
 - ``acc@0.5``, ``acc@0.75``: the fraction of queries whose *first* predicted box has IoU ≥ 0.5 / 0.75 with
   the ground truth. A REC answer names one object, so the first one is the answer.
 - ``acc@0.5_best``: the fraction whose *best* predicted box (max IoU over all objects) reaches 0.5, as the
-  reference scores it (padt-method.md §7.3). It is never below ``acc@0.5``.
+  reference scores it (docs/method.md §10.1). It is never below ``acc@0.5``.
 
 **RES** (one ground-truth mask per query; :func:`res_metrics`), with the first predicted mask:
 
 - ``miou``: mean over queries of ``|P∩G| / |P∪G|``. This is what the reference prints as "cIoU"
-  (padt-method.md §7.3); other papers call it gIoU or mIoU.
+  (docs/method.md §10.2); other papers call it gIoU or mIoU.
 - ``ciou``: cumulative IoU ``Σ|P∩G| / Σ|P∪G|`` over the dataset, the standard cIoU.
 
 **RIC grounding** (several objects per caption; :func:`ric_grounding_metrics`). The paper does not define
@@ -26,7 +26,7 @@ its GreedyPrecision/GreedyRecall, so here they are:
 - ``greedy_precision`` = Σ matched / Σ predicted objects, ``greedy_recall`` = Σ matched / Σ ground-truth
   objects, summed over the dataset (micro average); a zero denominator gives 0.
 
-**Paper protocol** (:func:`paper_rec_res_metrics`, padt-method.md §7.3): queries are keyed by
+**Paper protocol** (:func:`paper_rec_res_metrics`, docs/method.md §10.5): queries are keyed by
 ``"{image_id}_{sentence}"`` and a prediction counts for a key when the model echoed the sentence exactly
 (after stripping spaces); duplicate sentences of an image collapse to one key; over several predicted objects
 the max IoU is taken (for boxes and masks separately); boxes are rounded to integer pixels; ground-truth keys
@@ -194,7 +194,7 @@ class GroundedObject:
 
 
 def paper_key(image_id: int | str, sentence: str) -> str:
-    """The reference's query key ``"{image_id}_{sentence}"`` (padt-method.md §7.3); the sentence is stripped."""
+    """The reference's query key ``"{image_id}_{sentence}"`` (docs/method.md §10.5); the sentence is stripped."""
     return f"{image_id}_{sentence.strip()}"
 
 

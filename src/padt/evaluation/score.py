@@ -256,7 +256,8 @@ def _paper(
 ) -> dict[str, Any]:
     from padt.evaluation.metrics import GroundedObject, paper_key, paper_rec_res_metrics
 
-    # Later records with the same (image, sentence) overwrite earlier ones, as in the reference (§7.3).
+    # Later records with the same (image, sentence) overwrite earlier ones, as in the reference
+    # (docs/method.md §10.5).
     gt: dict[str, GroundedObject] = {}
     for rec in records:
         obj = rec.objects[0]

@@ -1,4 +1,4 @@
-"""One PaDT training step's data and losses (padt-method.md §5.2-§5.6), independent of any trainer.
+"""One PaDT training step's data and losses (docs/method.md §8.1-§8.5), independent of any trainer.
 
 - :class:`PaDTCollator` turns records into a prompt batch (images, chat template, left padding) plus, per
   object, what the losses need that does not change from step to step: its image, its foreground patches on
@@ -85,7 +85,7 @@ class PaDTCollator:
             processor settings); ``"recompute"`` derives it from the mask (or box) on the actual grid, which
             is always right and costs a resize per object.
         with_masks: build mask targets (set False when the mask losses are off).
-        strict_patches: RefCOCO's ``>`` coverage test when recomputing (§6.5).
+        strict_patches: RefCOCO's ``>`` coverage test when recomputing (§9.3).
     """
 
     def __init__(
@@ -167,18 +167,20 @@ class PaDTCollator:
                 [x1 * w, y1 * h, x2 * w, y2 * h], (h, w), grid_hw, strict=self.strict_patches
             )
         if not patches:
-            raise PaDTError(f"{where}: the object covers no image patch; drop it from the record (§6.5)")
+            raise PaDTError(
+                f"{where}: the object covers no image patch; drop it from the record (docs/method.md §9.3)"
+            )
         return patches
 
 
 @dataclass
 class StepOptions:
-    """Per-step PaDT options (padt-method.md §5.2, §5.4, §5.5).
+    """Per-step PaDT options (docs/method.md §8.1, §8.3, §8.4).
 
     Attributes:
         vrts_per_object: VRTs drawn per object per step (5; ``-1`` = every foreground patch).
         random_select: draw at random (True) or one per centre/left/top/right/bottom group (False).
-        robust_loss: leave the object's other foreground VRTs out of the softmax (§5.4); False = plain CE.
+        robust_loss: leave the object's other foreground VRTs out of the softmax (§8.3); False = plain CE.
         answer_format: ``"vrt"`` (PaDT) or ``"text"`` (``[x1,y1,x2,y2]`` coordinates, no decoder).
     """
 
@@ -266,7 +268,7 @@ def padt_loss(
         rng: VRT sampling source(s).
         options: :class:`StepOptions`.
         criterion: the weighted losses (default: all terms, weight 1).
-        warmup: feed the decoder the ground-truth VRT prototypes instead of the LLM's states (§5.5).
+        warmup: feed the decoder the ground-truth VRT prototypes instead of the LLM's states (§8.4).
     """
     options = options or StepOptions()
     criterion = criterion or PaDTCriterion()

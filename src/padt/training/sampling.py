@@ -1,8 +1,8 @@
-"""Which VRTs name an object in a training completion (padt-method.md §5.2).
+"""Which VRTs name an object in a training completion (docs/method.md §8.1).
 
 Every step, each object of a sample is written as a run of VRTs drawn afresh from its foreground patches
-(§6.5), and its ``<|Obj_k|>`` placeholder in the answer template is replaced by that run. Drawing anew each
-step, together with the robust token loss (§5.4), teaches the model that any foreground patch names the
+(§9.3), and its ``<|Obj_k|>`` placeholder in the answer template is replaced by that run. Drawing anew each
+step, together with the robust token loss (§8.3), teaches the model that any foreground patch names the
 object.
 
 Randomness comes from an explicit ``numpy`` generator. A ``numpy.random.RandomState`` seeded like the
@@ -45,16 +45,16 @@ def sample_foreground_vrts(
             ``num < 0``: every foreground patch, in index order.
         random_select: ``False`` selects by position instead (the reference's ``random_select_patch=False``):
             one random patch each from the patches nearest the centroid, the left-most column, the top row,
-            the right-most column and the bottom row, in that order (always 5; ``num`` is not used). §5.2
-            names these five groups without saying how "centre" is found; here it is the cells nearest the
-            centroid of the object's cells.
+            the right-most column and the bottom row, in that order (always 5; ``num`` is not used). The
+            reference names these five groups without saying how "centre" is found; here it is the cells
+            nearest the centroid of the object's cells.
         grid_cols: columns of the merged grid, needed for ``random_select=False``. The reference uses
             ``round(image_width / 28)``, which is wrong when the processor resized the image; pass the real
             grid width.
     """
     patches = [int(p) for p in foreground_patches]
     if not patches:
-        raise PaDTError("an object has no foreground patch; drop it from the sample (padt-method.md §6.5)")
+        raise PaDTError("an object has no foreground patch; drop it from the sample (docs/method.md §9.3)")
     if not random_select:
         if grid_cols is None or grid_cols <= 0:
             raise PaDTError("selecting VRTs by position needs grid_cols, the merged grid's width")
@@ -90,7 +90,7 @@ def fill_answer_template(
         answer_template: the record's answer with ``<|Obj_k|>`` placeholders.
         vrt_runs: per object ``k``, the local VRT indices to write (``id - V``: the patch index, plus the
             image's offset within the sample when a sample has several images). A run is written as
-            consecutive ``<|VRT_i|>`` strings with nothing between them (§4.2). A string is written as it is
+            consecutive ``<|VRT_i|>`` strings with nothing between them (§3.3). A string is written as it is
             (how the text-coordinate baseline, :mod:`padt.text_boxes`, refers to objects).
         eos: appended after the answer (the tokenizer's eos, ``<|im_end|>``); ``None`` appends nothing.
     """
