@@ -1,4 +1,4 @@
-"""Training (padt-method.md §5): config, the collator and per-step loss, resume, LoRA, two processes, overfitting.
+"""Training (docs/method.md §8): config, the collator and per-step loss, resume, LoRA, two processes, overfitting.
 
 Everything runs a tiny model on 112-px synthetic scenes with one torch thread (two cores are shared here), so
 the whole file takes a couple of minutes on a CPU.
@@ -32,7 +32,7 @@ from padt.modeling import PaDTForConditionalGeneration
 from padt.processing import PaDTProcessor
 from padt.testing import tiny_model, tiny_processor
 from padt.training.batch import PaDTCollator, StepOptions, build_completions, padt_loss
-from padt.training.config import load_config
+from padt.training.config import ComponentsSection, load_config
 from padt.training.trainer import (
     PaDTTrainer,
     apply_components,
@@ -96,15 +96,15 @@ def test_overrides_parse_types_and_nested_keys(tmp_path):
         "resume=false",
         "training.run_name=my run",
     )
-    assert config["training"]["max_steps"] == 100
-    assert config["padt"]["robust_loss"] is False
-    assert config["training"]["learning_rate"] == pytest.approx(3e-5)  # YAML 1.1 reads 3e-5 as a string
-    assert config["lora"] == {"r": 8, "alpha": 32, "dropout": 0.05}  # merged into the defaults
-    assert config["training"]["fsdp_config"] == {"min_num_params": 5}
-    assert config["model"]["tiny"] == {"hidden_size": 32}
-    assert config["data"]["train"] == [{"records": str(tmp_path / "r.jsonl")}]
-    assert config["components"] == {"vision": "freeze", "llm": "train", "decoder": "train"}
-    assert (config["seed"], config["resume"], config["training"]["run_name"]) == (7, False, "my run")
+    assert config.training.max_steps == 100
+    assert config.padt.robust_loss is False
+    assert config.training.learning_rate == pytest.approx(3e-5)  # YAML 1.1 reads 3e-5 as a string
+    assert config.lora.model_dump() == {"r": 8, "alpha": 32, "dropout": 0.05}  # merged into the defaults
+    assert config.training.fsdp_config == {"min_num_params": 5}
+    assert config.model.tiny.model_dump(exclude_none=True) == {"hidden_size": 32, "decoder_init": "reference"}
+    assert [s.records for s in config.data.train] == [str(tmp_path / "r.jsonl")]
+    assert config.components.model_dump() == {"vision": "freeze", "llm": "train", "decoder": "train"}
+    assert (config.seed, config.resume, config.training.run_name) == (7, False, "my run")
     # YAML reads `no` as false; the *_strategy fields still get transformers' "no".
     args = training_arguments(
         make_config(tmp_path / "r.jsonl", tmp_path / "run", "training.save_strategy=no")
@@ -115,12 +115,27 @@ def test_overrides_parse_types_and_nested_keys(tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("bogus.key=1", "unknown section(s) ['bogus']"),
-        ("components.llm=half", "components.llm must be train, freeze or lora, got 'half'"),
-        ("components.audio=train", "unknown component 'audio'"),
+        ("bogus.key=1", "unknown key 'bogus'; known keys: model, processor, data"),
+        ("components.llm=half", "components.llm: Input should be 'train', 'freeze' or 'lora', got 'half'"),
+        ("components.audio=train", "unknown key 'components.audio'; known keys: vision, llm, decoder"),
         ("training.output_dir=", "set training.output_dir"),
-        ("padt.answer_format=xml", "padt.answer_format must be vrt or text"),
-        ("model.dtype=int8", "model.dtype must be fp32, bf16 or fp16"),
+        ("padt.answer_format=xml", "padt.answer_format: Input should be 'vrt' or 'text', got 'xml'"),
+        ("model.dtype=int8", "model.dtype: Input should be 'fp32', 'bf16' or 'fp16', got 'int8'"),
+        ("padt.robust_los=true", "unknown key 'padt.robust_los'; did you mean 'robust_loss'?"),
+        ("lora.rr=4", "unknown key 'lora.rr'; did you mean 'r'?"),
+        ("processor.max_pixel=100", "unknown key 'processor.max_pixel'; did you mean 'max_pixels'?"),
+        ("training.max_steps=abc", "training.max_steps: Input should be a valid integer"),
+        ("training.learning_rate=-1", "training.learning_rate must be > 0, got -1.0"),
+        ("training.warmup_steps=-3", "training.warmup_steps must be >= 0, got -3"),
+        (
+            "training.leaning_rate=1",
+            "not a transformers TrainingArguments field; did you mean 'learning_rate'?",
+        ),
+        ("padt.robust_loss=maybe", "padt.robust_loss: Input should be a valid boolean"),
+        ("padt.vrts_per_object=0", "padt.vrts_per_object: must be a positive number of VRTs, or -1"),
+        ("padt.loss_weights={loss_tokn: 1}", "unknown loss term 'loss_tokn'; did you mean 'loss_token'?"),
+        ("generation.vrt_repeat_penalty=-1", "vrt_repeat_penalty must be a number >= 0"),
+        ("resume=maybe", "resume: Input should be 'auto', True or False, got 'maybe'"),
     ],
 )
 def test_config_errors_are_one_line(tmp_path, override, message):
@@ -156,13 +171,15 @@ def test_cli_print_config_and_errors(tmp_path, capsys, monkeypatch):
         == 0
     )
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["training"] == {"output_dir": str(tmp_path / "o"), "max_steps": 9}
+    # The resolved config shows PaDT's training defaults next to what was set.
+    assert printed["training"]["output_dir"] == str(tmp_path / "o") and printed["training"]["max_steps"] == 9
+    assert printed["training"]["learning_rate"] == 2e-5 and printed["training"]["save_steps"] == 100
     assert printed["padt"]["vrts_per_object"] == 3 and printed["resume"] is False
 
     for argv, message in [
         (["train", "--config", str(tmp_path / "none.yaml")], "config file not found"),
         (["train", "--config", str(config), "padt.robust_loss"], "cannot read override 'padt.robust_loss'"),
-        (["train", "--config", str(config), "components.llm=maybe"], "components.llm must be"),
+        (["train", "--config", str(config), "components.llm=maybe"], "components.llm: Input should be"),
         (["train", "--config", str(config)], "training records not found"),
         (["train", "--config", str(config), "training.no_such_field=1"], "training.no_such_field is not a"),
     ]:
@@ -396,7 +413,7 @@ def test_every_parameter_belongs_to_a_component_and_freezing_follows_it():
     model = tiny_model(seed=0, hidden_size=32, decoder_ordering="raster", image_position_code=True)
     names = [n for n, _ in model.named_parameters()]
     assert "image_position.weight" in names
-    frozen = apply_components(model, {"vision": "freeze", "llm": "train", "decoder": "train"}, {})
+    frozen = apply_components(model, ComponentsSection(vision="freeze"))
     trainable = {n for n, p in frozen.named_parameters() if p.requires_grad}
     vision = {n for n in names if n.startswith("model.visual.")} | {"image_position.weight"}
     assert trainable == set(names) - vision

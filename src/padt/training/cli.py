@@ -25,8 +25,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import yaml
-
     from padt.training.config import load_config
 
     overrides = list(args.overrides)
@@ -38,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.append("resume=false")
     config = load_config(args.config, overrides)
     if args.print_config:
-        print(yaml.safe_dump(config, sort_keys=False))
+        print(config.to_yaml())
         return 0
     from padt.training.trainer import train
 

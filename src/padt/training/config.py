@@ -1,6 +1,8 @@
-"""``padt train`` configuration: one YAML file, every key overridable from the command line.
+"""``padt train`` configuration: one YAML file, one typed schema, every key overridable from the command line.
 
-A config has six sections (all optional except ``data`` and ``training.output_dir``)::
+The schema below is the only place where the training defaults are written. A config is validated as a whole
+before anything heavy starts: an unknown key is refused with the closest known one ("did you mean ..."), a bad
+value with the key and what it allows. Sections (all optional except ``data`` and ``training.output_dir``)::
 
     model:       {path: PATH, init_padt_modules: false, dtype: fp32|bf16|fp16}    # a checkpoint, or
                  {tiny: {hidden_size: 128, ...}}                                  # a fresh tiny model
@@ -21,54 +23,276 @@ Overrides are ``dotted.key=value`` pairs with YAML values: ``training.max_steps=
 
 from __future__ import annotations
 
-import copy
+import dataclasses
+import difflib
 import re
+import typing
 from collections.abc import Mapping, Sequence
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveInt,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from padt.errors import PaDTError
+from padt.training.batch import StepOptions
 
-SECTIONS = (
-    "model",
-    "processor",
-    "data",
-    "padt",
-    "components",
-    "lora",
-    "training",
-    "generation",
-    "seed",
-    "resume",
-)
 COMPONENTS = ("vision", "llm", "decoder")
-COMPONENT_MODES = ("train", "freeze", "lora")
+ComponentMode = Literal["train", "freeze", "lora"]
 
-DEFAULTS: dict[str, Any] = {
-    "model": {"dtype": "fp32", "init_padt_modules": False},
-    "processor": {},
-    "data": {},
-    "padt": {
-        "vrts_per_object": 5,
-        "random_select": True,
-        "robust_loss": True,
-        "answer_format": "vrt",
-        "warmup_steps": 300,
-        "patches": "record",
-        "strict_patches": False,
-        "loss_weights": {},
-    },
-    "components": dict.fromkeys(COMPONENTS, "train"),
-    "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
-    "training": {},
-    "generation": {},
-    "seed": 42,
-    "resume": "auto",
+
+class _Section(BaseModel):
+    """A config section: unknown keys are errors, values are checked when set."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModelSpec(_Section):
+    """A fresh, randomly initialised small PaDT (real Qwen2.5-VL geometry, small widths). Keys left out take the
+    tiny model factory's defaults."""
+
+    hidden_size: PositiveInt | None = None
+    num_hidden_layers: PositiveInt | None = None
+    vision_hidden_size: PositiveInt | None = None
+    vision_depth: PositiveInt | None = None
+    vision_num_heads: PositiveInt | None = None
+    tie_word_embeddings: bool | None = None
+    use_visual_prototype_projection: bool | None = None
+    decoder_ordering: Literal["reference", "raster"] | None = None
+    decoder_absolute_position: bool | None = None
+    image_position_code: bool | None = None
+    #: ``torch``: PyTorch's default init for the decoder's linear layers (a tiny decoder barely learns from the
+    #: reference's N(0, 0.02) within a CPU budget).
+    decoder_init: Literal["reference", "torch"] = "reference"
+    #: weight seed; default: the config's ``seed``.
+    seed: int | None = None
+
+
+class ModelSection(_Section):
+    path: str | None = None
+    tiny: TinyModelSpec | None = None
+    init_padt_modules: bool = False
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSection:
+        if (self.path is None) == (self.tiny is None):
+            raise ValueError(
+                "needs exactly one of model.path (a checkpoint) or model.tiny (a fresh tiny model)"
+            )
+        return self
+
+
+class ProcessorSection(_Section):
+    min_pixels: PositiveInt | None = None
+    max_pixels: PositiveInt | None = None
+
+
+class RecordSource(_Section):
+    records: str
+    image_root: str | None = None
+
+
+class SyntheticData(_Section):
+    """A synthetic dataset generated on first use (``padt.data.synthetic.generate_dataset``)."""
+
+    task: Literal["rec", "res", "ovd", "ric", "all"] = "all"
+    n: PositiveInt
+    seed: NonNegativeInt = 0
+    out: str | None = None
+    min_size: PositiveInt | None = None
+    max_size: PositiveInt | None = None
+    max_objects: PositiveInt | None = None
+    refs_per_scene: PositiveInt | None = None
+
+
+class DataSection(_Section):
+    train: list[RecordSource] = Field(default_factory=list)
+    synthetic: SyntheticData | None = None
+
+    @model_validator(mode="after")
+    def _some_data(self) -> DataSection:
+        if not self.train and self.synthetic is None:
+            raise ValueError("no training data; set data.train (record files) or data.synthetic")
+        return self
+
+
+class PaDTSection(_Section):
+    """What PaDT adds to a training step (the defaults of :class:`~padt.training.batch.StepOptions`, which are
+    the reference's)."""
+
+    vrts_per_object: int = StepOptions.vrts_per_object  # -1 = every foreground patch
+    random_select: bool = StepOptions.random_select
+    robust_loss: bool = StepOptions.robust_loss
+    answer_format: Literal["vrt", "text"] = StepOptions.answer_format
+    warmup_steps: NonNegativeInt = 300
+    patches: Literal["record", "recompute"] = "record"
+    strict_patches: bool = False
+    loss_weights: dict[str, NonNegativeFloat] = Field(default_factory=dict)
+
+    @field_validator("vrts_per_object")
+    @classmethod
+    def _vrts(cls, value: int) -> int:
+        if value == 0 or value < -1:
+            raise ValueError("must be a positive number of VRTs, or -1 for every foreground patch")
+        return value
+
+    @field_validator("loss_weights")
+    @classmethod
+    def _terms(cls, value: dict[str, float]) -> dict[str, float]:
+        from padt.losses import LOSS_TERMS
+
+        for name in value:
+            if name not in LOSS_TERMS:
+                raise ValueError(f"unknown loss term {name!r}{_did_you_mean(name, LOSS_TERMS)}")
+        return value
+
+
+class ComponentsSection(_Section):
+    vision: ComponentMode = "train"
+    llm: ComponentMode = "train"
+    decoder: ComponentMode = "train"
+
+    @model_validator(mode="after")
+    def _something_trains(self) -> ComponentsSection:
+        if all(getattr(self, c) == "freeze" for c in COMPONENTS):
+            raise ValueError("every component is frozen; set at least one of components.* to train or lora")
+        return self
+
+
+class LoraSection(_Section):
+    r: PositiveInt = 16
+    alpha: PositiveInt = 32
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+
+
+# transformers TrainingArguments fields whose values PaDT constrains further (the rest are checked against the
+# field's own type only).
+_TRAINING_RANGES: dict[str, tuple[str, float]] = {
+    "learning_rate": ("gt", 0.0),
+    "per_device_train_batch_size": ("ge", 1),
+    "gradient_accumulation_steps": ("ge", 1),
+    "num_train_epochs": ("gt", 0.0),
+    "warmup_steps": ("ge", 0),
+    "warmup_ratio": ("ge", 0.0),
+    "weight_decay": ("ge", 0.0),
+    "max_grad_norm": ("ge", 0.0),
+    "save_steps": ("gt", 0),
+    "logging_steps": ("gt", 0),
+    "dataloader_num_workers": ("ge", 0),
+    "save_total_limit": ("ge", 1),
 }
 
 
+class TrainingSection(_Section):
+    """transformers ``TrainingArguments``, with PaDT's defaults (the reference's where they suit any machine)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    output_dir: str
+    learning_rate: float = 2e-5
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    logging_steps: float = 10
+    save_steps: float = 100
+    per_device_train_batch_size: int = 4
+    dataloader_num_workers: int = 0
+    #: default: TensorBoard when it is installed, plus W&B when installed and ``WANDB_PROJECT`` is set.
+    report_to: str | list[str] | None = None
+    #: The decoder runs after the model's forward (padt_loss), so DDP's search for unused parameters at the
+    #: end of the forward would mark its parameters ready before their gradients exist.
+    ddp_find_unused_parameters: bool = False
+
+    @field_validator("output_dir")
+    @classmethod
+    def _output_dir(cls, value: str) -> str:
+        if not str(value).strip():
+            raise ValueError("set training.output_dir (where checkpoints and the final model go)")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strategies(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):  # YAML 1.1 reads `save_strategy: no` as false
+            data = {k: ("no" if k.endswith("_strategy") and v is False else v) for k, v in data.items()}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainingSection:
+        fields = _training_argument_types()
+        for name, value in {**self.__dict__, **(self.__pydantic_extra__ or {})}.items():
+            if name not in fields:
+                raise ValueError(
+                    f"training.{name} is not a transformers TrainingArguments field{_did_you_mean(name, fields)}"
+                )
+            if name in (self.__pydantic_extra__ or {}):
+                try:
+                    value = TypeAdapter(fields[name]).validate_python(value)
+                except ValidationError as error:
+                    raise ValueError(f"training.{name}: {_first_message(error)}, got {value!r}") from None
+                self.__pydantic_extra__[name] = value
+            if name in _TRAINING_RANGES and value is not None:
+                op, bound = _TRAINING_RANGES[name]
+                if not (value > bound if op == "gt" else value >= bound):
+                    sign = ">" if op == "gt" else ">="
+                    raise ValueError(f"training.{name} must be {sign} {bound:g}, got {value!r}")
+        if self.__pydantic_extra__ and self.__pydantic_extra__.get("max_steps") == 0:
+            raise ValueError("training.max_steps must be positive (or -1 to train num_train_epochs)")
+        return self
+
+    def arguments(self) -> dict[str, Any]:
+        """Keyword arguments for ``TrainingArguments``."""
+        return self.model_dump(exclude_none=True) | {"remove_unused_columns": False}
+
+
+class TrainConfig(_Section):
+    model: ModelSection
+    processor: ProcessorSection = Field(default_factory=ProcessorSection)
+    data: DataSection
+    padt: PaDTSection = Field(default_factory=PaDTSection)
+    components: ComponentsSection = Field(default_factory=ComponentsSection)
+    lora: LoraSection = Field(default_factory=LoraSection)
+    training: TrainingSection
+    #: generation_config fields written into the final model (e.g. ``vrt_repeat_penalty``).
+    generation: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 42
+    resume: Literal["auto", True, False] = "auto"
+
+    @field_validator("generation")
+    @classmethod
+    def _generation(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from transformers import GenerationConfig
+
+        known = set(GenerationConfig().to_dict()) | {"vrt_repeat_penalty"}
+        for name in value:
+            if name not in known:
+                raise ValueError(f"unknown generation_config field {name!r}{_did_you_mean(name, known)}")
+        penalty = value.get("vrt_repeat_penalty")
+        if penalty is not None and not (isinstance(penalty, (int, float)) and penalty >= 0):
+            raise ValueError(f"vrt_repeat_penalty must be a number >= 0 (0: off), got {penalty!r}")
+        return value
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+
+SECTIONS = tuple(TrainConfig.model_fields)
+
+
+# ------------------------------------------------------------------------------------------------ loading
 _SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
 
@@ -83,14 +307,59 @@ def _numbers(value: Any) -> Any:
     return value
 
 
-def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+@cache
+def _training_argument_types() -> dict[str, Any]:
+    from transformers import TrainingArguments
+
+    hints = typing.get_type_hints(TrainingArguments)
+    return {f.name: hints[f.name] for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+def _did_you_mean(name: str, known: Any) -> str:
+    known = [str(k) for k in known]
+    close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f"; known keys: {', '.join(known)}" if 0 < len(known) <= 12 else ""
+
+
+def _first_message(error: ValidationError) -> str:
+    first = error.errors()[0]
+    return str(first.get("msg", "")).removeprefix("Value error, ")
+
+
+def _describe(error: ValidationError) -> str:
+    """One line for the first problem: the dotted key, then what is wrong."""
+    first = error.errors()[0]
+    loc = [str(p) for p in first.get("loc", ())]
+    msg = str(first.get("msg", "")).removeprefix("Value error, ")
+    key = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc).lstrip(".")
+    if first.get("type") == "extra_forbidden" and loc:
+        section = _section_fields(loc[:-1])
+        return f"unknown key {key!r}{_did_you_mean(loc[-1], section)}"
+    if first.get("type") == "missing":
+        return f"{key} is required"
+    if first.get("type") == "literal_error":
+        return f"{key}: {msg}, got {first.get('input')!r}"
+    if msg.startswith(("training.", "set training.", "needs ", "no training", "every component")) or not key:
+        return msg
+    if "got " in msg or "input" not in first:
+        return f"{key}: {msg}"
+    return f"{key}: {msg}, got {first.get('input')!r}"
+
+
+def _section_fields(path: Sequence[str]) -> list[str]:
+    model: Any = TrainConfig
+    for part in (p for p in path if not p.isdigit()):
+        field = (
+            model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        )
+        if field is None:
+            return []
+        model = next(
+            (a for a in typing.get_args(field.annotation) or (field.annotation,) if isinstance(a, type)), None
+        )
+    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -108,8 +377,16 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), parsed
 
 
-def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """The config at ``path`` (or the defaults), with defaults filled in and ``overrides`` applied."""
+def validate_config(raw: Mapping[str, Any], where: str = "config") -> TrainConfig:
+    """The typed config, or a one-line :class:`PaDTError` naming the first problem."""
+    try:
+        return TrainConfig.model_validate(_numbers(dict(raw)))
+    except ValidationError as error:
+        raise PaDTError(f"{where}: {_describe(error)}") from None
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """The config at ``path`` with ``overrides`` applied, validated."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -121,57 +398,12 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> dict[
             raise PaDTError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
         if not isinstance(raw, dict):
             raise PaDTError(f"{path}: the config must be a YAML mapping of sections {', '.join(SECTIONS)}")
-    config = _merge(DEFAULTS, raw)
     for item in overrides:
         keys, value = parse_override(item)
-        node = config
+        node = raw
         for k in keys[:-1]:
             if not isinstance(node.setdefault(k, {}), dict):
                 raise PaDTError(f"override {item!r}: {k!r} is not a section")
             node = node[k]
         node[keys[-1]] = value
-    config = _numbers(config)
-    validate_config(config, where=str(path) if path else "config")
-    return config
-
-
-def validate_config(config: Mapping[str, Any], where: str = "config") -> None:
-    """Raise a one-line :class:`PaDTError` for the first problem found."""
-    unknown = sorted(set(config) - set(SECTIONS))
-    if unknown:
-        raise PaDTError(f"{where}: unknown section(s) {unknown}; known: {', '.join(SECTIONS)}")
-    model = config["model"]
-    if bool(model.get("path")) == bool(model.get("tiny") is not None):
-        raise PaDTError(
-            f"{where}: model needs exactly one of model.path (a checkpoint) or model.tiny (a fresh tiny model)"
-        )
-    if model.get("dtype") not in ("fp32", "bf16", "fp16"):
-        raise PaDTError(f"{where}: model.dtype must be fp32, bf16 or fp16, got {model.get('dtype')!r}")
-    data = config["data"]
-    if not data.get("train") and not data.get("synthetic"):
-        raise PaDTError(f"{where}: no training data; set data.train (record files) or data.synthetic")
-    for i, item in enumerate(data.get("train") or []):
-        if not isinstance(item, Mapping) or "records" not in item:
-            raise PaDTError(f"{where}: data.train[{i}] must be a mapping with 'records' (and 'image_root')")
-    padt = config["padt"]
-    if padt["answer_format"] not in ("vrt", "text"):
-        raise PaDTError(f"{where}: padt.answer_format must be vrt or text, got {padt['answer_format']!r}")
-    if padt["patches"] not in ("record", "recompute"):
-        raise PaDTError(f"{where}: padt.patches must be record or recompute, got {padt['patches']!r}")
-    for name, mode in config["components"].items():
-        if name not in COMPONENTS:
-            raise PaDTError(f"{where}: unknown component {name!r}; known: {', '.join(COMPONENTS)}")
-        if mode not in COMPONENT_MODES:
-            raise PaDTError(f"{where}: components.{name} must be train, freeze or lora, got {mode!r}")
-    if all(mode == "freeze" for mode in config["components"].values()):
-        raise PaDTError(
-            f"{where}: every component is frozen; set at least one of components.* to train or lora"
-        )
-    if not isinstance(config["generation"], Mapping):
-        raise PaDTError(
-            f"{where}: generation must be a mapping of generation_config fields, e.g. vrt_repeat_penalty: 2.0"
-        )
-    if not config["training"].get("output_dir"):
-        raise PaDTError(f"{where}: set training.output_dir (where checkpoints and the final model go)")
-    if config["resume"] not in ("auto", True, False):
-        raise PaDTError(f"{where}: resume must be auto, true or false, got {config['resume']!r}")
+    return validate_config(raw, where=str(path) if path else "config")

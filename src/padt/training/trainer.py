@@ -25,7 +25,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from padt.data.records import Record, read_records
 from padt.errors import PaDTError
-from padt.losses import DEFAULT_LOSS_WEIGHTS, LOSS_TERMS, PaDTCriterion
+from padt.losses import DEFAULT_LOSS_WEIGHTS, PaDTCriterion
 from padt.processing import PaDTProcessor
 from padt.training.batch import (
     DECODER_TERMS,
@@ -35,7 +35,7 @@ from padt.training.batch import (
     padt_loss,
     unwrap_padt,
 )
-from padt.training.config import COMPONENTS
+from padt.training.config import COMPONENTS, ComponentsSection, LoraSection, PaDTSection, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +54,14 @@ COMPONENT_MODULES = {
 
 
 class PaDTTrainer(Trainer):
-    """``Trainer`` whose loss is PaDT's (§5): robust token loss + decoder losses, with named terms logged.
+    """``Trainer`` whose loss is PaDT's (docs/method.md §8): robust token loss + decoder losses, with named terms
+    logged.
 
     Args:
         padt_processor: the model's :class:`PaDTProcessor` (also saved with every checkpoint).
         step_options: :class:`StepOptions` (VRT sampling, robust loss, answer format).
         criterion: :class:`PaDTCriterion` with the loss weights.
-        warmup_steps: optimizer steps during which the decoder sees ground-truth prototypes (§5.5).
+        warmup_steps: optimizer steps during which the decoder sees ground-truth prototypes (§8.4).
         sampling_seed: seed of the VRT sampling streams.
     """
 
@@ -70,8 +71,8 @@ class PaDTTrainer(Trainer):
         padt_processor: PaDTProcessor,
         step_options: StepOptions,
         criterion: PaDTCriterion,
-        warmup_steps: int = 300,
-        sampling_seed: int = 42,
+        warmup_steps: int = PaDTSection().warmup_steps,
+        sampling_seed: int = TrainConfig.model_fields["seed"].default,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("processing_class", padt_processor)
@@ -173,21 +174,22 @@ class PaDTTrainer(Trainer):
 
 
 # ---------------------------------------------------------------------------------------------- building
-def build_model_and_processor(config: Mapping[str, Any]) -> tuple[nn.Module, PaDTProcessor]:
-    """The model and processor named by ``config["model"]`` / ``config["processor"]``."""
+def build_model_and_processor(config: TrainConfig) -> tuple[nn.Module, PaDTProcessor]:
+    """The model and processor named by ``config.model`` / ``config.processor``."""
     from padt.inference import DTYPES
     from padt.modeling import PaDTForConditionalGeneration
 
-    spec, pixels = config["model"], dict(config.get("processor") or {})
-    dtype = DTYPES[spec.get("dtype", "fp32")]
-    if spec.get("tiny") is not None:
+    spec = config.model
+    pixels = config.processor.model_dump(exclude_none=True)
+    dtype = DTYPES[spec.dtype]
+    if spec.tiny is not None:
         from padt.testing import tiny_model, tiny_processor
 
-        kwargs = dict(spec["tiny"] or {})
-        seed = int(kwargs.pop("seed", config.get("seed", 42)))
-        decoder_init = kwargs.pop("decoder_init", "reference")
+        tiny = spec.tiny
+        seed = config.seed if tiny.seed is None else tiny.seed
+        kwargs = tiny.model_dump(exclude_none=True, exclude={"seed", "decoder_init"})
         model = tiny_model(seed=seed, random_prototypes=False, **kwargs).to(dtype)
-        if decoder_init == "torch":
+        if tiny.decoder_init == "torch":
             # PyTorch's default (Kaiming-uniform) init for the decoder's linear layers. At tiny widths the
             # reference's N(0, 0.02) leaves the decoder's output almost independent of its input, and it then
             # barely learns within a CPU budget.
@@ -195,18 +197,16 @@ def build_model_and_processor(config: Mapping[str, Any]) -> tuple[nn.Module, PaD
             for module in model.vl_decoder.modules():
                 if isinstance(module, nn.Linear):
                     module.reset_parameters()
-        elif decoder_init != "reference":
-            raise PaDTError(f"model.tiny.decoder_init must be reference or torch, got {decoder_init!r}")
         processor = PaDTProcessor(tiny_processor(**pixels), model.vocab_size)
     else:
-        path = spec["path"]
+        path = spec.path
         if not Path(path).is_dir():
             raise PaDTError(f"model.path {path!r} is not a folder; point it at a local checkpoint")
         model = PaDTForConditionalGeneration.from_pretrained(
             path,
             dtype=dtype,
-            init_padt_modules=bool(spec.get("init_padt_modules")),
-            attn_implementation=spec.get("attn_implementation", "sdpa"),
+            init_padt_modules=spec.init_padt_modules,
+            attn_implementation=spec.attn_implementation,
         )
         processor = PaDTProcessor.from_pretrained(path, model.vocab_size, **pixels)
     model.config.use_cache = False
@@ -221,9 +221,13 @@ def component_of(name: str) -> str | None:
     return None
 
 
-def apply_components(model: nn.Module, components: Mapping[str, str], lora: Mapping[str, Any]) -> nn.Module:
+def apply_components(
+    model: nn.Module, components: ComponentsSection | None = None, lora: LoraSection | None = None
+) -> nn.Module:
     """Freeze, train or LoRA-adapt each component. Returns the model (a peft model if any is ``lora``)."""
-    modes = {c: components.get(c, "train") for c in COMPONENTS}
+    components = components or ComponentsSection()
+    lora = lora or LoraSection()
+    modes = {c: getattr(components, c) for c in COMPONENTS}
     lora_targets = [
         name
         for name, module in model.named_modules()
@@ -234,9 +238,9 @@ def apply_components(model: nn.Module, components: Mapping[str, str], lora: Mapp
 
         keep = [m for c, mode in modes.items() if mode == "train" for m in COMPONENT_MODULES[c]]
         peft_config = LoraConfig(
-            r=int(lora.get("r", 16)),
-            lora_alpha=int(lora.get("alpha", 32)),
-            lora_dropout=float(lora.get("dropout", 0.05)),
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
             target_modules=lora_targets,
             modules_to_save=keep or None,
             bias="none",
@@ -254,24 +258,24 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in model.parameters() if p.requires_grad), total
 
 
-def build_dataset(config: Mapping[str, Any], output_dir: Path) -> PaDTDataset:
-    """All training records of ``config["data"]`` in one dataset (synthetic data generated on first use)."""
-    data = config["data"]
+def build_dataset(config: TrainConfig, output_dir: Path) -> PaDTDataset:
+    """All training records of ``config.data`` in one dataset (synthetic data generated on first use)."""
+    data = config.data
     datasets: list[tuple[list[Record], Path | None]] = []
-    for item in data.get("train") or []:
-        path = Path(item["records"])
+    for item in data.train:
+        path = Path(item.records)
         if not path.is_file():
             raise PaDTError(f"training records not found: {path}; check data.train[].records")
-        root = Path(item["image_root"]) if item.get("image_root") else path.parent
+        root = Path(item.image_root) if item.image_root else path.parent
         datasets.append((read_records(path), root))
-    if data.get("synthetic"):
+    if data.synthetic is not None:
         from accelerate import PartialState
 
         from padt.data.synthetic import generate_dataset
 
-        spec = dict(data["synthetic"])
+        spec = data.synthetic.model_dump(exclude_none=True)
         folder = Path(spec.pop("out", output_dir / "data"))
-        task, n, seed = spec.pop("task", "all"), int(spec.pop("n")), int(spec.pop("seed", 0))
+        task, n, seed = spec.pop("task"), spec.pop("n"), spec.pop("seed")
         with PartialState().main_process_first():
             summary = generate_dataset(task, n, seed, folder, progress=PartialState().is_main_process, **spec)
         datasets.append((read_records(summary.records_path), folder))
@@ -291,85 +295,54 @@ def build_dataset(config: Mapping[str, Any], output_dir: Path) -> PaDTDataset:
     return PaDTDataset(records)
 
 
-def training_arguments(config: Mapping[str, Any]) -> TrainingArguments:
-    """``TrainingArguments`` from ``config["training"]`` with PaDT's defaults (reference §5.8 where they
-    make sense on any machine)."""
-    args = dict(config["training"])
-    defaults: dict[str, Any] = {
-        "learning_rate": 2e-5,
-        "weight_decay": 0.0,
-        "max_grad_norm": 1.0,
-        "logging_steps": 10,
-        "save_steps": 100,
-        "per_device_train_batch_size": 4,
-        "remove_unused_columns": False,
-        "dataloader_num_workers": 0,
-        "report_to": ["tensorboard"] if importlib.util.find_spec("tensorboard") else [],
-        "seed": int(config.get("seed", 42)),
-        "data_seed": int(config.get("seed", 42)),
-        # The decoder runs after the model's forward (padt_loss), so DDP's search for unused parameters at the
-        # end of the forward would mark its parameters ready before their gradients exist.
-        "ddp_find_unused_parameters": False,
-    }
-    for key, value in defaults.items():
-        args.setdefault(key, value)
-    for key, value in args.items():
-        if key.endswith("_strategy") and value is False:  # YAML 1.1 reads `save_strategy: no` as false
-            args[key] = "no"
-    if (
-        importlib.util.find_spec("wandb")
-        and "wandb" not in args["report_to"]
-        and os.environ.get("WANDB_PROJECT")
-    ):
-        args["report_to"] = [*args["report_to"], "wandb"]
-    args["remove_unused_columns"] = False  # the collator needs the records
+def training_arguments(config: TrainConfig) -> TrainingArguments:
+    """``TrainingArguments`` from ``config.training`` (whose defaults are PaDT's, see
+    :class:`~padt.training.config.TrainingSection`)."""
+    args = config.training.arguments()
+    args.setdefault("seed", config.seed)
+    args.setdefault("data_seed", config.seed)
+    if args.get("report_to") is None:
+        args["report_to"] = ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
+        if importlib.util.find_spec("wandb") and os.environ.get("WANDB_PROJECT"):
+            args["report_to"].append("wandb")
     try:
         return TrainingArguments(**args)
-    except TypeError as error:
-        match = re.search(r"unexpected keyword argument '(\w+)'", str(error))
-        name = match.group(1) if match else str(error)
-        raise PaDTError(f"training.{name} is not a transformers TrainingArguments field") from None
-    except (ValueError, ImportError) as error:
+    except (ValueError, ImportError, TypeError) as error:
         raise PaDTError(
             f"training arguments rejected by transformers: {str(error).splitlines()[0]}"
         ) from None
 
 
-def build_trainer(config: Mapping[str, Any]) -> PaDTTrainer:
+def build_trainer(config: TrainConfig) -> PaDTTrainer:
     """Model, data, collator and trainer for ``config`` (see :mod:`padt.training.config`)."""
     args = training_arguments(config)
-    padt_cfg = config["padt"]
+    padt_cfg = config.padt
     model, processor = build_model_and_processor(config)
     options = StepOptions(
-        vrts_per_object=int(padt_cfg["vrts_per_object"]),
-        random_select=bool(padt_cfg["random_select"]),
-        robust_loss=bool(padt_cfg["robust_loss"]),
-        answer_format=padt_cfg["answer_format"],
+        vrts_per_object=padt_cfg.vrts_per_object,
+        random_select=padt_cfg.random_select,
+        robust_loss=padt_cfg.robust_loss,
+        answer_format=padt_cfg.answer_format,
     )
-    weights = dict(DEFAULT_LOSS_WEIGHTS) | dict(padt_cfg.get("loss_weights") or {})
-    unknown = sorted(set(weights) - set(LOSS_TERMS))
-    if unknown:
-        raise PaDTError(f"padt.loss_weights: unknown terms {unknown}; known: {list(LOSS_TERMS)}")
-    components = dict(config["components"])
+    weights = dict(DEFAULT_LOSS_WEIGHTS) | padt_cfg.loss_weights
+    components = config.components.model_copy()
     if options.answer_format == "text":
         # Text coordinates need no decoder; it stays untouched (and out of the optimizer).
         weights.update(dict.fromkeys(DECODER_TERMS, 0.0))
-        components["decoder"] = "freeze"
+        components.decoder = "freeze"
     model.config.padt_answer_format = options.answer_format
     criterion = PaDTCriterion(weights)
-    model = apply_components(model, components, config.get("lora") or {})
+    model = apply_components(model, components, config.lora)
     trainable, total = count_parameters(model)
     if args.process_index == 0:
-        print(
-            f"padt train: {trainable:,} of {total:,} parameters trainable "
-            f"({', '.join(f'{c}={m}' for c, m in components.items())})"
-        )
+        modes = ", ".join(f"{c}={getattr(components, c)}" for c in COMPONENTS)
+        print(f"padt train: {trainable:,} of {total:,} parameters trainable ({modes})")
     dataset = build_dataset(config, Path(args.output_dir))
     collator = PaDTCollator(
         processor,
-        patches=padt_cfg["patches"],
+        patches=padt_cfg.patches,
         with_masks=criterion.wants("loss_mask_dice", "loss_mask_focal"),
-        strict_patches=bool(padt_cfg.get("strict_patches")),
+        strict_patches=padt_cfg.strict_patches,
     )
     return PaDTTrainer(
         model=model,
@@ -379,8 +352,8 @@ def build_trainer(config: Mapping[str, Any]) -> PaDTTrainer:
         padt_processor=processor,
         step_options=options,
         criterion=criterion,
-        warmup_steps=int(padt_cfg["warmup_steps"]),
-        sampling_seed=int(config.get("seed", 42)),
+        warmup_steps=padt_cfg.warmup_steps,
+        sampling_seed=config.seed,
     )
 
 
@@ -407,12 +380,12 @@ def save_final(
     return out
 
 
-def train(config: Mapping[str, Any]) -> Path:
+def train(config: TrainConfig) -> Path:
     """Train as ``config`` says, resuming from the last checkpoint when asked (``resume: auto`` resumes when
     the output folder has one); returns the folder of the final model."""
     trainer = build_trainer(config)
     out = Path(trainer.args.output_dir)
-    resume = config.get("resume", "auto")
+    resume = config.resume
     last = get_last_checkpoint(os.fspath(out)) if out.is_dir() else None
     if resume is True and last is None:
         raise PaDTError(f"resume: true but {out} holds no checkpoint-*; set resume: auto or false")
@@ -420,7 +393,7 @@ def train(config: Mapping[str, Any]) -> Path:
     if checkpoint and trainer.args.process_index == 0:
         print(f"padt train: resuming from {checkpoint}")
     result = trainer.train(resume_from_checkpoint=checkpoint)
-    final = save_final(trainer, out, config.get("generation"))
+    final = save_final(trainer, out, config.generation)
     if trainer.args.process_index == 0:
         summary = {
             "global_step": trainer.state.global_step,
