@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from padt.cli import main
+from padt.data.synthetic import BUNDLED_SCENES
 from padt.evaluation.driver import evaluate
 from padt.inference import PaDT, default_model
 
-# Fresh scenes: seed 4242 is used neither by the training data (seed 1) nor by the README's evaluation.
-SPEC = "synthetic:n={n},seed=4242,min_size=112,max_size=196,max_objects=6"
+# Fresh scenes from the bundled model's training distribution: seed 4242 is used neither by the training data
+# nor by the README's evaluation.
+SPEC = "synthetic:n={n},seed=4242," + ",".join(
+    f"{k}={v}" for k, v in dataclasses.asdict(BUNDLED_SCENES).items()
+)
 SCENES = 24
 # Measured on 500 fresh scenes per task (README): REC acc@0.5 0.53, RES mIoU 0.47, OVD boxes on an object
 # 0.85 (mAP 0.009: the model rarely names the shape right), RIC greedy recall 0.72. The thresholds leave a
@@ -43,6 +49,16 @@ def test_bundled_model_ships_small_and_loads(pipe):
     assert pipe.model.config.image_position_code is True and pipe.model.image_position is not None
     assert pipe.model.generation_config.vrt_repeat_penalty == 3.0  # what configs/bundled.yaml writes
     assert 1e6 < sum(p.numel() for p in pipe.model.parameters()) < 2e7
+
+
+def test_bundled_scene_options_are_the_recipe_s():
+    """``padt demo`` and these tests draw from BUNDLED_SCENES: it must be what the recipe trained on."""
+    from padt.training.config import load_config
+
+    recipe = load_config(Path(__file__).parents[1] / "configs" / "bundled.yaml").data.synthetic
+    assert dataclasses.asdict(BUNDLED_SCENES) == {
+        k: getattr(recipe, k) for k in ("min_size", "max_size", "max_objects")
+    }
 
 
 @pytest.mark.slow

@@ -7,16 +7,14 @@ By default it runs the bundled model (a tiny PaDT trained on the synthetic world
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 
-from padt.data.synthetic import make_scene, sample_referring_expression
+from padt.data.synthetic import BUNDLED_SCENES, make_scene, sample_referring_expression
 from padt.inference import PaDT, Prediction, default_model
-
-# The bundled model's training distribution (configs/bundled.yaml).
-DEMO_SCENES = {"min_size": 112, "max_size": 196, "max_objects": 6}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(args.seed)
     summary = []
     for s in range(args.scenes):
-        scene = make_scene(rng, **DEMO_SCENES)
+        scene = make_scene(rng, **dataclasses.asdict(BUNDLED_SCENES))
         image = scene.image
         image_path = args.out / f"scene{s}.png"
         image.save(image_path)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 def _add_synthetic(parser: argparse.ArgumentParser) -> None:
-    from padt.data.synthetic import MAX_OBJECTS, MAX_SIDE, MIN_SIDE, TASK_CHOICES
+    from padt.data.synthetic import DEFAULT_SCENES, MAX_OBJECTS, MAX_SIDE, MIN_SIDE, TASK_CHOICES
 
     parser.add_argument(
         "--task",
@@ -35,17 +35,20 @@ def _add_synthetic(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--min-size",
         type=int,
-        default=112,
-        help=f"smallest image side in pixels (at least {MIN_SIDE}; default 112)",
+        default=DEFAULT_SCENES.min_size,
+        help=f"smallest image side in pixels (at least {MIN_SIDE}; default %(default)s)",
     )
     parser.add_argument(
         "--max-size",
         type=int,
-        default=336,
-        help=f"largest image side in pixels (at most {MAX_SIDE}; default 336)",
+        default=DEFAULT_SCENES.max_size,
+        help=f"largest image side in pixels (at most {MAX_SIDE}; default %(default)s)",
     )
     parser.add_argument(
-        "--max-objects", type=int, default=8, help=f"most objects per scene (1 to {MAX_OBJECTS}; default 8)"
+        "--max-objects",
+        type=int,
+        default=DEFAULT_SCENES.max_objects,
+        help=f"most objects per scene (1 to {MAX_OBJECTS}; default %(default)s)",
     )
     parser.add_argument(
         "--refs-per-scene",

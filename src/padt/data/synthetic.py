@@ -82,6 +82,22 @@ SETTINGS_FILE = "synthetic.json"
 MIN_SIDE, MAX_SIDE = 84, 1024
 MAX_OBJECTS = 16
 
+
+@dataclass(frozen=True)
+class SceneOptions:
+    """The size options of a scene distribution: image sides drawn from :func:`image_sides` ``(min_size,
+    max_size)`` and up to ``max_objects`` objects. Every command's defaults come from the two instances below."""
+
+    min_size: int = 112
+    max_size: int = 336
+    max_objects: int = 8
+
+
+#: ``padt data synthetic``, ``padt eval --data synthetic:...`` and the library functions.
+DEFAULT_SCENES = SceneOptions()
+#: The bundled model's training distribution (``configs/bundled.yaml``), from which ``padt demo`` draws.
+BUNDLED_SCENES = SceneOptions(min_size=112, max_size=196, max_objects=6)
+
 _TASK_FIELD = {"rec": "refering", "res": "refering", "ovd": "ovd", "ric": "ric"}  # sic, as the reference
 # Independent random streams per task; rec and res share theirs so that they give the same dataset.
 _TASK_STREAM = {"rec": 0, "res": 0, "ovd": 1, "ric": 2, "all": 3}
@@ -142,7 +158,9 @@ class Scene:
         return self.image.height
 
 
-def image_sides(min_size: int = 112, max_size: int = 336) -> tuple[int, ...]:
+def image_sides(
+    min_size: int = DEFAULT_SCENES.min_size, max_size: int = DEFAULT_SCENES.max_size
+) -> tuple[int, ...]:
     """Side lengths a scene may have: the bounds and every multiple of 20 or 28 between them.
 
     Multiples of 28 map one-to-one onto merged patches; the others are resized by the processor, as real
@@ -300,10 +318,10 @@ def make_scene(
     *,
     width: int | None = None,
     height: int | None = None,
-    min_size: int = 112,
-    max_size: int = 336,
+    min_size: int = DEFAULT_SCENES.min_size,
+    max_size: int = DEFAULT_SCENES.max_size,
     min_objects: int = 1,
-    max_objects: int = 8,
+    max_objects: int = DEFAULT_SCENES.max_objects,
     min_visible_fraction: float = 0.6,
     min_visible_pixels: int = 60,
 ) -> Scene:
@@ -707,9 +725,9 @@ def synthetic_sample(
     seed: int,
     index: int,
     *,
-    min_size: int = 112,
-    max_size: int = 336,
-    max_objects: int = 8,
+    min_size: int = DEFAULT_SCENES.min_size,
+    max_size: int = DEFAULT_SCENES.max_size,
+    max_objects: int = DEFAULT_SCENES.max_objects,
     refs_per_scene: int = 1,
 ) -> tuple[Scene, list[dict]]:
     """Scene ``index`` of the dataset ``(task, seed)`` and its records.
@@ -813,9 +831,9 @@ def generate_dataset(
     seed: int,
     out_dir: str | os.PathLike,
     *,
-    min_size: int = 112,
-    max_size: int = 336,
-    max_objects: int = 8,
+    min_size: int = DEFAULT_SCENES.min_size,
+    max_size: int = DEFAULT_SCENES.max_size,
+    max_objects: int = DEFAULT_SCENES.max_objects,
     refs_per_scene: int = 1,
     progress: bool = True,
 ) -> GenerationSummary:

@@ -21,6 +21,7 @@ image are further reference captions). ``index`` is the record's position in the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from padt.data.records import Record, read_records
+from padt.data.synthetic import DEFAULT_SCENES
 from padt.errors import PaDTError
 from padt.prompts import OVD_PROMPT, TASKS
 
@@ -46,9 +48,7 @@ SYNTHETIC_KEYS: dict[str, int | str | None] = {
     "task": None,
     "n": None,
     "seed": 0,
-    "min_size": 112,
-    "max_size": 336,
-    "max_objects": 8,
+    **dataclasses.asdict(DEFAULT_SCENES),
     "refs_per_scene": 1,
 }
 _RANK_FILE = re.compile(r"predictions\.rank(\d+)\.jsonl")
