@@ -17,7 +17,7 @@ DATA_HELP = """\
 data (--data):
   a PaDT records file (.json/.jsonl, e.g. from 'padt data prepare'); image names are relative to
   --image-root (default: the file's folder), or
-  synthetic:task=rec,n=500,seed=123[,min_size=112,max_size=336,max_objects=8,refs_per_scene=1]
+  synthetic:task=rec,n=500,seed=123[,{defaults}]
   scenes generated deterministically into OUT/data (task defaults to --task; res uses rec's scenes).
 
 output (--out): eval.json (settings; a folder evaluated with other settings is refused),
@@ -30,8 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``padt eval``."""
     from padt.inference import DTYPES, add_vrt_repeat_penalty_argument
 
+    from padt.evaluation.driver import SYNTHETIC_KEYS
+
+    defaults = ",".join(f"{k}={v}" for k, v in SYNTHETIC_KEYS.items() if k not in ("task", "n", "seed"))
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = DATA_HELP
+    parser.epilog = DATA_HELP.format(defaults=defaults)
     parser.add_argument(
         "--model",
         default=None,
