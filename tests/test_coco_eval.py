@@ -105,6 +105,33 @@ def test_perfect_and_empty_results():
         coco_bbox_map(gt, [{"image_id": 999, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1.0}])
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"bbox": [float("nan"), 0, 5, 5]}, "is not a box"),
+        ({"bbox": [0, 0, -5, 5]}, "is not a box"),
+        ({"bbox": [0, 0, float("inf"), 5]}, "is not a box"),
+        ({"bbox": [0, 0, 5]}, "bbox must be four numbers"),
+        ({"bbox": "0 0 5 5"}, "bbox must be four numbers"),
+        ({"score": float("nan")}, "score nan is not a finite number"),
+        ({"score": "high"}, "score a number"),
+        ({"category_id": 999}, "category_id 999 is not a ground-truth category"),
+    ],
+)
+def test_bad_results_are_named_not_counted_as_misses(change, message):
+    gt, _ = _random_coco(3)
+    result = {"image_id": gt["images"][0]["id"], "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.5}
+    result |= change | {"_where": "preds.jsonl: line 7"}
+    with pytest.raises(PaDTError, match=f"preds.jsonl: line 7.*{message}"):
+        coco_bbox_map(gt, [result])
+
+
+def test_ground_truth_without_annotations_is_refused():
+    gt, results = _random_coco(3)
+    with pytest.raises(PaDTError, match="no annotations, so mAP is undefined"):
+        coco_bbox_map({**gt, "annotations": []}, results)
+
+
 def test_results_from_named_lowercases_and_drops_unknown():
     categories = [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}]
     preds = [
@@ -114,7 +141,6 @@ def test_results_from_named_lowercases_and_drops_unknown():
     ]
     results, dropped = results_from_named(preds, categories)
     assert [r["category_id"] for r in results] == [1, 18] and dropped == 1
-    assert "category" not in results[0]
 
 
 def test_rebuilt_gt_from_records():

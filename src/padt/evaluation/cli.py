@@ -28,9 +28,8 @@ metrics.json. Under accelerate/torchrun each process writes predictions.rank<r>.
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``padt eval``."""
-    from padt.inference import DTYPES, add_vrt_repeat_penalty_argument
-
     from padt.evaluation.driver import SYNTHETIC_KEYS
+    from padt.inference import DTYPES, add_vrt_repeat_penalty_argument
 
     defaults = ",".join(f"{k}={v}" for k, v in SYNTHETIC_KEYS.items() if k not in ("task", "n", "seed"))
     parser.formatter_class = argparse.RawDescriptionHelpFormatter

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -44,20 +45,25 @@ STAT_NAMES = (
 )
 
 
-def coco_bbox_map(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+def coco_bbox_map(
+    gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]], *, copy_gt: bool = True
+) -> dict[str, float]:
     """COCO bbox metrics (``map`` = mAP@[.5:.95], ``map50``, ``map75``, ``map_small`` ... ``mar100`` ...).
 
     ``gt`` is a COCO annotation dict (``images``, ``annotations``, ``categories``); ``results`` a list of
-    ``{"image_id", "category_id", "bbox": [x, y, w, h] pixels, "score"}``. No NMS or top-k is applied beyond
-    COCO's 100 detections per image. An empty results list scores 0.
+    ``{"image_id", "category_id", "bbox": [x, y, w, h] pixels, "score"}``, checked by :func:`checked_results`.
+    No NMS or top-k is applied beyond COCO's 100 detections per image. An empty results list scores 0.
+    ``copy_gt=False`` lets the engine index ``gt`` in place (for a dict the caller made and will not reuse).
     """
     from faster_coco_eval import COCO, COCOeval_faster
 
-    _check_results(gt, results)
-    coco_gt = COCO(copy.deepcopy(dict(gt)))
+    results = checked_results(gt, results)
+    if not gt.get("annotations"):
+        raise PaDTError("the ground truth has no annotations, so mAP is undefined; check the annotation file")
+    coco_gt = COCO(dict(gt), use_deepcopy=copy_gt)
     if not results:
         return dict.fromkeys(STAT_NAMES, 0.0)
-    coco_dt = coco_gt.loadRes([dict(r) for r in results])
+    coco_dt = coco_gt.loadRes(results)
     evaluator = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=lambda *a, **k: None)
     # faster-coco-eval's summarize() prints the table through print_function, but be safe about stdout.
     with contextlib.redirect_stdout(io.StringIO()):
@@ -66,22 +72,47 @@ def coco_bbox_map(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) -
     return {name: float(stats[i]) for i, name in enumerate(STAT_NAMES)}
 
 
-def _check_results(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) -> None:
+def checked_results(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Fresh ``{"image_id", "category_id", "bbox", "score"}`` dicts of ``results``, each checked: known image and
+    category, a box of four finite numbers with non-negative width and height, a finite score. A bad result is a
+    one-line :class:`PaDTError` naming it (its ``_where`` entry when it has one, else its position)."""
     image_ids = {img["id"] for img in gt.get("images", [])}
     category_ids = {c["id"] for c in gt.get("categories", [])}
+    out: list[dict[str, Any]] = []
+    isfinite = math.isfinite
     for i, r in enumerate(results):
-        missing = [k for k in ("image_id", "category_id", "bbox", "score") if k not in r]
-        if missing:
+        try:
+            image_id, category_id, bbox, score = r["image_id"], r["category_id"], r["bbox"], r["score"]
+            x, y, w, h = bbox
+            x, y, w, h, score = float(x), float(y), float(w), float(h), float(score)
+        except KeyError:
+            missing = [k for k in ("image_id", "category_id", "bbox", "score") if k not in r]
             raise PaDTError(
-                f"result {i} lacks {', '.join(missing)}; results are "
+                f"{_where(r, i)} lacks {', '.join(missing)}; results are "
                 "{image_id, category_id, bbox: [x, y, w, h], score}"
+            ) from None
+        except (TypeError, ValueError):
+            raise PaDTError(
+                f"{_where(r, i)}: bbox must be four numbers [x, y, w, h] in pixels and score a number, got "
+                f"{r['bbox']!r} and {r['score']!r}"
+            ) from None
+        if image_id not in image_ids:
+            raise PaDTError(f"{_where(r, i)}: image_id {image_id!r} is not in the ground truth's images")
+        if category_id not in category_ids:
+            raise PaDTError(f"{_where(r, i)}: category_id {category_id!r} is not a ground-truth category")
+        if not (w >= 0 and h >= 0 and isfinite(x + y + w + h)):
+            raise PaDTError(
+                f"{_where(r, i)}: bbox {bbox!r} is not a box (NaN, infinite, or negative width/height); "
+                "write [x, y, w, h] in pixels"
             )
-        if r["image_id"] not in image_ids:
-            raise PaDTError(f"result {i}: image_id {r['image_id']!r} is not in the ground truth's images")
-        if r["category_id"] not in category_ids:
-            raise PaDTError(f"result {i}: category_id {r['category_id']!r} is not a ground-truth category")
-        if len(r["bbox"]) != 4:
-            raise PaDTError(f"result {i}: bbox must be [x, y, w, h] in pixels, got {r['bbox']!r}")
+        if not isfinite(score):
+            raise PaDTError(f"{_where(r, i)}: score {r['score']!r} is not a finite number")
+        out.append({"image_id": image_id, "category_id": category_id, "bbox": [x, y, w, h], "score": score})
+    return out
+
+
+def _where(result: Mapping[str, Any], index: int) -> str:
+    return str(result.get("_where", f"result {index}"))
 
 
 def results_from_named(
@@ -91,22 +122,20 @@ def results_from_named(
 
     ``category.lower()`` must equal a category name exactly, otherwise the prediction is dropped
     (docs/method.md §10.3). Returns ``(results, number_dropped)``. Predictions with a ``category_id`` pass
-    through unchanged.
+    through unchanged (not copied: :func:`checked_results` makes the copies the engine gets).
     """
     by_name = {str(c["name"]): c["id"] for c in categories}
     out: list[dict[str, Any]] = []
     dropped = 0
     for p in predictions:
         if "category_id" in p:
-            out.append(dict(p))
+            out.append(p)
             continue
         cid = by_name.get(str(p.get("category", "")).lower())
         if cid is None:
             dropped += 1
             continue
-        r = {k: v for k, v in p.items() if k != "category"}
-        r["category_id"] = cid
-        out.append(r)
+        out.append({**p, "category_id": cid})
     return out, dropped
 
 

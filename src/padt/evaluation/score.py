@@ -106,14 +106,14 @@ def read_predictions(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise PaDTError(f"{path}: no such file; give the predictions as JSONL or a JSON list")
-    where, items = [], []
-    for w, _, item in iter_json_items(path, "one prediction object", "item"):
-        where.append(w)
+    items = []
+    for where, _, item in iter_json_items(path, "one prediction object", "item"):
+        if type(item) is not dict:
+            raise PaDTError(f"{where}: expected a JSON object, got {type(item).__name__}")
+        item.setdefault("_where", where)
         items.append(item)
-    for w, item in zip(where, items, strict=True):
-        if not isinstance(item, dict):
-            raise PaDTError(f"{w}: expected a JSON object, got {type(item).__name__}")
-        item.setdefault("_where", w)
+    if not items:
+        raise PaDTError(f"{path}: holds no predictions; nothing to score")
     return items
 
 
@@ -304,6 +304,7 @@ def score_ovd(
 
     ground_truth = "official"
     records: Sequence[Record] = []
+    owned = isinstance(gt, str | Path)
     if isinstance(gt, str | Path):
         path = Path(gt)
         gt = _load_json_or_none(path)
@@ -316,10 +317,11 @@ def score_ovd(
         records = list(gt)
         gt = rebuild_coco_gt(records, official)
         ground_truth = "rebuilt"
+        owned = True
     named = []
     for p in preds:
         if _is_per_object(p) or "category_id" in p:
-            named.append({k: v for k, v in p.items() if k != "_where"})
+            named.append(p)
             continue
         image_id = p.get("image_id", p.get("id"))
         if (
@@ -340,11 +342,13 @@ def score_ovd(
                     "image_id": image_id,
                     "category": str(o.get("label", "")),
                     "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "score": float(o.get("score", 1.0)),
+                    "score": o.get("score", 1.0),
+                    "_where": _w(p),
                 }
             )
     results, dropped = results_from_named(named, gt.get("categories", []))
-    metrics = coco_bbox_map(gt, results)
+    # The ground truth dict is ours (read or rebuilt here): the engine may index it in place.
+    metrics = coco_bbox_map(gt, results, copy_gt=owned)
     return {
         "task": "ovd",
         "ground_truth": ground_truth,
