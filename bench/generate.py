@@ -23,7 +23,7 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from padt.generation import VRTStateRecorder
 from padt.modeling import PaDTForConditionalGeneration
 from padt.processing import PaDTProcessor
-from padt.testing import tiny_config, tiny_processor, tiny_tokenizer
+from padt.tiny import tiny_config, tiny_processor, tiny_tokenizer
 
 QWEN25_VL_3B = {
     "text_config": {

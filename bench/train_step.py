@@ -39,7 +39,7 @@ from padt.data.records import read_records
 from padt.data.synthetic import generate_dataset
 from padt.losses import PaDTCriterion
 from padt.processing import PaDTProcessor
-from padt.testing import tiny_processor
+from padt.tiny import tiny_processor
 from padt.training.batch import (
     PaDTCollator,
     PaDTDataset,

@@ -66,7 +66,7 @@ def test_score_cli_ric(tmp_path, capsys):
             task="ric",
             answer_template=caption,
             conversations=[{"from": "human", "value": "Please describe this image."}],
-            objects=[ObjectRecord(bbox=b, rle={"size": [10, 20], "counts": "0"}) for b in boxes],
+            objects=[ObjectRecord(bbox=b, rle={"size": [10, 20], "counts": "X6"}) for b in boxes],
         )
 
     man, bike, dog = [0.0, 0.0, 0.5, 1.0], [0.5, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.5]

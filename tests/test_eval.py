@@ -23,7 +23,7 @@ from padt.evaluation.driver import (
 from padt.evaluation.metrics import paper_key
 from padt.inference import PaDT
 from padt.processing import PaDTProcessor
-from padt.testing import tiny_model, tiny_processor
+from padt.tiny import tiny_model, tiny_processor
 
 SPEC = "synthetic:n=4,seed=1,max_size=160"
 RUN = {"batch_size": 2, "max_new_tokens": 10, "progress": False}

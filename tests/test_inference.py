@@ -15,7 +15,7 @@ from padt.generation import VRTStateRecorder
 from padt.inference import PaDT, predict
 from padt.postprocess import rle_to_mask
 from padt.processing import PaDTProcessor
-from padt.testing import tiny_model, tiny_processor
+from padt.tiny import tiny_model, tiny_processor
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,13 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
+from padt.decoder import PaDTDecoderOutput
 from padt.errors import PaDTError
 from padt.losses import (
     DEFAULT_LOSS_WEIGHTS,
     PaDTCriterion,
+    PaDTOutputs,
+    PaDTTargets,
     box_losses,
     build_foreground_sets,
     gt_mask_for_loss,
@@ -67,7 +70,7 @@ def test_robust_token_loss_several_objects_images_and_padding():
     picked = [[0], [2], [1], [1]]  # per object, its patch index within its image
     patches = [[0, 1], [2, 3], [0, 1], [1, 2, 3]]
     offsets = [0, 0, 4, 6]  # global offset of each object's image
-    sets = build_foreground_sets(picked, patches, offsets, V)
+    sets = build_foreground_sets(picked, [[V + o + j for j in p] for p, o in zip(patches, offsets)])
     assert [s.tolist() for s in sets] == [[3, 4], [5, 6], [7, 8], [10, 11, 12]]
     out = robust_token_loss(logits, targets, mask, sets, V)
 
@@ -126,7 +129,7 @@ def test_robust_token_loss_ignores_negative_targets_and_checks_its_inputs():
             logits, torch.tensor([[V, 1]]), torch.ones(1, 2), torch.zeros(1, V, dtype=torch.bool), V
         )
     with pytest.raises(PaDTError):
-        build_foreground_sets([[1]], [[1], [2]], [0], V)
+        build_foreground_sets([[1]], [[V + 1], [V + 2]])
 
 
 # ------------------------------------------------------------------------------------------- boxes
@@ -189,20 +192,23 @@ def test_no_objects_give_zero_losses_that_carry_grad():
     pred_boxes = torch.zeros(0, 4, requires_grad=True)
     pred_scores = torch.zeros(0, 1, requires_grad=True)
     pred_masks = torch.zeros(0, 8, 8, requires_grad=True)
-    crit = PaDTCriterion({k: w for k, w in DEFAULT_LOSS_WEIGHTS.items() if k != "loss_token"})
-    out = crit(
-        pred_boxes=pred_boxes,
-        pred_scores=pred_scores,
-        gt_boxes=torch.zeros(0, 4),
-        pred_masks=pred_masks,
-        gt_masks=torch.zeros(0, 8, 8),
-        valid_masks=torch.zeros(0, 8, 8),
+    # Without objects the decoder decodes one placeholder; every decoder term is 0 but keeps it in the graph.
+    placeholder = PaDTDecoderOutput(
+        pred_boxes=pred_boxes + 0.5,
+        pred_score=pred_scores + 1,
+        pred_mask=pred_masks + 1,
+        pred_mask_valid_hw=torch.tensor([[2, 2]]),
     )
+    crit = PaDTCriterion({k: w for k, w in DEFAULT_LOSS_WEIGHTS.items() if k != "loss_token"})
+    targets = PaDTTargets(
+        torch.zeros(1, 0, dtype=torch.long), torch.zeros(1, 0), [], V, boxes=torch.zeros(0, 4)
+    )
+    out = crit(PaDTOutputs(logits=torch.zeros(1, 0, V), decoded=placeholder), targets)
     for name in ("loss_bbox_l1", "loss_bbox_giou", "loss_score", "loss_mask_dice", "loss_mask_focal", "loss"):
         assert out[name].item() == 0.0, name
     assert out["loss"].requires_grad
     out["loss"].backward()
-    assert pred_boxes.grad is not None and pred_masks.grad is not None
+    assert pred_boxes.grad is not None and pred_masks.grad is not None and pred_scores.grad is not None
 
 
 # ------------------------------------------------------------------------------------------- masks
@@ -271,9 +277,17 @@ def test_weight_dict_combines_and_switches_terms_off():
 
     pred = torch.tensor([[0.5, 0.5, 0.5, 0.5]])
     gt = torch.tensor([[0.5, 0.5, 1.0, 1.0]])
-    # Only the GIoU term: no scores, masks or logits needed, and nothing else computed.
-    out = PaDTCriterion({"loss_bbox_giou": 2.0})(pred_boxes=pred, gt_boxes=gt)
-    assert "loss_token" not in out and "loss_score" not in out and "loss_mask_dice" not in out
+    decoded = PaDTDecoderOutput(pred_boxes=pred, pred_score=torch.tensor([[0.3]]), pred_mask=None)
+    logits = torch.tensor([[[0.0, 1.0, 2.0]]])
+    targets = PaDTTargets(torch.tensor([[1]]), torch.ones(1, 1), [], V, boxes=gt)
+    # Only the GIoU term, weighted: nothing else is computed.
+    out = PaDTCriterion({"loss_bbox_giou": 2.0})(PaDTOutputs(logits, decoded), targets)
+    assert set(out) == {"loss_bbox_l1", "loss_bbox_giou", "iou", "giou", "matched_giou", "loss"}
     assert out["loss"].item() == pytest.approx(2 * out["loss_bbox_giou"].item())
-    with pytest.raises(PaDTError, match="pred_scores"):
-        PaDTCriterion({"loss_score": 1.0})(pred_boxes=pred, gt_boxes=gt)
+    # The token term alone ignores the decoder; with all terms the total is their sum.
+    token = PaDTCriterion({"loss_token": 1.0})(PaDTOutputs(logits, decoded), targets)
+    assert token["loss"].item() == pytest.approx((-1.0 + _lse([0.0, 1.0, 2.0])) / (1 + 1e-4), abs=1e-6)
+    full = PaDTCriterion()(PaDTOutputs(logits, decoded), targets)
+    parts = ("loss_token", "loss_bbox_l1", "loss_bbox_giou", "loss_score")
+    assert full["loss"].item() == pytest.approx(sum(full[k].item() for k in parts), abs=1e-6)
+    assert "loss_mask_dice" not in full  # the decoder predicted no masks (use_mask_loss off)

@@ -12,7 +12,7 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 
 from padt.errors import PaDTError
 from padt.modeling import PaDTForConditionalGeneration
-from padt.testing import tiny_config, tiny_model
+from padt.tiny import tiny_config, tiny_model
 from padt.vrt import VRTLayout
 
 TEXT_ID = 5  # any ordinary text token
@@ -192,14 +192,14 @@ def test_bad_inputs_give_clear_errors(model):
         model(input_ids=ids, attention_mask=mask, pixel_values=pixels)
     bad = ids.clone()
     bad[0, -1] = model.vocab_size + 4  # image 1's first VRT: belongs to the other sample
-    with pytest.raises(PaDTError, match="not one of the sample's own images"):
+    with pytest.raises(PaDTError, match="only patches of the sample's own images"):
         model(input_ids=bad, attention_mask=mask, pixel_values=pixels, image_grid_thw=grid)
     bad[0, -1] = model.vocab_size + 8  # beyond every image of the batch
-    with pytest.raises(PaDTError, match="not one of the sample's own images"):
+    with pytest.raises(PaDTError, match="only patches of the sample's own images"):
         model(input_ids=bad, attention_mask=mask, pixel_values=pixels, image_grid_thw=grid)
     text_ids, text_mask, _, _ = make_batch(model, [[]])
     text_ids[0, -1] = model.vocab_size
-    with pytest.raises(PaDTError, match="not one of the sample's own images"):
+    with pytest.raises(PaDTError, match="only patches of the sample's own images"):
         model(input_ids=text_ids, attention_mask=text_mask)
     with pytest.raises(PaDTError, match="patches but image_grid_thw describes"):
         model(input_ids=ids, attention_mask=mask, pixel_values=pixels[:-4], image_grid_thw=grid)
@@ -259,7 +259,7 @@ def test_layout_from_model_matches_vrt_module(model):
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, image_grid_thw=grid)
     expected = VRTLayout.from_input_ids(
-        ids, grid, vocab_size=model.vocab_size, image_token_id=model.config.image_token_id
+        ids, grid, vocab_size=model.vocab_size, image_token_id=model.config.image_token_id, merge_size=2
     )
     assert torch.equal(out.vrt_layout.image_sample, expected.image_sample)
     assert torch.equal(out.vrt_allowed, expected.allowed_mask())
@@ -277,7 +277,7 @@ def _grid_positions(grid: torch.Tensor) -> torch.Tensor:
 def test_window_to_raster_puts_every_patch_at_its_own_cell():
     from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
-    from padt.modeling import window_to_raster
+    from padt.backbones.qwen2_5_vl import window_to_raster
 
     grid = torch.tensor([[1, 8, 20], [1, 12, 10], [1, 4, 4]])  # several windows, odd unit counts
     window_index, _ = get_vision_window_index(grid, spatial_merge_size=2, window_size=112, patch_size=14)
@@ -368,4 +368,6 @@ def test_image_position_code_tells_identical_patches_apart():
     torch.testing.assert_close(
         b.image_embeds - a.image_embeds, code @ coded.image_position.weight.T, rtol=0, atol=1e-5
     )
-    assert not hasattr(plain.config, "image_position_code")  # configs of the published layout are unchanged
+    # Configs of the published layout are written as the reference writes them (the option only when on).
+    assert "image_position_code" not in plain.config.to_diff_dict()
+    assert coded.config.to_diff_dict()["image_position_code"] is True

@@ -24,9 +24,12 @@ from safetensors.torch import load_file
 from transformers.vision_utils import get_vision_window_index
 
 from padt.box_ops import box_cxcywh_to_xyxy, box_iou, generalized_box_iou
+from padt.decoder import PaDTDecoderOutput
 from padt.generation import VRTStateRecorder
 from padt.losses import (
     PaDTCriterion,
+    PaDTOutputs,
+    PaDTTargets,
     box_losses,
     build_foreground_sets,
     gt_mask_for_loss,
@@ -37,6 +40,7 @@ from padt.losses import (
     stack_mask_targets,
 )
 from padt.modeling import PaDTForConditionalGeneration
+from padt.vrt import VRTLayout
 from parity import Settings, fixture_dirs, report
 
 REQUIRED_FILES = (
@@ -359,15 +363,27 @@ def _objects(meta) -> list[tuple[dict, int]]:
     return [(obj, sample["P_offset"]) for sample in meta["samples"] for obj in sample["objects"]]
 
 
-def _foreground_sets(meta, settings: Settings, targets: torch.Tensor):
+def _layout(meta, inputs) -> VRTLayout:
+    """The fixture batch's VRT layout (one image per sample, as the reference requires)."""
+    grid = inputs["image_grid_thw"]
+    return VRTLayout(
+        meta["vrt_id_convention"]["V"], grid, torch.arange(grid.shape[0]), grid.shape[0], merge_size=2
+    )
+
+
+def _foreground_sets(meta, settings: Settings, targets: torch.Tensor, inputs):
     """What the trainer's loss leaves out per VRT target: the object's other foreground VRTs with the robust loss
     (``use_sft_vp_mask``), nothing without it."""
     vocab = meta["vrt_id_convention"]["V"]
     if not settings.robust_loss:
         return [t.reshape(1) for t in targets[targets >= vocab]]
-    objects = _objects(meta)
+    layout = _layout(meta, inputs)
+    objects = [(obj, b) for b, sample in enumerate(meta["samples"]) for obj in sample["objects"]]
+    for obj, b in objects:  # the layout's global ids are the reference's V + P_i + j
+        offset = vocab + meta["samples"][b]["P_offset"]
+        assert layout.global_ids(b, obj["patches"]) == [offset + j for j in obj["patches"]]
     return build_foreground_sets(
-        [o["picked"] for o, _ in objects], [o["patches"] for o, _ in objects], [p for _, p in objects], vocab
+        [o["picked"] for o, _ in objects], [layout.global_ids(b, o["patches"]) for o, b in objects]
     )
 
 
@@ -378,7 +394,7 @@ def test_parity_token_loss(folder: str):
     vocab = meta["vrt_id_convention"]["V"]
     prompt_len = meta["prompt_length_padded"]
     targets = inp["input_ids_global"][:, prompt_len:]
-    sets = _foreground_sets(meta, settings, targets)
+    sets = _foreground_sets(meta, settings, targets, inp)
     # Our foreground sets are the reference's loss_masks rows once the target itself is put back.
     rows = torch.zeros(len(sets), exp["loss_vrt_masks"].shape[1], dtype=torch.bool)
     vrt_targets = targets[targets >= vocab]
@@ -410,13 +426,19 @@ def test_parity_token_loss(folder: str):
     )
 
 
-def _mask_targets(meta, exp):
+def _mask_target_list(meta, exp):
     grids = exp["tf_pred_mask_valid_hw"]
-    masks = [
+    return [
         gt_mask_for_loss(obj["rle"], hw) if obj.get("rle") else None
         for (obj, _), hw in zip(_objects(meta), grids.tolist())
     ]
-    return stack_mask_targets(masks, grids, out_hw=tuple(exp["tf_pred_mask"].shape[1:]))
+
+
+def _mask_targets(meta, exp):
+    grids = exp["tf_pred_mask_valid_hw"]
+    return stack_mask_targets(
+        _mask_target_list(meta, exp), grids, out_hw=tuple(exp["tf_pred_mask"].shape[1:])
+    )
 
 
 @pytest.mark.parametrize("folder", FIXTURES)
@@ -479,19 +501,22 @@ def test_parity_box_score_and_mask_losses(folder: str, run: str):
     # The whole criterion, with the loss terms the trainer had switched on, against its return value.
     vocab = meta["vrt_id_convention"]["V"]
     prompt_len = meta["prompt_length_padded"]
-    targets = inp["input_ids_global"][:, prompt_len:]
-    full = PaDTCriterion(weights, reference_gt_dtype=torch.bfloat16)(
-        logits=exp["logits"][:, prompt_len - 1 : -1],
-        targets=targets,
-        completion_mask=inp["completion_attention_mask"],
-        foreground_sets=_foreground_sets(meta, settings, targets),
-        vocab_size=vocab,
+    tokens = inp["input_ids_global"][:, prompt_len:]
+    decoded = PaDTDecoderOutput(
         pred_boxes=pred_boxes,
-        pred_scores=pred_scores,
-        gt_boxes=gt_boxes,
-        pred_masks=exp["tf_pred_mask"],
-        gt_masks=gt,
-        valid_masks=valid,
-        has_mask=has_mask,
+        pred_score=pred_scores,
+        pred_mask=exp["tf_pred_mask"],
+        pred_mask_valid_hw=exp["tf_pred_mask_valid_hw"],
+    )
+    targets = PaDTTargets(
+        tokens=tokens,
+        completion_mask=inp["completion_attention_mask"],
+        foreground_sets=_foreground_sets(meta, settings, tokens, inp),
+        vocab_size=vocab,
+        boxes=gt_boxes,
+        masks=_mask_target_list(meta, exp),
+    )
+    full = PaDTCriterion(weights, reference_gt_dtype=torch.bfloat16)(
+        PaDTOutputs(logits=exp["logits"][:, prompt_len - 1 : -1], decoded=decoded), targets
     )
     _close("loss_total", full["loss"], exp["loss_total"])

@@ -11,18 +11,27 @@ from PIL import Image
 from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessorPil
 
 from padt import prompts
+from padt.backbones import get_backbone
+from padt.backbones.base import QWEN_SPECIAL_TOKENS
 from padt.errors import PaDTError
 from padt.processing import (
-    QWEN2_5_VL_CHAT_TEMPLATE,
     PaDTProcessor,
     load_image,
     parse_completion,
-    vrt_run,
 )
-from padt.testing import QWEN_SPECIAL_TOKENS, TINY_VOCAB_SIZE, tiny_processor, tiny_tokenizer
+from padt.tiny import TINY_VOCAB_SIZE, tiny_processor, tiny_tokenizer
+from padt.vrt import vrt_token
 from parity import fixture_dirs, load_processor
 
 V = TINY_VOCAB_SIZE
+QWEN2_5_VL_CHAT_TEMPLATE = get_backbone("qwen2_5_vl").chat_template
+
+
+def vrt_run(indices) -> str:
+    """VRT strings of a run of local indices, with no separator (the reference's ``pid2vrt``)."""
+    return "".join(vrt_token(j) for j in indices)
+
+
 DEFAULT_FIXTURE = fixture_dirs()[0]
 
 
@@ -77,7 +86,7 @@ def test_vrt_text_round_trip(proc):
     assert ids[: len(head)] == head
     assert ids[-1] == proc.eos_token_id
     assert proc.decode(ids) == text
-    assert proc.decode_tokens([V + 5, proc.eos_token_id]) == ["<|VRT_5|>", "<|im_end|>"]
+    assert [proc.decode([t]) for t in (V + 5, proc.eos_token_id)] == ["<|VRT_5|>", "<|im_end|>"]
     assert vrt_run([1, 22]) == "<|VRT_1|><|VRT_22|>"
 
 
@@ -270,7 +279,7 @@ def test_parse_extra_eos_and_batch_padding(proc):
     for b, row in enumerate(rows):  # left padding
         ids[b, width - len(row) :] = torch.tensor(row)
         mask[b, width - len(row) :] = 1
-    parsed = proc.parse_completions(ids, attention_mask=mask)
+    parsed = proc.parse(ids, attention_mask=mask)
     assert [o.vrt_indices for o in parsed[1].objects] == [[3]]
     assert parsed[1].objects[0].positions == [width - 1]
     assert parsed[0].objects[0].label == "x" and parsed[0].finished and not parsed[1].finished
@@ -329,7 +338,7 @@ def test_fixture_completion_ids_and_global_ids(fx):
 
 def test_fixture_teacher_forced_parse(fx):
     meta, inputs, proc = fx["meta"], fx["inputs"], fx["proc"]
-    parsed = proc.parse_completions(
+    parsed = proc.parse(
         inputs["completion_input_ids_local"], attention_mask=inputs["completion_attention_mask"]
     )
     for sample, result in zip(meta["samples"], parsed):
@@ -358,10 +367,10 @@ def test_fixture_generated_parse(fx):
     meta, expected, proc, batch = fx["meta"], fx["expected"], fx["proc"], fx["batch"]
     prompt_len = batch.inputs["input_ids"].shape[1]
     completions = expected["gen_sequences_local"][:, prompt_len:]
-    parsed = proc.parse_completions(completions, layout=batch.layout)
+    parsed = proc.parse(completions, layout=batch.layout)
     for sample, row, result in zip(meta["samples"], completions, parsed):
         tokens = sample["gen_completion_tokens"]
-        assert proc.decode_tokens(row) == tokens
+        assert [proc.decode([t]) for t in row.tolist()] == tokens
         counts = [len(o.vrt_indices) for o in result.objects]
         assert counts == vrt_runs(tokens)
         if sample["gen_parse"]["feat_counts"]:  # the reference parsed it: same objects

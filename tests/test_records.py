@@ -19,7 +19,7 @@ def _record(**over):
         "objects": [
             {
                 "bbox": [0.1, 0.2, 0.5, 0.9],
-                "rle": {"size": [4, 4], "counts": "04"},
+                "rle": {"size": [4, 4], "counts": "52203"},  # a 2x2 square
                 "patches": [0, 3],
                 "label": "",
                 "iscrowd": 0,
@@ -95,7 +95,15 @@ def test_direct_construction_is_validated():
         ({"objects": [{"bbox": [0.5, 0.2, 0.1, 0.9]}]}, r"objects\[0\]\.bbox: .* x2 < x1"),
         (
             {"objects": [{"bbox": [0, 0, 1, 1], "rle": {"size": [4], "counts": ""}}]},
-            r"objects\[0\]\.rle\.size",
+            r"objects\[0\]\.rle: RLE size must be \[height, width\]",
+        ),
+        (
+            {"objects": [{"bbox": [0, 0, 1, 1], "rle": {"size": [120, 140], "counts": "!!!garbage###"}}]},
+            r"objects\[0\]\.rle: RLE counts hold '!', which is not a character of the COCO compressed format",
+        ),
+        (
+            {"objects": [{"bbox": [0, 0, 1, 1], "rle": {"size": [4, 4], "counts": "522"}}]},
+            r"objects\[0\]\.rle: RLE runs cover 9 pixels but its size \[4, 4\] has 16",
         ),
         ({"objects": [{"bbox": [0, 0, 1, 1], "iscrowd": 2}]}, r"objects\[0\]\.iscrowd: expected 0 or 1"),
         ({"objects": [{"bbox": [0, 0, 1, 1], "patches": ["a"]}]}, r"objects\[0\]\.patches"),

@@ -30,7 +30,7 @@ from padt.errors import PaDTError
 from padt.losses import PaDTCriterion
 from padt.modeling import PaDTForConditionalGeneration
 from padt.processing import PaDTProcessor
-from padt.testing import tiny_model, tiny_processor
+from padt.tiny import tiny_model, tiny_processor
 from padt.training.batch import PaDTCollator, StepOptions, build_completions, padt_loss
 from padt.training.config import ComponentsSection, load_config
 from padt.training.trainer import (
@@ -101,7 +101,9 @@ def test_overrides_parse_types_and_nested_keys(tmp_path):
     assert config.training.learning_rate == pytest.approx(3e-5)  # YAML 1.1 reads 3e-5 as a string
     assert config.lora.model_dump() == {"r": 8, "alpha": 32, "dropout": 0.05}  # merged into the defaults
     assert config.training.fsdp_config == {"min_num_params": 5}
-    assert config.model.tiny.model_dump(exclude_none=True) == {"hidden_size": 32, "decoder_init": "reference"}
+    assert (
+        config.model.tiny.hidden_size == 32 and config.model.tiny.num_hidden_layers == 2
+    )  # the spec's default
     assert [s.records for s in config.data.train] == [str(tmp_path / "r.jsonl")]
     assert config.components.model_dump() == {"vision": "freeze", "llm": "train", "decoder": "train"}
     assert (config.seed, config.resume, config.training.run_name) == (7, False, "my run")
@@ -190,11 +192,11 @@ def test_cli_print_config_and_errors(tmp_path, capsys, monkeypatch):
 
 # ------------------------------------------------------------------------------------- collator and loss
 class RecordingCriterion(PaDTCriterion):
-    """The criterion, remembering the arguments padt_loss gave it."""
+    """The criterion, remembering the outputs and targets padt_loss gave it."""
 
-    def __call__(self, **kwargs):
-        self.seen = kwargs
-        return super().__call__(**kwargs)
+    def __call__(self, outputs, targets):
+        self.outputs, self.targets = outputs, targets
+        return super().__call__(outputs, targets)
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +211,7 @@ def step_batch(scenes, tmp_path_factory):
 
 def test_completions_draw_vrts_from_each_objects_foreground(step_batch):
     model, processor, dataset, inputs = step_batch
-    extra = inputs["padt"]
+    extra = inputs["targets"]
     assert extra.indices == [0, 1, 2, 3]
     objects = [o for sample in extra.objects for o in sample]
     assert len(objects) > 4  # OVD scenes hold several objects
@@ -238,7 +240,7 @@ def test_completions_draw_vrts_from_each_objects_foreground(step_batch):
 def test_vrt_targets_carry_their_objects_foreground_sets(step_batch):
     model, processor, _, inputs = step_batch
     vocab = model.vocab_size
-    extra = inputs["padt"]
+    extra = inputs["targets"]
     criterion = RecordingCriterion()
     terms = padt_loss(model, processor, inputs, np.random.default_rng(0), criterion=criterion)
     assert {
@@ -250,8 +252,7 @@ def test_vrt_targets_carry_their_objects_foreground_sets(step_batch):
         "loss_mask_dice",
         "loss_mask_focal",
     } <= set(terms)
-    seen = criterion.seen
-    targets, sets = seen["targets"], seen["foreground_sets"]
+    targets, sets = criterion.targets.tokens, criterion.targets.foreground_sets
     vrt_targets = targets[targets >= vocab]  # row-major: (sample, object, pick)
     objects = [o for sample in extra.objects for o in sample]
     assert vrt_targets.numel() == len(sets) == 5 * len(objects)
@@ -260,8 +261,8 @@ def test_vrt_targets_carry_their_objects_foreground_sets(step_batch):
         obj = objects[k // 5]
         expected = {vocab + offsets[obj.image] + p for p in obj.patches}
         assert set(fg.tolist()) == expected and target in expected
-    torch.testing.assert_close(seen["gt_boxes"], torch.tensor([o.bbox for o in objects]))
-    assert seen["pred_boxes"].shape == (len(objects), 4)
+    torch.testing.assert_close(criterion.targets.boxes, torch.tensor([o.bbox for o in objects]))
+    assert criterion.outputs.decoded.pred_boxes.shape == (len(objects), 4)
 
 
 def test_plain_loss_is_cross_entropy_and_robust_loss_is_lower(step_batch):
@@ -276,9 +277,10 @@ def test_plain_loss_is_cross_entropy_and_robust_loss_is_lower(step_batch):
         criterion=plain,
         options=StepOptions(robust_loss=False),
     )
-    seen = plain.seen
-    targets, logits, mask = seen["targets"], seen["logits"], seen["completion_mask"]
-    assert [s.tolist() for s in seen["foreground_sets"]] == [[t] for t in targets[targets >= vocab].tolist()]
+    targets, logits, mask = plain.targets.tokens, plain.outputs.logits, plain.targets.completion_mask
+    assert [s.tolist() for s in plain.targets.foreground_sets] == [
+        [t] for t in targets[targets >= vocab].tolist()
+    ]
     per_sample = [
         F.cross_entropy(logits[b].float(), targets[b], ignore_index=-100, reduction="sum")
         / (mask[b].sum() + 1e-4)
@@ -315,7 +317,7 @@ def test_warmup_feeds_the_decoder_the_ground_truth_prototypes(step_batch):
     padt_loss(model, processor, inputs, np.random.default_rng(0), warmup=True, criterion=recorded)
     padt_loss(model, processor, inputs, np.random.default_rng(0), warmup=False)
     (warm_feats, prototypes, warm), (feats, _, main_out) = calls
-    targets = recorded.seen["targets"]
+    targets = recorded.targets.tokens
     torch.testing.assert_close(warm_feats, prototypes[targets[targets >= vocab] - vocab], rtol=0, atol=0)
     assert feats.shape == warm_feats.shape and not torch.allclose(feats, warm_feats)
     assert (warm.pred_boxes - main_out.pred_boxes).abs().max() > 1e-3
@@ -324,7 +326,7 @@ def test_warmup_feeds_the_decoder_the_ground_truth_prototypes(step_batch):
 
 def test_text_answers_write_box_coordinates_and_only_the_token_loss(step_batch):
     model, processor, _, inputs = step_batch
-    extra = inputs["padt"]
+    extra = inputs["targets"]
     options = StepOptions(answer_format="text")
     texts, runs = build_completions(extra, np.random.default_rng(0), options)
     for text, sample_objects, record in zip(texts, extra.objects, extra.records):

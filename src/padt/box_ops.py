@@ -6,10 +6,13 @@ One place for every box format used in padt:
 - ``xyxy``: corners; normalised in the record schema, pixels for users.
 - ``xywh``: COCO's top-left + size, pixels.
 
-All functions take ``(..., 4)`` tensors and work in the input dtype.
+The tensor functions take ``(..., 4)`` tensors and work in the input dtype; the plain functions below them
+take and return one box as a list of floats (records, predictions, COCO files).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -59,3 +62,31 @@ def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Ten
     wh = (rb - lt).clamp(min=0)
     area = wh[..., 0] * wh[..., 1]
     return iou - (area - union) / area
+
+
+# ------------------------------------------------------------------------------------------- one box, as a list
+
+
+def xyxy_to_xywh(box: Sequence[float]) -> list[float]:
+    """``[x1, y1, x2, y2]`` -> COCO ``[x, y, w, h]``."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return [x1, y1, x2 - x1, y2 - y1]
+
+
+def xywh_to_xyxy(box: Sequence[float]) -> list[float]:
+    """COCO ``[x, y, w, h]`` -> ``[x1, y1, x2, y2]``."""
+    x, y, w, h = (float(v) for v in box)
+    return [x, y, x + w, y + h]
+
+
+def scale_xyxy(box: Sequence[float], width: float, height: float) -> list[float]:
+    """A normalised ``[x1, y1, x2, y2]`` box in pixels of a ``width x height`` image."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return [x1 * width, y1 * height, x2 * width, y2 * height]
+
+
+def normalise_xyxy(box: Sequence[float], width: float, height: float, *, clip: bool = True) -> list[float]:
+    """A pixel ``[x1, y1, x2, y2]`` box as fractions of a ``width x height`` image, clipped to ``[0, 1]``."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    out = [x1 / width, y1 / height, x2 / width, y2 / height]
+    return [min(max(v, 0.0), 1.0) for v in out] if clip else out

@@ -15,7 +15,7 @@ from padt.errors import PaDTError
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "predict": ("padt.inference", "ground a prompt in images: text, boxes, masks and scores"),
+    "predict": ("padt.commands.predict", "ground a prompt in images: text, boxes, masks and scores"),
     "demo": ("padt.demo", "run REC, RES, OVD and RIC on fresh synthetic scenes with the bundled model"),
     "train": ("padt.training.cli", "fine-tune PaDT from a YAML config (works under accelerate/torchrun)"),
     "eval": ("padt.evaluation.cli", "batched, resumable evaluation of a model on a dataset"),

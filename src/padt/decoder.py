@@ -17,10 +17,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLRMSNorm as RMSNorm
 from transformers.utils import ModelOutput
 
 ORDERINGS = ("reference", "raster")
+#: Attention implementations a config may name (all computed with SDPA here).
+ATTENTION_NAMES = ("flash_attention_2", "sdpa", "eager")
+#: Options that exist in padt only; a config written with them off looks like the reference's.
+PADT_ONLY_FIELDS = ("ordering", "absolute_position")
 
 
 @dataclass
@@ -29,8 +32,6 @@ class PaDTDecoderConfig:
 
     ``hidden_size`` and ``num_heads`` must equal the vision tower's: raw ViT features are added to decoder
     states without projection and the ViT RoPE tables are applied inside decoder heads.
-    ``attn_implementation`` is kept for round-tripping only: the reference always ran flash-attn varlen; padt
-    always runs SDPA, which computes the same function.
     """
 
     hidden_size: int = 1280
@@ -38,8 +39,10 @@ class PaDTDecoderConfig:
     llm_hidden_state: int = 2048
     num_heads: int = 16
     spatial_merge_size: int = 2
+    #: ``False``: the decoder predicts no masks (boxes and scores only), as the reference does.
     use_mask_loss: bool = True
     name: str = "PaDTDecoder"
+    #: The reference's kernel choice, kept so configs round-trip; padt's SDPA computes the same function.
     attn_implementation: str = "flash_attention_2"
     #: ``"reference"``: the published decoders' mixed window/raster orders (§7.7), required for their weights.
     #: ``"raster"``: every input in its true spatial order (for decoders trained from scratch with padt).
@@ -55,6 +58,10 @@ class PaDTDecoderConfig:
             raise ValueError(f"vl_decoder.ordering must be one of {ORDERINGS}, got {self.ordering!r}")
         if self.absolute_position and self.ordering != "raster":
             raise ValueError("vl_decoder.absolute_position needs ordering 'raster'")
+        if self.attn_implementation not in ATTENTION_NAMES:
+            raise ValueError(
+                f"vl_decoder.attn_implementation must be one of {ATTENTION_NAMES}, got {self.attn_implementation!r}"
+            )
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"vl_decoder.hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
@@ -67,10 +74,20 @@ class PaDTDecoderConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PaDTDecoderConfig:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown vl_decoder settings {unknown}; known: {', '.join(sorted(known))}")
+        return cls(**values)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_dict(self, *, reference_layout: bool = False) -> dict[str, Any]:
+        """All fields; with ``reference_layout``, padt's own options only when they are switched on, so that
+        configs of the published layout stay exactly as the reference wrote them."""
+        out = asdict(self)
+        if reference_layout:
+            for name in PADT_ONLY_FIELDS:
+                if out[name] == getattr(PaDTDecoderConfig, name):
+                    del out[name]
+        return out
 
     @property
     def head_dim(self) -> int:
@@ -86,7 +103,7 @@ class PaDTDecoderOutput(ModelOutput):
         pred_score: ``(O, 1)`` raw score logits (``sigmoid`` is the confidence; trained so that
             ``2 * sigmoid - 1`` regresses the GIoU).
         pred_mask: ``(O, 4 * H_max, 4 * W_max)`` mask logits; only ``[:4H, :4W]`` of each object is valid.
-        pred_mask_valid_hw: ``(O, 2)`` the patch grid ``(H, W)`` of each object's image (14-px patches).
+        pred_mask_valid_hw: ``(O, 2)`` the ViT patch grid ``(H, W)`` of each object's image.
         object_image: ``(O,)`` batch index of the image each object was decoded against.
         sample_idx: ``(O,)`` batch row of each object (set by the model's ``decode_objects``).
     """
@@ -170,7 +187,9 @@ class PaDTDecoderBlock(nn.Module):
     """Two-way block: queries attend to themselves and to the image, then the image memory attends to the
     queries. Memory tokens never attend to each other and the memory has no MLP (§7.4)."""
 
-    def __init__(self, hidden_size: int, intermediate_size: int, num_heads: int) -> None:
+    def __init__(
+        self, hidden_size: int, intermediate_size: int, num_heads: int, norm: type[nn.Module]
+    ) -> None:
         super().__init__()
         self.self_attn = Attention(hidden_size, num_heads)
         self.cross_attn_query_to_image = Attention(hidden_size, num_heads)
@@ -179,7 +198,7 @@ class PaDTDecoderBlock(nn.Module):
             nn.Linear(hidden_size, intermediate_size), nn.GELU(), nn.Linear(intermediate_size, hidden_size)
         )
         for i in range(1, 7):
-            setattr(self, f"norm{i}", RMSNorm(hidden_size, eps=1e-6))
+            setattr(self, f"norm{i}", norm(hidden_size, eps=1e-6))
 
     def forward(
         self,
@@ -229,9 +248,11 @@ class PaDTDecoder(nn.Module):
     and mask blocks are pasted by sequence index. See :meth:`forward`.
     """
 
-    def __init__(self, config: PaDTDecoderConfig) -> None:
+    def __init__(self, config: PaDTDecoderConfig, norm: type[nn.Module]) -> None:
+        """``norm``: the base model's RMSNorm class (``Backbone.decoder_norm``; parameter ``weight`` only)."""
         super().__init__()
         self.config = config
+        RMSNorm = norm
         d, llm_d = config.hidden_size, config.llm_hidden_state
         self.vp_embedding = nn.Embedding(1, d)
         self.bbox_score_mask_tokens = nn.Embedding(3, d)  # rows: box, score, mask
@@ -239,7 +260,7 @@ class PaDTDecoder(nn.Module):
         self.input_projection = nn.Sequential(
             RMSNorm(llm_d, eps=1e-6), nn.Linear(llm_d, d), nn.GELU(), nn.Linear(d, d)
         )
-        block = (d, config.intermediate_size, config.num_heads)
+        block = (d, config.intermediate_size, config.num_heads, norm)
         self.low_res_transformer = PaDTDecoderBlock(*block)
         self.high_res_norm = RMSNorm(d, eps=1e-6)
         self.high_res_transformer1 = PaDTDecoderBlock(*block)
@@ -376,13 +397,36 @@ class PaDTDecoder(nn.Module):
         pred_boxes = self.bbox_prediction(queries[:, 0])
         pred_score = self.score_prediction(queries[:, 1])
         grid_hw = grid[object_image, 1:]
-        pred_mask = self.predict_masks(queries[:, 2], high_memory, grid_hw)
+        # The reference skips the mask head when its config switches masks off; the modules exist anyway.
+        pred_mask = (
+            self.predict_masks(queries[:, 2], high_memory, grid_hw) if self.config.use_mask_loss else None
+        )
         return PaDTDecoderOutput(
             pred_boxes=pred_boxes,
             pred_score=pred_score,
             pred_mask=pred_mask,
             pred_mask_valid_hw=grid_hw,
             object_image=object_image,
+        )
+
+    def placeholder(self) -> PaDTDecoderOutput:
+        """The outputs for one all-zero object on a one-unit, all-zero image. A training batch without any object
+        decodes this (as the reference does), so that every decoder parameter takes part in the backward pass."""
+        weight = self.vp_embedding.weight
+        m = self.config.spatial_merge_size
+        zeros = weight.new_zeros
+        grid = torch.tensor([[1, m, m]], device=weight.device)
+        identity = (
+            zeros(m * m, self.config.head_dim) + 1,
+            zeros(m * m, self.config.head_dim),
+        )  # cos 1, sin 0
+        return self.forward(
+            [zeros(1, self.config.llm_hidden_state)],
+            torch.zeros(1, dtype=torch.long, device=weight.device),
+            zeros(1, self.config.llm_hidden_state),
+            zeros(m * m, self.config.hidden_size),
+            identity,
+            grid,
         )
 
     def predict_masks(

@@ -21,6 +21,7 @@ Everything is computed in float32 whatever the input dtype.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from padt.box_ops import box_cxcywh_to_xyxy, box_iou, box_xyxy_to_cxcywh, generalized_box_iou
-from padt.data.patches import resize_bilinear_cv2, segmentation_to_mask
 from padt.errors import PaDTError
+from padt.masks import resize_bilinear_cv2, segmentation_to_mask
 
 LOSS_TERMS = (
     "loss_token",
@@ -54,33 +55,26 @@ _MIN_BOX_SIDE = 1e-6
 
 
 def build_foreground_sets(
-    picked: Sequence[Sequence[int]],
-    patches: Sequence[Sequence[int]],
-    image_offsets: Sequence[int],
-    vocab_size: int,
+    picked: Sequence[Sequence[int]], foreground_ids: Sequence[Sequence[int]]
 ) -> list[torch.Tensor]:
     """The foreground set of every VRT target, in the order :func:`robust_token_loss` expects.
 
     Args:
-        picked: per object, the patch indices written in its VRT run (``k_o`` of them).
-        patches: per object, its foreground patch indices (§9.3), in the same image as ``picked``.
-        image_offsets: per object, the global offset ``P_i`` of its image in the batch
-            (``VRTLayout.image_global_offset``).
-        vocab_size: ``V``.
+        picked: per object, the VRTs written in its run (``k_o`` of them; only their number is used).
+        foreground_ids: per object, the GLOBAL ids of its foreground VRTs (§9.3):
+            ``VRTLayout.global_ids(image, patches)``.
 
     Objects must be listed sample by sample, in completion order, so that the result lines up with the VRT
-    targets in row-major order. Returns one ``(|F_o|,)`` int64 tensor of global ids ``V + P_i + F_o`` per
-    picked VRT (the ``k_o`` entries of an object share one tensor).
+    targets in row-major order. Returns one ``(|F_o|,)`` int64 tensor per picked VRT (the ``k_o`` entries of an
+    object share one tensor).
     """
-    if not len(picked) == len(patches) == len(image_offsets):
+    if len(picked) != len(foreground_ids):
         raise PaDTError(
-            f"picked ({len(picked)}), patches ({len(patches)}) and image_offsets ({len(image_offsets)}) "
-            "must have one entry per object"
+            f"picked ({len(picked)}) and foreground_ids ({len(foreground_ids)}) must have one entry per object"
         )
     out: list[torch.Tensor] = []
-    for run, fg, offset in zip(picked, patches, image_offsets):
-        ids = torch.as_tensor([vocab_size + int(offset) + int(j) for j in fg], dtype=torch.long)
-        out.extend([ids] * len(run))
+    for run, ids in zip(picked, foreground_ids):
+        out.extend([torch.as_tensor([int(i) for i in ids], dtype=torch.long)] * len(run))
     return out
 
 
@@ -309,7 +303,7 @@ def gt_mask_for_loss(
     """The mask target of one object: ``(4H, 4W)`` bool (§8.5).
 
     The full-resolution mask (an RLE dict, list of RLEs, COCO polygons with ``image_hw``, or a 2-D array) is
-    resized bilinearly to ``(4H, 4W)``, ``(H, W)`` being the image's 14-px patch grid (``image_grid_thw[1:]``),
+    resized bilinearly to ``(4H, 4W)``, ``(H, W)`` being the image's ViT patch grid (``image_grid_thw[1:]``),
     and thresholded ``> 0.5`` — exactly as the reference's ``cv2.resize`` on a float32 mask.
     """
     h, w = (int(v) for v in patch_grid_hw)
@@ -425,8 +419,50 @@ def weighted_total(terms: Mapping[str, torch.Tensor], weights: Mapping[str, floa
     )
 
 
+@dataclass
+class PaDTOutputs:
+    """What one training step produced.
+
+    Attributes:
+        logits: ``(B, L, C)`` logits aligned with the completion targets (``logits[:, t]`` predicts token ``t``).
+        decoded: the decoder's outputs for every object, in (sample, object) order (``None`` when no decoder
+            term is computed). Without any object the decoder runs on one placeholder object so that its
+            parameters stay in the graph; :attr:`PaDTTargets.num_objects` is then 0.
+    """
+
+    logits: torch.Tensor
+    decoded: Any = None
+
+
+@dataclass
+class PaDTTargets:
+    """What one training step should have produced.
+
+    Attributes:
+        tokens: ``(B, L)`` completion ids, VRTs as global ids; negative ids are ignored.
+        completion_mask: ``(B, L)``, 1 on the tokens to supervise.
+        foreground_sets: per VRT target, the ids left out of its softmax (:func:`build_foreground_sets`; a set
+            holding only the target itself gives the plain cross-entropy).
+        vocab_size: ``V``.
+        boxes: ``(O, 4)`` normalised xyxy ground-truth boxes, matched to the decoded objects by order.
+        masks: per object its ``(4H, 4W)`` mask target (:func:`gt_mask_for_loss`) or ``None``.
+    """
+
+    tokens: torch.Tensor
+    completion_mask: torch.Tensor
+    foreground_sets: Sequence[torch.Tensor] | torch.Tensor
+    vocab_size: int
+    boxes: torch.Tensor | None = None
+    masks: Sequence[torch.Tensor | None] = ()
+
+    @property
+    def num_objects(self) -> int:
+        return 0 if self.boxes is None else int(self.boxes.shape[0])
+
+
 class PaDTCriterion:
-    """Computes the weighted PaDT losses, skipping every term whose weight is zero or missing.
+    """The weighted PaDT losses (DETR's ``SetCriterion`` shape): ``criterion(outputs, targets)`` returns every
+    active term by name plus ``loss``, their weighted sum; a term whose weight is zero or missing is skipped.
 
     Args:
         weight_dict: term name -> weight (default :data:`DEFAULT_LOSS_WEIGHTS`, all 1 as in the reference).
@@ -455,54 +491,66 @@ class PaDTCriterion:
         """Whether any of the named terms has a non-zero weight."""
         return any(self.weight_dict.get(name, 0) for name in names)
 
-    def __call__(
-        self,
-        *,
-        logits: torch.Tensor | None = None,
-        targets: torch.Tensor | None = None,
-        completion_mask: torch.Tensor | None = None,
-        foreground_sets: torch.Tensor | Sequence[torch.Tensor | Sequence[int]] | None = None,
-        vocab_size: int | None = None,
-        pred_boxes: torch.Tensor | None = None,
-        pred_scores: torch.Tensor | None = None,
-        gt_boxes: torch.Tensor | None = None,
-        pred_masks: torch.Tensor | None = None,
-        gt_masks: torch.Tensor | None = None,
-        valid_masks: torch.Tensor | None = None,
-        has_mask: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """All active terms and their logging values, plus ``loss``, the weighted total.
+    @property
+    def wants_decoder(self) -> bool:
+        """Whether a decoder term (box, score or mask) is active."""
+        return self.wants(*DECODER_TERMS)
 
-        Arguments are those of :func:`robust_token_loss`, :func:`box_losses`/:func:`score_loss` and
-        :func:`mask_losses`; only the ones the active terms need have to be given.
-        """
+    def __call__(self, outputs: PaDTOutputs, targets: PaDTTargets) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         if self.wants("loss_token"):
-            if logits is None or targets is None or completion_mask is None or foreground_sets is None:
-                raise PaDTError("loss_token needs logits, targets, completion_mask and foreground_sets")
-            if vocab_size is None:
-                raise PaDTError("loss_token needs vocab_size")
-            out.update(robust_token_loss(logits, targets, completion_mask, foreground_sets, vocab_size))
+            out.update(
+                robust_token_loss(
+                    outputs.logits,
+                    targets.tokens,
+                    targets.completion_mask,
+                    targets.foreground_sets,
+                    targets.vocab_size,
+                )
+            )
+        decoded = outputs.decoded
+        if self.wants_decoder and decoded is not None:
+            if targets.num_objects == 0:
+                out.update(self._no_objects(decoded))
+            else:
+                out.update(self._decoder_terms(decoded, targets))
+        out["loss"] = weighted_total(out, {k: w for k, w in self.weight_dict.items() if k in out})
+        return out
+
+    def _decoder_terms(self, decoded: Any, targets: PaDTTargets) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        boxes = targets.boxes.to(decoded.pred_boxes.device)
         if self.wants("loss_bbox_l1", "loss_bbox_giou", "loss_score"):
-            if pred_boxes is None or gt_boxes is None:
-                raise PaDTError("the box and score losses need pred_boxes and gt_boxes")
-            out.update(box_losses(pred_boxes, gt_boxes, reference_gt_dtype=self.reference_gt_dtype))
+            out.update(box_losses(decoded.pred_boxes, boxes, reference_gt_dtype=self.reference_gt_dtype))
             if self.wants("loss_score"):
-                if pred_scores is None:
-                    raise PaDTError("loss_score needs pred_scores")
-                out.update(score_loss(pred_scores, out["matched_giou"]))
-        if self.wants("loss_mask_dice", "loss_mask_focal"):
-            if pred_masks is None or gt_masks is None or valid_masks is None:
-                raise PaDTError("the mask losses need pred_masks, gt_masks and valid_masks")
+                out.update(score_loss(decoded.pred_score, out["matched_giou"]))
+        if self.wants("loss_mask_dice", "loss_mask_focal") and decoded.pred_mask is not None:
+            gt, valid, has = stack_mask_targets(
+                list(targets.masks), decoded.pred_mask_valid_hw.cpu(), tuple(decoded.pred_mask.shape[-2:])
+            )
+            device = decoded.pred_mask.device
             out.update(
                 mask_losses(
-                    pred_masks,
-                    gt_masks,
-                    valid_masks,
-                    has_mask,
+                    decoded.pred_mask,
+                    gt.to(device),
+                    valid.to(device),
+                    has.to(device),
                     focal_alpha=self.focal_alpha,
                     focal_gamma=self.focal_gamma,
                 )
             )
-        out["loss"] = weighted_total(out, self.weight_dict)
         return out
+
+    def _no_objects(self, decoded: Any) -> dict[str, torch.Tensor]:
+        """No object in the batch: every decoder term is 0, but stays connected to the decoder's outputs (the
+        placeholder object's) so that every parameter takes part in the backward pass, as distributed data
+        parallel requires."""
+        parts = [decoded.pred_boxes, decoded.pred_score] + (
+            [decoded.pred_mask] if decoded.pred_mask is not None else []
+        )
+        zero = sum(p.float().sum() for p in parts) * 0.0
+        return {name: zero for name in DECODER_TERMS if self.wants(name)}
+
+
+#: The loss terms computed from the decoder's outputs.
+DECODER_TERMS = ("loss_bbox_l1", "loss_bbox_giou", "loss_score", "loss_mask_dice", "loss_mask_focal")

@@ -1,7 +1,8 @@
-"""PaDT = Qwen2.5-VL + visual reference tokens (docs/method.md §4, §7, §11).
+"""PaDT = a Qwen-VL model + visual reference tokens (docs/method.md §4, §7, §11).
 
-:class:`PaDTForConditionalGeneration` subclasses transformers' ``Qwen2_5_VLForConditionalGeneration`` and adds
-only what PaDT adds:
+:class:`PaDTMixin` holds everything PaDT adds to a base vision-language model; each base gets one class that
+mixes it into the base's own ``...ForConditionalGeneration`` (here :class:`PaDTForConditionalGeneration` for
+Qwen2.5-VL), and what differs between bases is asked of its adapter (:mod:`padt.backbones`). PaDT adds:
 
 - ``vis_norm`` / ``vis_proj``: the prototype transform. A VRT's embedding *and* its output vector are the
   prototype ``LN(img) + W2 W1 LN(img)`` of the merged patch it names (post-merger feature, unit-raster order).
@@ -15,7 +16,7 @@ only what PaDT adds:
   VRT logits (``h . prototype``) nor the image tokens can express "the leftmost ...".
 
 The image placeholder tokens of the prompt still get the merger features (plus the position code when it is
-on), exactly like stock Qwen2.5-VL.
+on), exactly like the stock base model.
 """
 
 from __future__ import annotations
@@ -26,31 +27,21 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import Qwen2_5_VLForConditionalGeneration
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightRenaming
-from transformers.modeling_outputs import BaseModelOutputWithPooling, MultimodalCausalLMOutputWithPast
+from transformers.modeling_outputs import MultimodalCausalLMOutputWithPast
 from transformers.utils import ModelOutput
-from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
-from padt.decoder import PaDTDecoder, PaDTDecoderConfig, PaDTDecoderOutput, normalised_position_code
+from padt.backbones import Backbone, backbone_of, get_backbone
+from padt.config import PaDTConfigFields, PaDTQwen2_5_VLConfig
+from padt.decoder import PaDTDecoder, PaDTDecoderOutput, normalised_position_code
 from padt.errors import PaDTError
 from padt.generation import VRTRepeatPenaltyLogitsProcessor, VRTStateRecorder
 from padt.vrt import VRTLayout
 
-# Checkpoints saved by the reference (transformers 4.50) keep the vision tower at ``visual.*`` and the text
-# model at ``model.*``; transformers 5 nests both under ``model.`` (§11.1). PaDT's own keys are unaffected.
-REFERENCE_KEY_MAPPING = {
-    r"^visual": "model.visual",
-    r"^model(?!\.(language_model|visual))": "model.language_model",
-}
-# Registered for the class, so loading renames 4.50 keys and save_pretrained writes the reference's layout back
-# (checkpoints stay loadable by the reference code), whether the model was loaded or built from a config.
-register_checkpoint_conversion_mapping(
-    "PaDTForConditionalGeneration",
-    [WeightRenaming(source_patterns=k, target_patterns=v) for k, v in REFERENCE_KEY_MAPPING.items()],
-    overwrite=True,
-)
+#: Parameter-name prefixes of the modules PaDT adds (trained as the "decoder" component, together with the
+#: prototype transform).
 PADT_MODULE_PREFIXES = ("vis_norm.", "vis_proj.", "vl_decoder.")
 PROTOTYPE_RANK = 64  # the reference's rank-64 bottleneck (``lora_r``)
 IMAGE_POSITION_CODE_DIM = 32  # 8 frequencies x (sin, cos) x (x, y) for ``config.image_position_code``
@@ -60,6 +51,23 @@ WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
+
+
+def _register_reference_layout(class_name: str, backbone: Backbone) -> None:
+    """Loading renames the reference's checkpoint keys and ``save_pretrained`` writes them back, so checkpoints
+    stay loadable by the reference code, whether the model was loaded or built from a config."""
+    if backbone.reference_key_mapping:
+        register_checkpoint_conversion_mapping(
+            class_name,
+            [
+                WeightRenaming(source_patterns=k, target_patterns=v)
+                for k, v in backbone.reference_key_mapping.items()
+            ],
+            overwrite=True,
+        )
+
+
+_register_reference_layout("PaDTForConditionalGeneration", get_backbone("qwen2_5_vl"))
 
 
 @dataclass
@@ -73,6 +81,7 @@ class PaDTVisionOutput(ModelOutput):
             raster order when the decoder's ``ordering`` is ``"raster"``).
         visual_pe: ``(cos, sin)``, each ``Σn x head_dim``: the ViT 2-D RoPE, in the same order.
         image_grid_thw: ``I x 3`` patch grids.
+        extra: what else the base's language model takes from its vision tower (Qwen3-VL's DeepStack features).
     """
 
     image_embeds: torch.Tensor | None = None
@@ -80,6 +89,7 @@ class PaDTVisionOutput(ModelOutput):
     high_res_image_embeds: torch.Tensor | None = None
     visual_pe: tuple[torch.Tensor, torch.Tensor] | None = None
     image_grid_thw: torch.Tensor | None = None
+    extra: Any = None
 
 
 @dataclass
@@ -101,80 +111,61 @@ class PaDTCausalLMOutput(MultimodalCausalLMOutputWithPast):
     vrt_allowed: torch.Tensor | None = None
 
 
-def prepare_padt_config(config: Qwen2_5_VLConfig) -> Qwen2_5_VLConfig:
-    """Fill in PaDT's config fields the way the reference does (§7.1, §11.2), in place.
+class PaDTMixin:
+    """What PaDT adds to a base ``...ForConditionalGeneration`` (mixed in before it; see the module docstring).
 
-    ``vl_decoder`` defaults to the vision tower's width, heads and MLP size (what the reference trainer
-    writes); ``llm_hidden_state`` and ``spatial_merge_size`` are always overwritten from the backbone.
+    ``backbone`` is the base's adapter (:mod:`padt.backbones`); ``config`` a PaDT config of that base
+    (:mod:`padt.config`). A plain base config is converted.
     """
-    vision = config.vision_config
-    values = dict(getattr(config, "vl_decoder", None) or {})
-    values.setdefault("hidden_size", vision.hidden_size)
-    values.setdefault("intermediate_size", vision.intermediate_size)
-    values.setdefault("num_heads", vision.num_heads)
-    values.setdefault("name", "PaDTDecoder")
-    values.setdefault("attn_implementation", "flash_attention_2")
-    values.setdefault("use_mask_loss", True)
-    values["llm_hidden_state"] = config.text_config.hidden_size
-    values["spatial_merge_size"] = vision.spatial_merge_size
-    if values["hidden_size"] != vision.hidden_size or values["num_heads"] != vision.num_heads:
-        raise PaDTError(
-            f"vl_decoder.hidden_size/num_heads ({values['hidden_size']}/{values['num_heads']}) must equal the vision "
-            f"tower's ({vision.hidden_size}/{vision.num_heads}): the decoder adds raw ViT features and uses ViT RoPE"
-        )
-    config.vl_decoder = values
-    if getattr(config, "use_visual_prototype_projection", None) is None:
-        config.use_visual_prototype_projection = True
-    config.architectures = ["PaDTForConditionalGeneration"]
-    return config
 
+    config_class: type
+    backbone: Backbone
 
-def window_to_raster(
-    window_index: torch.Tensor, image_grid_thw: torch.Tensor, merge_size: int = 2
-) -> torch.Tensor:
-    """Permutation ``perm`` with ``raster = window_ordered[perm]`` for ViT patch tokens (images, ``t = 1``).
-
-    The ViT's last hidden state and RoPE come in window order: merge units permuted by ``window_index``, the
-    ``merge_size**2`` patches of a unit consecutive. Raster order is row-major over each image's patch grid.
-    """
-    m2 = merge_size * merge_size
-    grid = image_grid_thw.to(window_index.device)
-    units = grid.prod(-1) // m2
-    unit_start = torch.cumsum(units, 0) - units
-    patch_start = unit_start * m2
-    image_of_unit = torch.repeat_interleave(torch.arange(grid.shape[0], device=grid.device), units)
-    p = torch.arange(window_index.numel() * m2, device=grid.device)
-    unit = window_index[p // m2]
-    image = image_of_unit[unit]
-    local = unit - unit_start[image]
-    width = grid[image, 2]
-    unit_row, unit_col = local // (width // merge_size), local % (width // merge_size)
-    sub_row, sub_col = (p % m2) // merge_size, (p % m2) % merge_size
-    raster = (unit_row * merge_size + sub_row) * width + unit_col * merge_size + sub_col + patch_start[image]
-    perm = torch.empty_like(raster)
-    perm[raster] = p
-    return perm
-
-
-class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
-    """Qwen2.5-VL that reads and writes visual reference tokens, plus the PaDT decoder."""
-
-    def __init__(self, config: Qwen2_5_VLConfig) -> None:
-        prepare_padt_config(config)
+    def __init__(self, config: Any) -> None:
+        if not isinstance(config, PaDTConfigFields):
+            config = self.config_class.from_dict(config.to_dict())
         super().__init__(config)
+        self.backbone = backbone_of(config)
         hidden = config.text_config.hidden_size
         if config.use_visual_prototype_projection:
             self.vis_norm = nn.LayerNorm(hidden, eps=1e-5)
             self.vis_proj = nn.Sequential(
                 nn.Linear(hidden, PROTOTYPE_RANK, bias=False), nn.Linear(PROTOTYPE_RANK, hidden, bias=False)
             )
-        self.vl_decoder = PaDTDecoder(PaDTDecoderConfig.from_dict(config.vl_decoder))
+        self.vl_decoder = PaDTDecoder(config.decoder_config, norm=self.backbone.decoder_norm)
         self.image_position = (
-            nn.Linear(IMAGE_POSITION_CODE_DIM, hidden, bias=False)
-            if getattr(config, "image_position_code", False)
-            else None
+            nn.Linear(IMAGE_POSITION_CODE_DIM, hidden, bias=False) if config.image_position_code else None
         )
         self.post_init()
+
+    # ------------------------------------------------------------------------------------------ components
+    @property
+    def component_prefixes(self) -> dict[str, tuple[str, ...]]:
+        """Parameter-name prefixes of each trainable component: ``vision`` (the base's vision tower and the
+        image position code), ``llm`` (the language model and its head), ``decoder`` (PaDT's modules)."""
+        base = self.backbone.component_prefixes
+        return {
+            "vision": (*base["vision"], "image_position."),
+            "llm": tuple(base["llm"]),
+            "decoder": PADT_MODULE_PREFIXES,
+        }
+
+    @property
+    def component_modules(self) -> dict[str, tuple[str, ...]]:
+        """The submodule names of each component (what peft keeps as full trainable copies)."""
+        base = self.backbone.component_modules
+        return {
+            "vision": (*base["vision"], "image_position"),
+            "llm": tuple(base["llm"]),
+            "decoder": ("vl_decoder", "vis_norm", "vis_proj"),
+        }
+
+    def component_of(self, name: str) -> str | None:
+        """The component a parameter or module name belongs to (``None`` if none)."""
+        for component, prefixes in self.component_prefixes.items():
+            if name.startswith(prefixes):
+                return component
+        return None
 
     # ------------------------------------------------------------------------------------------ init / loading
     def _init_weights(self, module: nn.Module) -> None:
@@ -191,14 +182,25 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         *args: Any,
         init_padt_modules: bool = False,
         **kwargs: Any,
-    ) -> PaDTForConditionalGeneration:
+    ) -> PaDTMixin:
         """Load a PaDT checkpoint: the reference's layout (transformers 4.50 keys) or padt's own.
 
-        Any missing, unexpected or mismatched key is an error that lists them. With
-        ``init_padt_modules=True`` a plain Qwen2.5-VL checkpoint is accepted: the PaDT modules (``vis_norm``,
-        ``vis_proj``, ``vl_decoder``) are then freshly initialised, as the reference does before training.
+        The class follows the checkpoint's base (``model_type`` in its ``config.json``), so
+        ``PaDTForConditionalGeneration.from_pretrained`` also loads a Qwen3-VL PaDT. Any missing, unexpected or
+        mismatched key is an error that lists them. With ``init_padt_modules=True`` a plain base checkpoint is
+        accepted: the PaDT modules (``vis_norm``, ``vis_proj``, ``vl_decoder``) are then freshly initialised, as
+        the reference does before training.
         """
         path = os.fspath(pretrained_model_name_or_path)
+        model_type = _checkpoint_model_type(path)
+        if model_type is not None and model_type != cls.config_class.model_type:
+            if model_type not in PADT_CLASSES:
+                raise PaDTError(
+                    f"{path} holds a {model_type!r} model; PaDT runs on {', '.join(PADT_CLASSES)}"
+                )
+            return PADT_CLASSES[model_type].from_pretrained(
+                path, *args, init_padt_modules=init_padt_modules, **kwargs
+            )
         if os.path.isdir(path) and not any(os.path.exists(os.path.join(path, f)) for f in WEIGHT_FILES):
             raise PaDTError(
                 f"no model weights in {path} (looked for {', '.join(WEIGHT_FILES)}); point --model at a folder "
@@ -230,7 +232,7 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             hint = (
                 ""
                 if init_padt_modules
-                else " (to start from a plain Qwen2.5-VL checkpoint pass init_padt_modules=True)"
+                else f" (to start from a plain {cls.config_class.model_type} checkpoint pass init_padt_modules=True)"
             )
             raise PaDTError(f"checkpoint {path} does not match PaDT: " + "; ".join(problems) + hint)
         return (model, info) if user_wants_info else model
@@ -272,7 +274,6 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             raise PaDTError(
                 "pixel_values were given without image_grid_thw; pass both, as the processor returns them"
             )
-        visual = self.model.visual
         grid = image_grid_thw.to(pixel_values.device)
         expected = int(grid.prod(-1).sum())
         if pixel_values.shape[0] != expected:
@@ -280,37 +281,18 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
                 f"pixel_values has {pixel_values.shape[0]} patches but image_grid_thw describes {expected}; "
                 "pass the processor's pixel_values and image_grid_thw together"
             )
-        position_ids = get_vision_position_ids(grid, self.merge_size)
-        window_index, cu_window_seqlens = get_vision_window_index(
-            grid,
-            spatial_merge_size=self.merge_size,
-            window_size=visual.window_size,
-            patch_size=visual.patch_size,
-        )
-        out = visual(
-            pixel_values.type(visual.dtype),
-            grid_thw=grid,
-            position_ids=position_ids,
-            window_index=window_index,
-            cu_window_seqlens=cu_window_seqlens,
-        )
-        # The ViT's RoPE, permuted into window order like its last hidden state (the decoder's visual PE).
-        cos, sin = visual.rotary_pos_emb(out.last_hidden_state, position_ids)
-        seq_len = out.last_hidden_state.shape[0]
-        visual_pe = tuple(visual.permute_input_for_window_attn(t, window_index, seq_len) for t in (cos, sin))
-        image_embeds = out.pooler_output
+        raster = self.vl_decoder.config.ordering == "raster"
+        features = self.backbone.encode_images(self, pixel_values, grid, raster=raster)
+        image_embeds = features.merged
         if self.image_position is not None:
             image_embeds = image_embeds + self.image_position_embeds(grid).to(image_embeds.dtype)
-        high_res = out.last_hidden_state
-        if self.vl_decoder.config.ordering == "raster":
-            perm = window_to_raster(window_index.to(grid.device), grid, self.merge_size)
-            high_res, visual_pe = high_res[perm], tuple(t[perm] for t in visual_pe)
         return PaDTVisionOutput(
             image_embeds=image_embeds,
             prototypes=self.image_prototypes(image_embeds),
-            high_res_image_embeds=high_res,
-            visual_pe=visual_pe,
+            high_res_image_embeds=features.high_res,
+            visual_pe=features.visual_pe,
             image_grid_thw=grid,
+            extra=features,
         )
 
     # ------------------------------------------------------------------------------------------ VRT head
@@ -348,20 +330,6 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             logits = logits.masked_fill(~allowed[:, None, :], float("-inf"))
         return logits
 
-    def _check_vrt_ids(self, input_ids: torch.Tensor, layout: VRTLayout) -> None:
-        vocab = self.vocab_size
-        rel = input_ids - vocab
-        start = layout.sample_global_offset.to(input_ids.device)[:, None]
-        end = start + layout.sample_num_vrts.to(input_ids.device)[:, None]
-        bad = (input_ids >= vocab) & ((rel < start) | (rel >= end))
-        if bool(bad.any()):
-            row, col = (int(v) for v in bad.nonzero()[0])
-            raise PaDTError(
-                f"VRT id {int(input_ids[row, col])} at sample {row}, position {col} is not one of the sample's own "
-                f"images (allowed ids {vocab + int(start[row, 0])}..{vocab + int(end[row, 0]) - 1}); convert local "
-                "VRT ids to global ones with VRTLayout.to_global and reference only the sample's images"
-            )
-
     # ------------------------------------------------------------------------------------------ forward
     def forward(
         self,
@@ -387,9 +355,11 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
     ) -> PaDTCausalLMOutput:
         """Forward with global VRT ids in ``input_ids``.
 
-        On a call with ``pixel_values`` (training, or generation prefill) the vision tower runs once and the
-        prototypes, the :class:`VRTLayout` and the logit mask are built; later generation steps pass the cached
-        ``vision``, ``vrt_layout`` and ``vrt_allowed`` instead. ``labels`` (optional) gives a plain next-token
+        ``vrt_layout``: the batch's :class:`VRTLayout`, as the processor built it (``PaDTBatch.inputs`` carries
+        it); without one it is read off ``input_ids`` and ``image_grid_thw`` and the VRT ids are checked against
+        it. On a call with ``pixel_values`` (training, or generation prefill) the vision tower runs once and the
+        prototypes and the logit mask are built; later generation steps pass the cached ``vision``,
+        ``vrt_layout`` and ``vrt_allowed`` instead. ``labels`` (optional) gives a plain next-token
         cross-entropy over text + VRT classes; PaDT training uses :mod:`padt.losses` instead.
         """
         if pixel_values_videos is not None:
@@ -406,19 +376,20 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
                 image_token_id=self.config.image_token_id,
                 merge_size=self.merge_size,
             )
-            self._check_vrt_ids(input_ids, vrt_layout)
-            vrt_allowed = vrt_layout.allowed_mask() if vrt_layout.num_vrts else None
+            vrt_layout.check_global_ids(input_ids)
+        elif vrt_layout.image_grid_thw.device != input_ids.device:
+            vrt_layout = vrt_layout.to(input_ids.device)
+        if vrt_allowed is None and vrt_layout.num_vrts:
+            vrt_allowed = vrt_layout.allowed_mask()
         prototypes = vision.prototypes if vision is not None else None
 
         inputs_embeds = self.embed_tokens_with_vrts(input_ids, prototypes)
         encoder_outputs = None
         if pixel_values is not None:
-            # The prompt's <|image_pad|> tokens get the raw merger features (stock Qwen2.5-VL behaviour).
-            sizes = (vision.image_grid_thw.prod(-1) // self.merge_size**2).tolist()
+            # The prompt's <|image_pad|> tokens get the raw merger features (stock base model behaviour).
             encoder_outputs = {
-                "image": BaseModelOutputWithPooling(
-                    last_hidden_state=vision.high_res_image_embeds,
-                    pooler_output=torch.split(vision.image_embeds, sizes),
+                "image": self.backbone.encoder_outputs(
+                    vision.image_embeds, vision.extra, vision.image_grid_thw
                 )
             }
             if mm_token_type_ids is None:
@@ -468,6 +439,8 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         vision: PaDTVisionOutput,
         vrt_layout: VRTLayout,
         object_images: list[list[int]] | None = None,
+        *,
+        placeholder_if_empty: bool = False,
     ) -> PaDTDecoderOutput:
         """Run the PaDT decoder on every object of every sample.
 
@@ -478,6 +451,8 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             vrt_layout: the batch layout (``output.vrt_layout``).
             object_images: per sample, per object, the batch index of the image the object refers to. Optional
                 when every sample that has objects has exactly one image.
+            placeholder_if_empty: without any object, decode one placeholder object instead of nothing (a
+                training step keeps the decoder in the graph that way; see :meth:`PaDTDecoder.placeholder`).
         Returns:
             :class:`PaDTDecoderOutput` with one row per object, in (sample, object) order, and ``sample_idx``.
         """
@@ -511,6 +486,10 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             images.extend(chosen)
             samples.extend([b] * len(objects))
         device = self.vl_decoder.vp_embedding.weight.device
+        if not flat and placeholder_if_empty:
+            out = self.vl_decoder.placeholder()
+            out.sample_idx = torch.full((1,), -1, dtype=torch.long, device=device)
+            return out
         out = self.vl_decoder(
             flat,
             torch.tensor(images, dtype=torch.long, device=device),
@@ -584,3 +563,35 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             if recorder.vision is None:
                 recorder.vision, recorder.vrt_layout = outputs.vision, outputs.vrt_layout
         return model_kwargs
+
+
+def _checkpoint_model_type(path: str) -> str | None:
+    """``model_type`` in a checkpoint folder's ``config.json`` (None if there is none)."""
+    import json
+
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config):
+        return None
+    try:
+        with open(config, encoding="utf-8") as f:
+            return json.load(f).get("model_type")
+    except (OSError, ValueError):
+        raise PaDTError(f"{config} is not valid JSON; restore the checkpoint's config.json") from None
+
+
+class PaDTForConditionalGeneration(PaDTMixin, Qwen2_5_VLForConditionalGeneration):
+    """Qwen2.5-VL that reads and writes visual reference tokens, plus the PaDT decoder (the published
+    checkpoints' architecture). ``from_pretrained`` loads a PaDT of any supported base."""
+
+    config_class = PaDTQwen2_5_VLConfig
+
+
+#: ``model_type`` of the base -> its PaDT class.
+PADT_CLASSES: dict[str, type[PaDTMixin]] = {"qwen2_5_vl": PaDTForConditionalGeneration}
+
+
+def padt_class_for(model_type: str) -> type[PaDTMixin]:
+    """The PaDT class of a base model type."""
+    if model_type not in PADT_CLASSES:
+        raise PaDTError(f"PaDT runs on {', '.join(PADT_CLASSES)}, not {model_type!r}")
+    return PADT_CLASSES[model_type]

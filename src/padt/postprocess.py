@@ -1,30 +1,31 @@
 """Decoder outputs -> boxes, masks and scores on the original image (docs/method.md §6.5).
 
 The decoder predicts, per object, a box ``(cx, cy, w, h)`` normalised to the (resized) image, a score logit
-and mask logits at 4x4 per 14-px patch (``(4H, 4W)`` valid region of a zero-padded ``(4H_max, 4W_max)`` map,
+and mask logits at 4x4 per ViT patch (``(4H, 4W)`` valid region of a zero-padded ``(4H_max, 4W_max)`` map,
 ``(H, W)`` = the image's patch grid). Normalised coordinates are resolution-free, so they are mapped straight
 to the ORIGINAL image, whatever resizing the processor did.
 
 - :func:`boxes_to_pixel_xyxy`: pixel corners clipped to the image (the user-facing format).
 - :func:`boxes_to_coco_xywh`: the reference evaluation's integer COCO boxes, rounding quirks included.
-- :func:`masks_to_original`: mask logits -> bool masks at the original size; :func:`mask_to_rle` -> COCO RLE.
+- :func:`masks_to_original`: mask logits -> bool masks at the original size (:func:`padt.masks.encode_rle`
+  makes the COCO RLE).
 - :func:`detected_objects`: all of it for one image's objects, as :class:`DetectedObject` records.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pycocotools import mask as mask_utils
 
 from padt.box_ops import box_cxcywh_to_xyxy
+from padt.masks import decode_rle, encode_rle
 
-#: Mask logits per 14-px patch side (the decoder's 4x4 upsampling, docs/method.md §7.6).
+#: Mask logits per ViT patch side (the decoder's 4x4 upsampling, docs/method.md §7.6).
 MASK_PER_PATCH = 4
 
 
@@ -116,20 +117,36 @@ def masks_to_original(
     return out
 
 
-def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
-    """COCO RLE of one ``(h, w)`` bool mask, with ``counts`` as str so it serialises to JSON."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+@dataclass
+class Prediction:
+    """What the model said about one sample.
+
+    Attributes:
+        text: the completion, VRTs written ``<|VRT_j|>``.
+        objects: one :class:`DetectedObject` per object the answer refers to, boxes/masks on the original image.
+        object_images: index (within the sample) of the image each object lies in.
+        warnings: anything the parser skipped or found malformed.
+        finished: False when generation stopped before the end-of-answer token (``max_new_tokens``).
+    """
+
+    text: str
+    objects: list[DetectedObject] = field(default_factory=list)
+    object_images: list[int] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    finished: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "objects": [o.to_json() | {"image": i} for o, i in zip(self.objects, self.object_images)],
+            "finished": self.finished,
+            "warnings": self.warnings,
+        }
 
 
-def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
-    """Inverse of :func:`mask_to_rle` (accepts ``counts`` as str or bytes)."""
-    counts = rle["counts"]
-    encoded = {
-        "size": list(rle["size"]),
-        "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
-    }
-    return mask_utils.decode(encoded).astype(bool)
+#: Deprecated names (the mask codecs live in :mod:`padt.masks`).
+mask_to_rle = encode_rle
+rle_to_mask = decode_rle
 
 
 def detected_objects(
@@ -171,7 +188,7 @@ def detected_objects(
                 box_xyxy=tuple(float(v) for v in boxes[o]),
                 score=float(scores[o]),
                 mask=mask,
-                mask_rle=mask_to_rle(mask) if mask is not None else None,
+                mask_rle=encode_rle(mask) if mask is not None else None,
             )
         )
     return out
@@ -179,6 +196,7 @@ def detected_objects(
 
 __all__ = [
     "DetectedObject",
+    "Prediction",
     "boxes_to_coco_xywh",
     "boxes_to_pixel_xyxy",
     "detected_objects",

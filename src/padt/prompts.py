@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-TASKS = ("rec", "res", "ovd", "ric")
-
 REC_PROMPT = 'Please carefully check the image and detect the object this sentence describes: "{}".'
 REC_ANSWER = 'The "{}" refers to {} in this image.'
 OVD_PROMPT = "Please carefully check the image and detect the following objects: {}."
@@ -68,18 +66,16 @@ def ric_prompt() -> str:
 
 
 def task_prompt(task: str, text: str = "") -> str:
-    """Build the prompt of ``task`` from user text: a sentence (rec/res), a comma-separated class list (ovd),
-    nothing (ric)."""
-    task = task.lower()
-    if task in ("rec", "res"):
-        if not text.strip():
-            raise ValueError(f"task {task!r} needs a referring sentence; pass it as the prompt text")
-        return rec_prompt(text.strip())
-    if task == "ovd":
-        names = [n.strip() for n in text.split(",") if n.strip()]
-        if not names:
-            raise ValueError("task 'ovd' needs a comma-separated class list, e.g. 'person, car, dog'")
-        return ovd_prompt(names)
-    if task == "ric":
-        return ric_prompt()
-    raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    """Build the prompt of ``task`` from user text (:meth:`padt.tasks.Task.prompt`)."""
+    from padt.tasks import get_task
+
+    return get_task(task).prompt(text)
+
+
+def __getattr__(name: str):
+    # ``prompts.TASKS`` was the tuple of task names; the tasks live in padt.tasks now.
+    if name == "TASKS":
+        from padt.tasks import TASK_NAMES
+
+        return TASK_NAMES
+    raise AttributeError(f"module 'padt.prompts' has no attribute {name!r}")

@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from padt.backbones import default_geometry
 from padt.data.patches import merged_grid_for_image
 
 if TYPE_CHECKING:
-    from padt.inference import Prediction
+    from padt.postprocess import Prediction
 
 PALETTE = [
     (230, 25, 75),
@@ -27,14 +28,16 @@ PALETTE = [
 
 
 def merged_grid_for(size: tuple[int, int], processor: Any = None) -> tuple[int, int, int, int]:
-    """``(rows, cols, resized_h, resized_w)`` of the VRT grid the processor gives an image of ``(w, h)``."""
+    """``(rows, cols, resized_h, resized_w)`` of the VRT grid ``processor`` (default: the default base's with
+    PaDT's pixel limits) gives an image of ``(width, height)``."""
     width, height = size
-    limits = {}
     if processor is not None:
-        ip_size = processor.image_processor.size
-        limits = {"min_pixels": ip_size["shortest_edge"], "max_pixels": ip_size["longest_edge"]}
-    rows, cols = merged_grid_for_image(height, width, **limits)
-    return rows, cols, rows * 28, cols * 28
+        rows, cols = processor.vrt_grid(width, height)
+        cell = processor.geometry.cell_px
+    else:
+        rows, cols = merged_grid_for_image(height, width)
+        cell = default_geometry().cell_px
+    return rows, cols, rows * cell, cols * cell
 
 
 def draw_prediction(
@@ -43,7 +46,6 @@ def draw_prediction(
     *,
     image_index: int = 0,
     show_vrt: bool = False,
-    merge_size: int = 2,
     processor: Any = None,
     alpha: float = 0.45,
 ) -> Image.Image:
@@ -53,7 +55,7 @@ def draw_prediction(
     layer = Image.new("RGBA", canvas.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
     rows, cols, rh, rw = merged_grid_for(base.size, processor)
-    sx, sy = base.width / rw, base.height / rh
+    cell_w, cell_h = base.width / cols, base.height / rows
     for k, (obj, img) in enumerate(zip(prediction.objects, prediction.object_images)):
         if img != image_index:
             continue
@@ -66,7 +68,7 @@ def draw_prediction(
         if show_vrt:
             for j in obj.vrt_ids:
                 r, c = divmod(int(j), cols)
-                cell = (c * 28 * sx, r * 28 * sy, (c + 1) * 28 * sx - 1, (r + 1) * 28 * sy - 1)
+                cell = (c * cell_w, r * cell_h, (c + 1) * cell_w - 1, (r + 1) * cell_h - 1)
                 draw.rectangle(cell, outline=(*color, 255), width=1)
         draw.rectangle(obj.box_xyxy, outline=(*color, 255), width=2)
         caption = f"{obj.label} {obj.score:.2f}".strip()

@@ -20,9 +20,12 @@ A VRT is a merged 28x28-px patch of an input image used as a token (docs/method.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
+
+from padt.errors import PaDTError
 
 VRT_FORMAT = "<|VRT_{}|>"
 VRT_PATTERN = re.compile(r"<\|VRT_(\d+)\|>")
@@ -33,17 +36,11 @@ def vrt_token(index: int) -> str:
     return VRT_FORMAT.format(int(index))
 
 
-def vrts_per_image(image_grid_thw: torch.Tensor, merge_size: int = 2) -> torch.Tensor:
+def vrts_per_image(image_grid_thw: torch.Tensor, merge_size: int) -> torch.Tensor:
     """Number of VRTs (merged patches) of each image: ``t * H * W / m^2``. ``image_grid_thw`` is ``(I, 3)``."""
     if image_grid_thw.ndim != 2 or image_grid_thw.shape[-1] != 3:
         raise ValueError(f"image_grid_thw must have shape (num_images, 3), got {tuple(image_grid_thw.shape)}")
     return image_grid_thw.prod(-1) // (merge_size * merge_size)
-
-
-def merged_grid_hw(grid_thw: torch.Tensor | list[int], merge_size: int = 2) -> tuple[int, int]:
-    """``(rows, cols)`` of the merged-patch (VRT) grid of one image."""
-    _, h, w = (int(v) for v in grid_thw)
-    return h // merge_size, w // merge_size
 
 
 def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
@@ -59,14 +56,14 @@ class VRTLayout:
         image_grid_thw: ``(I, 3)`` patch grids of all images of the batch, in batch order.
         image_sample: ``(I,)`` sample (batch row) each image belongs to; non-decreasing.
         num_samples: batch size ``B``.
-        merge_size: spatial merge size ``m``.
+        merge_size: spatial merge size ``m`` (the base model's, :class:`~padt.backbones.PatchGeometry`).
     """
 
     vocab_size: int
     image_grid_thw: torch.Tensor
     image_sample: torch.Tensor
     num_samples: int
-    merge_size: int = 2
+    merge_size: int
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -77,7 +74,7 @@ class VRTLayout:
         *,
         vocab_size: int,
         image_token_id: int,
-        merge_size: int = 2,
+        merge_size: int,
     ) -> VRTLayout:
         """Assign the images of ``image_grid_thw`` to batch rows by counting ``<|image_pad|>`` tokens.
 
@@ -101,7 +98,7 @@ class VRTLayout:
         for row, count in enumerate(counts):
             while count > 0:
                 if image >= len(sizes) or sizes[image] > count:
-                    raise ValueError(
+                    raise PaDTError(
                         f"sample {row} has image tokens that do not match image_grid_thw "
                         f"(image sizes {sizes}, image tokens per sample {counts}); pass the processor's "
                         "input_ids and image_grid_thw together"
@@ -110,7 +107,7 @@ class VRTLayout:
                 count -= sizes[image]
                 image += 1
         if image != len(sizes):
-            raise ValueError(
+            raise PaDTError(
                 f"image_grid_thw has {len(sizes)} images but the input_ids hold image tokens for {image}; "
                 "pass the processor's input_ids and image_grid_thw together"
             )
@@ -121,14 +118,6 @@ class VRTLayout:
             num_samples,
             merge_size,
         )
-
-    @classmethod
-    def one_image_per_sample(
-        cls, image_grid_thw: torch.Tensor, *, vocab_size: int, merge_size: int = 2
-    ) -> VRTLayout:
-        """Layout of a batch whose row ``b`` holds exactly image ``b`` (the reference's setting)."""
-        n = image_grid_thw.shape[0]
-        return cls(vocab_size, image_grid_thw, torch.arange(n, device=image_grid_thw.device), n, merge_size)
 
     def to(self, device: torch.device | str) -> VRTLayout:
         """The same layout with its tensors on ``device``."""
@@ -171,17 +160,20 @@ class VRTLayout:
     # ---------------------------------------------------------------- conversions
     def _check_rows(self, ids: torch.Tensor) -> None:
         if ids.ndim != 2 or ids.shape[0] != self.num_samples:
-            raise ValueError(f"expected ids of shape ({self.num_samples}, L), got {tuple(ids.shape)}")
+            raise PaDTError(f"expected ids of shape ({self.num_samples}, L), got {tuple(ids.shape)}")
 
     def _check_range(self, rel: torch.Tensor, is_vrt: torch.Tensor, kind: str) -> None:
+        """The one range check: ``rel`` (id - V - the sample's offset for global ids, id - V for local ones)
+        must name a VRT of the row's own images."""
         limit = self.sample_num_vrts[:, None].to(rel.device)
-        bad = is_vrt & (rel >= limit)
+        bad = is_vrt & ((rel >= limit) | (rel < 0))
         if bool(bad.any()):
             row, col = (int(v) for v in bad.nonzero()[0])
-            raise ValueError(
-                f"{kind} VRT index {int(rel[row, col])} in sample {row} is out of range: the sample's images "
-                f"have {int(limit[row, 0])} VRTs (indices 0..{int(limit[row, 0]) - 1}); reference only patches "
-                "of the sample's own images"
+            hint = " (was it already local?)" if kind == "global" and int(rel[row, col]) < 0 else ""
+            raise PaDTError(
+                f"{kind} VRT index {int(rel[row, col])} at sample {row}, position {col} is out of range{hint}: the "
+                f"sample's images have {int(limit[row, 0])} VRTs (indices 0..{int(limit[row, 0]) - 1}); reference "
+                "only patches of the sample's own images"
             )
 
     def to_global(self, ids: torch.Tensor) -> torch.Tensor:
@@ -192,29 +184,55 @@ class VRTLayout:
         shift = self.sample_global_offset.to(ids.device)[:, None]
         return torch.where(is_vrt, ids + shift, ids)
 
-    def to_local(self, ids: torch.Tensor) -> torch.Tensor:
-        """Global -> local VRT ids for ``(B, L)`` ids (what generate returns -> what the parser reads)."""
+    def check_global_ids(self, ids: torch.Tensor) -> None:
+        """Raise if a global VRT id of ``(B, L)`` ids names a patch outside its row's images."""
         self._check_rows(ids)
         is_vrt = ids >= self.vocab_size
+        self._check_range(
+            ids - self.vocab_size - self.sample_global_offset.to(ids.device)[:, None], is_vrt, "global"
+        )
+
+    def to_local(self, ids: torch.Tensor) -> torch.Tensor:
+        """Global -> local VRT ids for ``(B, L)`` ids (what generate returns -> what the parser reads)."""
+        self.check_global_ids(ids)
+        is_vrt = ids >= self.vocab_size
         shift = self.sample_global_offset.to(ids.device)[:, None]
-        rel = ids - self.vocab_size - shift
-        if bool((is_vrt & (rel < 0)).any()):
-            raise ValueError("a global VRT id points before its sample's images; was it already local?")
-        self._check_range(rel, is_vrt, "global")
         return torch.where(is_vrt, ids - shift, ids)
 
     def locate(self, sample: int, local_index: int) -> tuple[int, int]:
         """``(image index in the batch, patch index j in that image)`` of local VRT index ``id - V``."""
+        [(image, patch)] = self.split(sample, [local_index])
+        return image, patch
+
+    def split(self, sample: int, local_indices: Sequence[int]) -> list[tuple[int, int]]:
+        """``(batch image, patch index j in it)`` of each local VRT index (``id - V``) of ``sample``."""
         images = (self.image_sample == sample).nonzero().flatten().tolist()
-        for image in images:
-            start = int(self.image_local_offset[image])
-            n = int(self.vrts_per_image[image])
-            if start <= local_index < start + n:
-                return image, local_index - start
-        total = int(self.sample_num_vrts[sample])
-        raise ValueError(
-            f"VRT index {local_index} is out of range for sample {sample}, whose images have {total} VRTs"
-        )
+        starts = self.image_local_offset.tolist()
+        sizes = self.vrts_per_image.tolist()
+        out = []
+        for index in local_indices:
+            found = [(i, int(index) - starts[i]) for i in images if starts[i] <= index < starts[i] + sizes[i]]
+            if not found:
+                total = int(self.sample_num_vrts[sample])
+                raise PaDTError(
+                    f"VRT index {index} is out of range for sample {sample}, whose images have {total} VRTs"
+                )
+            out.append(found[0])
+        return out
+
+    def global_ids(self, image: int, patches: Sequence[int]) -> list[int]:
+        """Global ids ``V + P_image + j`` of patches ``j`` of batch image ``image``."""
+        offset = self.vocab_size + int(self.image_global_offset[image])
+        size = int(self.vrts_per_image[image])
+        bad = [int(j) for j in patches if not 0 <= int(j) < size]
+        if bad:
+            raise PaDTError(f"patch indices {bad[:5]} are outside image {image}'s {size} VRTs")
+        return [offset + int(j) for j in patches]
+
+    def local_ids(self, image: int, patches: Sequence[int]) -> list[int]:
+        """Local indices (``id - V``) within the image's sample of patches ``j`` of batch image ``image``."""
+        start = int(self.image_local_offset[image])
+        return [start + int(j) for j in patches]
 
     def allowed_mask(self) -> torch.Tensor:
         """``(B, V + ΣN)`` bool: True for every text id and for the VRTs of the row's own images.

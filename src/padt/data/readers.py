@@ -52,10 +52,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
+from padt.box_ops import normalise_xyxy, xywh_to_xyxy
 from padt.data.records import ObjectRecord, Record, iter_json_items, read_records
 from padt.errors import PaDTError
+from padt.masks import rle_area, segmentation_to_rle
 from padt.prompts import ovd_answer_template, ovd_prompt, rec_answer_template, rec_prompt
 
 logger = logging.getLogger(__name__)
@@ -79,80 +80,17 @@ def read_padt(path: str | Path) -> list[Record]:
 # ----------------------------------------------------------------------------------------------- masks
 
 
-def segmentation_to_rle(segmentation: Any, height: int, width: int, where: str = "segmentation") -> dict:
-    """COCO polygons or RLE -> compressed RLE ``{"size": [h, w], "counts": str}``.
-
-    Polygons: a list of ``[x1, y1, x2, y2, ...]`` parts (a single flat list is one part); the parts are OR-ed.
-    RLE: compressed (``counts`` a string) is kept, uncompressed (``counts`` a list) is compressed.
-    """
-    if isinstance(segmentation, Mapping):
-        if "counts" not in segmentation or "size" not in segmentation:
-            raise PaDTError(f"{where}: an RLE mask needs 'size' [h, w] and 'counts'")
-        size = [int(s) for s in segmentation["size"]]
-        if size != [height, width]:
-            raise PaDTError(
-                f"{where}: RLE size {size} does not match the image's [height, width] = "
-                f"{[height, width]}; encode the mask at the image's resolution"
-            )
-        counts = segmentation["counts"]
-        if isinstance(counts, list):
-            rle = mask_utils.frPyObjects(dict(segmentation), height, width)
-        else:
-            rle = {"size": size, "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    elif isinstance(segmentation, list):
-        parts = segmentation if segmentation and isinstance(segmentation[0], list | tuple) else [segmentation]
-        try:
-            parts = [[float(v) for v in part] for part in parts]
-        except (TypeError, ValueError) as exc:
-            raise PaDTError(f"{where}: polygons must be lists of numbers [x1, y1, x2, y2, ...]") from exc
-        # Fewer than three points enclose nothing; worse, frPyObjects reads a 4-number part as a box.
-        parts = [p for p in parts if len(p) >= 6 and len(p) % 2 == 0]
-        if not parts:
-            rle = mask_utils.encode(np.zeros((height, width), dtype=np.uint8, order="F"))
-        else:
-            rle = mask_utils.merge(mask_utils.frPyObjects(parts, height, width))
-    else:
-        raise PaDTError(
-            f"{where}: expected COCO polygons (list) or RLE (dict), got {type(segmentation).__name__}"
-        )
-    counts = rle["counts"]
-    return {
-        "size": [int(height), int(width)],
-        "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
-    }
-
-
-def _rle_for_api(rle: Mapping[str, Any]) -> dict:
-    counts = rle["counts"]
-    return {
-        "size": list(rle["size"]),
-        "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
-    }
-
-
 def object_patches(
-    rle: Mapping[str, Any] | None, box_xywh: Sequence[float], height: int, width: int, strict: bool = False
+    rle: Mapping[str, Any] | None, box_xyxy: Sequence[float], height: int, width: int, strict: bool = False
 ) -> list[int]:
     """Foreground merged-patch indices of an object (docs/method.md §9.3): from its mask, or from its pixel
-    ``[x, y, w, h]`` box rasterised when it has none (§9.3 rule 5). ``strict`` is RefCOCO's ``>`` test."""
+    ``[x1, y1, x2, y2]`` box rasterised when it has none (§9.3 rule 5). ``strict`` is RefCOCO's ``>`` test."""
     # Imported here: only readers that build patch lists need the patch rule.
     from padt.data.patches import box_foreground_patches, foreground_patches
 
     if rle is not None:
         return [int(p) for p in foreground_patches(dict(rle), strict=strict)]
-    x, y, w, h = (float(v) for v in box_xywh)
-    return [int(p) for p in box_foreground_patches([x, y, x + w, y + h], (height, width), strict=strict)]
-
-
-def _normalised_xyxy(box_xywh: Sequence[float], height: int, width: int) -> list[float]:
-    x, y, w, h = (float(v) for v in box_xywh)
-    # Clipped because a box outside the image means nothing; COCO has a few boxes a pixel too large.
-    return [
-        min(max(x / width, 0.0), 1.0),
-        min(max(y / height, 0.0), 1.0),
-        min(max((x + w) / width, 0.0), 1.0),
-        min(max((y + h) / height, 0.0), 1.0),
-    ]
+    return [int(p) for p in box_foreground_patches(box_xyxy, (height, width), strict=strict)]
 
 
 def _coco_object(
@@ -163,13 +101,15 @@ def _coco_object(
     where = f"annotation {ann.get('id')}"
     seg = ann.get("segmentation")
     rle = segmentation_to_rle(seg, height, width, where) if seg else None
+    box = xywh_to_xyxy(ann["bbox"])
     patches: list[int] = []
     if with_patches:
-        patches = object_patches(rle, ann["bbox"], height, width, strict)
+        patches = object_patches(rle, box, height, width, strict)
         if not patches:
             return None
     return ObjectRecord(
-        bbox=_normalised_xyxy(ann["bbox"], height, width),
+        # Clipped: a box outside the image means nothing, and COCO has a few boxes a pixel too large.
+        bbox=normalise_xyxy(box, width, height),
         patches=patches,
         label=label,
         rle=rle,
@@ -574,16 +514,15 @@ def _user_object(raw: Any, where: str, height: int, width: int, with_patches: bo
         )
     if x1 >= width or y1 >= height or x2 <= 0 or y2 <= 0:
         raise PaDTError(f"{where}: 'box' {box} lies outside the {width}x{height} image; boxes are in pixels")
-    xywh = [x1, y1, x2 - x1, y2 - y1]
     rle = segmentation_to_rle(raw["mask"], height, width, f"{where}.mask") if raw.get("mask") else None
     patches: list[int] = []
     if with_patches:
-        patches = object_patches(rle, xywh, height, width)
+        patches = object_patches(rle, [x1, y1, x2, y2], height, width)
         if not patches:
             return None
-    area = float(mask_utils.area(_rle_for_api(rle))) if rle is not None else xywh[2] * xywh[3]
+    area = float(rle_area(rle, f"{where}.mask")) if rle is not None else (x2 - x1) * (y2 - y1)
     return ObjectRecord(
-        bbox=_normalised_xyxy(xywh, height, width),
+        bbox=normalise_xyxy([x1, y1, x2, y2], width, height),
         patches=patches,
         label=label.strip(),
         rle=rle,

@@ -38,7 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from padt.errors import PaDTError
-from padt.prompts import TASKS, object_placeholder
+from padt.masks import check_rle
+from padt.prompts import object_placeholder
+from padt.tasks import TASK_NAMES
 
 PLACEHOLDER_PATTERN = re.compile(r"<\|Obj_(\d+)\|>")
 
@@ -173,8 +175,8 @@ class Record:
         _check_str(self.answer_template, f"{where}: answer_template")
         task = self.task.lower() if isinstance(self.task, str) else self.task
         task = TASK_ALIASES.get(task, task)
-        if task not in TASKS:
-            raise RecordError(f"{where}: field 'task' is {self.task!r}; use one of {', '.join(TASKS)}")
+        if task not in TASK_NAMES:
+            raise RecordError(f"{where}: field 'task' is {self.task!r}; use one of {', '.join(TASK_NAMES)}")
         self.task = task
         found = [int(k) for k in PLACEHOLDER_PATTERN.findall(self.answer_template)]
         expected = list(range(len(self.objects)))
@@ -322,17 +324,10 @@ def _check_patches(value: Any, where: str) -> list[int]:
 def _check_rle(value: Any, where: str) -> dict[str, Any] | None:
     if value is None:
         return None
-    if not isinstance(value, Mapping) or "size" not in value or "counts" not in value:
-        raise RecordError(f"{where}: expected a COCO RLE {{'size': [h, w], 'counts': ...}} or null")
-    size = value["size"]
-    if not (isinstance(size, list | tuple) and len(size) == 2 and all(_is_int(s) and s > 0 for s in size)):
-        raise RecordError(f"{where}.size: expected [height, width] as positive ints, got {size!r}")
-    counts = value["counts"]
-    if isinstance(counts, bytes):
-        counts = counts.decode("ascii")
-    if not (isinstance(counts, str) or (isinstance(counts, list) and all(_is_int(c) for c in counts))):
-        raise RecordError(f"{where}.counts: expected a compressed RLE string or a list of run lengths")
-    return {"size": [int(size[0]), int(size[1])], "counts": counts}
+    try:
+        return check_rle(value, where)
+    except PaDTError as error:
+        raise RecordError(str(error)) from None
 
 
 def _check_iscrowd(value: Any, where: str) -> int:

@@ -40,6 +40,7 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
+from padt.backbones import default_geometry
 from padt.errors import PaDTError
 from padt.prompts import (
     object_placeholder,
@@ -161,14 +162,15 @@ class Scene:
 def image_sides(
     min_size: int = DEFAULT_SCENES.min_size, max_size: int = DEFAULT_SCENES.max_size
 ) -> tuple[int, ...]:
-    """Side lengths a scene may have: the bounds and every multiple of 20 or 28 between them.
+    """Side lengths a scene may have: the bounds and every multiple of 20 or of the default base's VRT cell
+    (28 px for Qwen2.5-VL) between them.
 
-    Multiples of 28 map one-to-one onto merged patches; the others are resized by the processor, as real
-    images are.
+    Multiples of the cell map one-to-one onto VRTs; the others are resized by the processor, as real images are.
     """
     _check_sizes(min_size, max_size)
+    cell = default_geometry().cell_px
     sides = {min_size, max_size}
-    sides.update(s for s in range(min_size, max_size + 1) if s % 20 == 0 or s % 28 == 0)
+    sides.update(s for s in range(min_size, max_size + 1) if s % 20 == 0 or s % cell == 0)
     return tuple(sorted(sides))
 
 

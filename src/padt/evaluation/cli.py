@@ -13,6 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
+from padt.tasks import TASK_NAMES
+
 DATA_HELP = """\
 data (--data):
   a PaDT records file (.json/.jsonl, e.g. from 'padt data prepare'); image names are relative to
@@ -28,8 +30,9 @@ metrics.json. Under accelerate/torchrun each process writes predictions.rank<r>.
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``padt eval``."""
+    from padt.commands import add_vrt_repeat_penalty_argument
     from padt.evaluation.driver import SYNTHETIC_KEYS
-    from padt.inference import DTYPES, add_vrt_repeat_penalty_argument
+    from padt.inference import DTYPES
 
     defaults = ",".join(f"{k}={v}" for k, v in SYNTHETIC_KEYS.items() if k not in ("task", "n", "seed"))
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -40,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="checkpoint folder (model + processor files; default: the bundled model)",
     )
     parser.add_argument("--data", required=True, help="records file or synthetic:... spec (below)")
-    parser.add_argument("--task", required=True, choices=("rec", "res", "ovd", "ric"))
+    parser.add_argument("--task", required=True, choices=TASK_NAMES)
     parser.add_argument("--out", required=True, type=Path, help="output folder (below)")
     parser.add_argument("--image-root", type=Path, help="folder of the images (default: the records' folder)")
     parser.add_argument("--batch-size", type=int, default=8, help="queries per generate call (default 8)")

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from padt.box_ops import scale_xyxy, xyxy_to_xywh
 from padt.data.records import Record
 from padt.errors import PaDTError
 
@@ -165,13 +166,13 @@ def rebuild_coco_gt(records: Iterable[Record], official: Mapping[str, Any]) -> d
                     f"record id {rec.id!r}: label {obj.label!r} is not a category of the official "
                     "file; pair the val records with the file they were made from"
                 )
-            x1, y1, x2, y2 = (round(v * s) for v, s in zip(obj.bbox, (w, h, w, h), strict=True))
+            corners = [round(v) for v in scale_xyxy(obj.bbox, w, h)]
             annotations.append(
                 {
                     "id": len(annotations) + 1,
                     "image_id": rec.id,
                     "category_id": by_name[obj.label],
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "bbox": [int(v) for v in xyxy_to_xywh(corners)],
                     "area": obj.area,
                     "iscrowd": obj.iscrowd,
                 }

@@ -42,10 +42,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 
 from padt.box_ops import box_iou
 from padt.errors import PaDTError
+from padt.masks import intersection_union, rle_area
 
 Box = Sequence[float]
 Mask = Mapping[str, Any] | np.ndarray
@@ -89,34 +89,6 @@ def rec_metrics(pred_boxes: Sequence[Sequence[Box]], gt_boxes: Sequence[Box]) ->
 # ----------------------------------------------------------------------------------------------- masks
 
 
-def to_rle(mask: Mask) -> dict[str, Any]:
-    """A binary ``(H, W)`` array or an RLE dict (string or list counts) as a pycocotools RLE."""
-    if isinstance(mask, np.ndarray):
-        if mask.ndim != 2:
-            raise PaDTError(f"a mask must be a 2-D (H, W) array, got shape {mask.shape}")
-        return mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    if not isinstance(mask, Mapping) or "size" not in mask or "counts" not in mask:
-        raise PaDTError("a mask must be a binary (H, W) array or a COCO RLE {'size': [h, w], 'counts': ...}")
-    h, w = (int(s) for s in mask["size"])
-    counts = mask["counts"]
-    if isinstance(counts, list):
-        return mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
-    return {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-
-
-def mask_intersection_union(pred: Mask, gt: Mask) -> tuple[float, float]:
-    """Pixel counts ``(|P∩G|, |P∪G|)`` of two masks of the same size."""
-    p, g = to_rle(pred), to_rle(gt)
-    if list(p["size"]) != list(g["size"]):
-        raise PaDTError(
-            f"predicted mask is {list(p['size'])} but the ground truth is {list(g['size'])}; "
-            "predict masks at the original image size"
-        )
-    inter = float(mask_utils.area(mask_utils.merge([p, g], intersect=True)))
-    union = float(mask_utils.area(p)) + float(mask_utils.area(g)) - inter
-    return inter, union
-
-
 def res_metrics(pred_masks: Sequence[Sequence[Mask]], gt_masks: Sequence[Mask]) -> dict[str, float]:
     """RES ``miou`` and ``ciou`` (see the module docstring) over the first predicted mask of each query."""
     if len(pred_masks) != len(gt_masks):
@@ -125,9 +97,9 @@ def res_metrics(pred_masks: Sequence[Sequence[Mask]], gt_masks: Sequence[Mask]) 
     total_inter = total_union = 0.0
     for i, (preds, gt) in enumerate(zip(pred_masks, gt_masks, strict=True)):
         if len(preds):
-            inter, union = mask_intersection_union(preds[0], gt)
+            inter, union = intersection_union(preds[0], gt)
         else:
-            inter, union = 0.0, float(mask_utils.area(to_rle(gt)))
+            inter, union = 0.0, float(rle_area(gt) if not isinstance(gt, np.ndarray) else gt.sum())
         ious[i] = inter / union if union > 0 else 0.0
         total_inter += inter
         total_union += union
@@ -223,7 +195,7 @@ def paper_rec_res_metrics(
         if with_masks:
             for p in preds:
                 if p.mask is not None:
-                    inter, union = mask_intersection_union(p.mask, gt[key].mask)
+                    inter, union = intersection_union(p.mask, gt[key].mask)
                     mask_best[i] = max(mask_best[i], inter / union if union > 0 else 0.0)
     out: dict[str, float] = {
         "acc@0.5": _mean(box_best >= 0.5),

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from padt.box_ops import scale_xyxy, xywh_to_xyxy, xyxy_to_xywh
 from padt.data.records import Record, iter_json_items, read_records
 from padt.errors import PaDTError
+from padt.masks import check_rle
+from padt.tasks import TASK_NAMES, get_task
 
 PRED_FORMATS = """\
 prediction files (--pred): JSONL (one object per line) or a JSON list.
@@ -49,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``padt score``."""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = PRED_FORMATS
-    parser.add_argument("--task", required=True, choices=("ovd", "rec", "res", "ric"), help="what to score")
+    parser.add_argument("--task", required=True, choices=TASK_NAMES, help="what to score")
     parser.add_argument(
         "--gt", required=True, type=Path, help="ground truth: PaDT records or (ovd) COCO json"
     )
@@ -74,22 +78,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Score and print the metrics JSON."""
     preds = read_predictions(args.pred)
-    if args.task == "ovd":
-        metrics = score_ovd(args.gt, preds, coco=args.coco)
-    else:
-        records = read_records(args.gt)
-        if args.task == "rec":
-            metrics = score_rec(records, preds, protocol=args.protocol, image_root=args.image_root)
-        elif args.task == "res":
-            metrics = score_res(records, preds, protocol=args.protocol, image_root=args.image_root)
-        else:
-            metrics = score_ric(
-                records,
-                preds,
-                iou_threshold=args.iou_threshold,
-                meteor=not args.no_meteor,
-                image_root=args.image_root,
-            )
+    task = get_task(args.task)
+    ground_truth = args.gt if task.coco_ground_truth else read_records(args.gt)
+    metrics = task.score(
+        ground_truth,
+        preds,
+        protocol=args.protocol,
+        image_root=args.image_root,
+        coco=args.coco,
+        iou_threshold=args.iou_threshold,
+        meteor=not args.no_meteor,
+    )
     text = json.dumps(metrics, indent=2)
     print(text)
     if args.output:
@@ -176,14 +175,35 @@ def _image_size(rec: Record, pred: Mapping[str, Any] | None, image_root: Path | 
 
 def _pixel_box(bbox: Sequence[float], hw: tuple[int, int]) -> list[float]:
     h, w = hw
-    return [bbox[0] * w, bbox[1] * h, bbox[2] * w, bbox[3] * h]
+    return scale_xyxy(bbox, w, h)
+
+
+def _checked_box(box: Any, where: str, *, xywh: bool = False) -> list[float]:
+    """A predicted pixel box as ``[x1, y1, x2, y2]``: four finite numbers, corners in order (a box the model
+    cannot have meant is an error, not a silent miss)."""
+    form = "[x, y, w, h]" if xywh else "[x1, y1, x2, y2]"
+    try:
+        if isinstance(box, str | bytes) or len(box) != 4:
+            raise TypeError
+        values = [float(v) for v in box]
+    except (TypeError, ValueError):
+        raise PaDTError(f"{where}: 'bbox' must be {form} in pixels, got {box!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise PaDTError(f"{where}: 'bbox' {box!r} holds NaN or infinite values")
+    values = xywh_to_xyxy(values) if xywh else values
+    if values[2] < values[0] or values[3] < values[1]:
+        raise PaDTError(f"{where}: 'bbox' {box!r} is inverted; write {form} in pixels")
+    return values
 
 
 def _pred_box(obj: Mapping[str, Any], where: str) -> list[float]:
-    box = obj.get("bbox")
-    if not (isinstance(box, list | tuple) and len(box) == 4):
+    if "bbox" not in obj:
         raise PaDTError(f"{where}: each object needs 'bbox' [x1, y1, x2, y2] in pixels")
-    return [float(v) for v in box]
+    return _checked_box(obj["bbox"], where)
+
+
+def _pred_mask(mask: Any, where: str) -> dict[str, Any] | None:
+    return None if mask is None else check_rle(mask, f"{where}: mask")
 
 
 def _single_object_records(records: Sequence[Record], task: str) -> None:
@@ -245,7 +265,7 @@ def score_res(
         for o in p.get("objects", []) if p is not None else []:
             if o.get("mask") is None:
                 raise PaDTError(f"{_w(p)}: an object without 'mask'; RES needs predicted masks")
-            masks.append(o["mask"])
+            masks.append(_pred_mask(o["mask"], _w(p)))
         pred_masks.append(masks)
     out = res_metrics(pred_masks, gt_masks)
     return {"task": "res", "protocol": "padt", **out, "num_missing": sum(p is None for p in placed)}
@@ -268,9 +288,9 @@ def _paper(
     by_key: dict[str, list[GroundedObject]] = defaultdict(list)
     for pos, p in enumerate(preds):
         if _is_per_object(p):
-            x, y, w, h = (float(v) for v in p["bbox"])
             key = paper_key(p["image_id"], str(p.get("category", "")))
-            by_key[key].append(GroundedObject([x, y, x + w, y + h], p.get("mask")))
+            box = _checked_box(p["bbox"], _w(p), xywh=True)
+            by_key[key].append(GroundedObject(box, _pred_mask(p.get("mask"), _w(p))))
             continue
         if "index" in p or "id" not in p:
             i = p.get("index", pos)
@@ -281,7 +301,7 @@ def _paper(
             image_id = p["id"]
         for o in p.get("objects", []):
             key = paper_key(image_id, str(o.get("label", "")))
-            by_key[key].append(GroundedObject(_pred_box(o, _w(p)), o.get("mask")))
+            by_key[key].append(GroundedObject(_pred_box(o, _w(p)), _pred_mask(o.get("mask"), _w(p))))
     out = paper_rec_res_metrics(gt, by_key)
     if not masks:
         out.pop("miou", None)
@@ -336,12 +356,12 @@ def score_ovd(
                 f"{_w(p)}: an ovd prediction line needs 'image_id' (or 'index' with records as --gt)"
             )
         for o in p.get("objects", []):
-            x1, y1, x2, y2 = _pred_box(o, _w(p))
+            box = xyxy_to_xywh(_pred_box(o, _w(p)))
             named.append(
                 {
                     "image_id": image_id,
                     "category": str(o.get("label", "")),
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "bbox": box,
                     "score": o.get("score", 1.0),
                     "_where": _w(p),
                 }

@@ -19,21 +19,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from padt.answers import ANSWER_FORMATS, answer_format
+from padt.box_ops import scale_xyxy
 from padt.data.patches import box_foreground_patches, foreground_patches
 from padt.data.records import Record
 from padt.errors import PaDTError
 from padt.losses import (
+    DECODER_TERMS,
     PaDTCriterion,
+    PaDTOutputs,
+    PaDTTargets,
     build_foreground_sets,
     gt_mask_for_loss,
-    robust_token_loss,
-    stack_mask_targets,
 )
 from padt.processing import PaDTProcessor
-from padt.text_boxes import ANSWER_FORMATS, box_text
-from padt.training.sampling import DEFAULT_VRTS_PER_OBJECT, fill_answer_template, sample_foreground_vrts
-
-DECODER_TERMS = ("loss_bbox_l1", "loss_bbox_giou", "loss_score", "loss_mask_dice", "loss_mask_focal")
+from padt.training.sampling import DEFAULT_VRTS_PER_OBJECT
 
 
 @dataclass
@@ -77,7 +77,7 @@ class PaDTDataset(torch.utils.data.Dataset):
 
 
 class PaDTCollator:
-    """Records -> model inputs (prompt batch) + a :class:`PaDTTrainBatch`.
+    """Records -> ``{"inputs": model inputs of the prompt batch, "targets": PaDTTrainBatch}``.
 
     Args:
         processor: the model's :class:`PaDTProcessor`.
@@ -109,9 +109,8 @@ class PaDTCollator:
         batch = self.processor([r.prompt for r in records], [paths for _, _, paths in items])
         layout = batch.layout
         grid = layout.image_grid_thw
-        patch = int(self.processor.image_processor.patch_size)
-        resized = [(int(h) * patch, int(w) * patch) for _, h, w in grid.tolist()]
-        merge = self.processor.merge_size
+        geometry = self.processor.geometry
+        resized = [(int(h) * geometry.patch_px, int(w) * geometry.patch_px) for _, h, w in grid.tolist()]
         objects = []
         image = 0
         for b, record in enumerate(records):
@@ -125,7 +124,7 @@ class PaDTCollator:
                     raise PaDTError(f"{where}: image_index {which} but the record has {len(own)} image(s)")
                 i = own[which]
                 _, gh, gw = (int(v) for v in grid[i].tolist())
-                rows, cols = gh // merge, gw // merge
+                rows, cols = geometry.grid_thw_to_vrt_grid(grid[i])
                 width, height = batch.image_sizes[b][which]
                 patches = self._patches(obj, (rows, cols), (height, width), where)
                 mask = None
@@ -145,7 +144,7 @@ class PaDTCollator:
         extra = PaDTTrainBatch(
             records=records, objects=objects, resized_hw=resized, layout=layout, indices=indices
         )
-        return dict(batch.inputs) | {"padt": extra}
+        return {"inputs": dict(batch.inputs), "targets": extra}
 
     def _patches(
         self, obj: Any, grid_hw: tuple[int, int], image_hw: tuple[int, int], where: str
@@ -159,12 +158,17 @@ class PaDTCollator:
                     "patch lists were computed for other image sizes (use patches: recompute)"
                 )
         elif obj.rle is not None:
-            patches = foreground_patches(dict(obj.rle), grid_hw, strict=self.strict_patches)
+            patches = foreground_patches(
+                dict(obj.rle), grid_hw, strict=self.strict_patches, geometry=self.processor.geometry
+            )
         else:
             h, w = image_hw
-            x1, y1, x2, y2 = obj.bbox
             patches = box_foreground_patches(
-                [x1 * w, y1 * h, x2 * w, y2 * h], (h, w), grid_hw, strict=self.strict_patches
+                scale_xyxy(obj.bbox, w, h),
+                (h, w),
+                grid_hw,
+                strict=self.strict_patches,
+                geometry=self.processor.geometry,
             )
         if not patches:
             raise PaDTError(
@@ -181,7 +185,8 @@ class StepOptions:
         vrts_per_object: VRTs drawn per object per step (5; ``-1`` = every foreground patch).
         random_select: draw at random (True) or one per centre/left/top/right/bottom group (False).
         robust_loss: leave the object's other foreground VRTs out of the softmax (§8.3); False = plain CE.
-        answer_format: ``"vrt"`` (PaDT) or ``"text"`` (``[x1,y1,x2,y2]`` coordinates, no decoder).
+        answer_format: ``"vrt"`` (PaDT) or ``"text"`` (``[x1,y1,x2,y2]`` coordinates, no decoder); the model
+            being trained writes it into its config, and its base decides the text coordinates.
     """
 
     vrts_per_object: int = DEFAULT_VRTS_PER_OBJECT
@@ -191,7 +196,9 @@ class StepOptions:
 
     def __post_init__(self) -> None:
         if self.answer_format not in ANSWER_FORMATS:
-            raise PaDTError(f"answer_format must be one of {ANSWER_FORMATS}, got {self.answer_format!r}")
+            raise PaDTError(
+                f"answer_format must be one of {tuple(ANSWER_FORMATS)}, got {self.answer_format!r}"
+            )
         if self.vrts_per_object == 0:
             raise PaDTError("vrts_per_object must be positive, or -1 for every foreground patch")
 
@@ -202,31 +209,27 @@ def build_completions(
     options: StepOptions,
     *,
     eos: str = "<|im_end|>",
+    text_coordinates: str = "pixels",
 ) -> tuple[list[str], list[list[list[int]]]]:
     """The completion text of every sample (ending with ``eos``) and, per sample and object, the local VRT
-    indices written (empty for text coordinates).
+    indices written (empty for text coordinates), by the answer format of ``options``.
 
     ``rng`` is one generator or one per sample.
     """
+    fmt = answer_format(options.answer_format, text_coordinates=text_coordinates)
     texts, runs = [], []
     rngs = rng if isinstance(rng, Sequence) else [rng] * len(extra.records)
     for record, objects, sample_rng in zip(extra.records, extra.objects, rngs):
-        if options.answer_format == "text":
-            boxes = [box_text(o.bbox, extra.resized_hw[o.image]) for o in objects]
-            texts.append(fill_answer_template(record.answer_template, boxes, eos=eos))
-            runs.append([[] for _ in objects])
-            continue
-        sample_runs = []
-        for obj in objects:
-            picked = sample_foreground_vrts(
-                obj.patches,
-                sample_rng,
-                options.vrts_per_object,
-                random_select=options.random_select,
-                grid_cols=obj.grid_cols,
-            )
-            sample_runs.append([obj.local_offset + p for p in picked])
-        texts.append(fill_answer_template(record.answer_template, sample_runs, eos=eos))
+        text, sample_runs = fmt.write(
+            record.answer_template,
+            objects,
+            sample_rng,
+            resized_hw=extra.resized_hw,
+            vrts_per_object=options.vrts_per_object,
+            random_select=options.random_select,
+            eos=eos,
+        )
+        texts.append(text)
         runs.append(sample_runs)
     return texts, runs
 
@@ -252,7 +255,7 @@ def unwrap_padt(model: torch.nn.Module) -> Any:
 def padt_loss(
     model: torch.nn.Module,
     processor: PaDTProcessor,
-    inputs: Mapping[str, Any],
+    batch: Mapping[str, Any],
     rng: np.random.Generator | Sequence[np.random.Generator],
     *,
     options: StepOptions | None = None,
@@ -264,7 +267,7 @@ def padt_loss(
     Args:
         model: the PaDT model, possibly wrapped (DDP, peft, ...); the forward goes through the wrapper.
         processor: its processor (tokenises the completions).
-        inputs: a :class:`PaDTCollator` output, on the model's device.
+        batch: a :class:`PaDTCollator` output (``inputs`` on the model's device, ``targets``).
         rng: VRT sampling source(s).
         options: :class:`StepOptions`.
         criterion: the weighted losses (default: all terms, weight 1).
@@ -272,30 +275,34 @@ def padt_loss(
     """
     options = options or StepOptions()
     criterion = criterion or PaDTCriterion()
-    extra: PaDTTrainBatch = inputs["padt"]
+    inputs, extra = batch["inputs"], batch["targets"]
     padt = unwrap_padt(model)
     vocab = padt.vocab_size
     device = inputs["input_ids"].device
-    layout = extra.layout
+    layout = extra.layout.to(device)  # the processor's layout of this batch, also in inputs["vrt_layout"]
 
-    texts, runs = build_completions(extra, rng, options, eos=processor.tokenizer.eos_token)
+    texts, runs = build_completions(
+        extra,
+        rng,
+        options,
+        eos=processor.tokenizer.eos_token,
+        text_coordinates=padt.backbone.text_coordinates,
+    )
     completion = processor.encode_completions(texts, add_eos=False, layout=layout)
-    comp_local = completion["input_ids"].to(device)
+    comp_ids = layout.to_global(completion["input_ids"].to(device))
     comp_mask = completion["attention_mask"].to(device)
-    layout_dev = layout.to(device)
-    comp_ids = layout_dev.to_global(comp_local)
 
     prompt_len = inputs["input_ids"].shape[1]
-    input_ids = torch.cat([inputs["input_ids"], comp_ids], dim=1)
-    attention_mask = torch.cat([inputs["attention_mask"], comp_mask], dim=1)
-    model_inputs = {k: v for k, v in inputs.items() if k not in ("padt", "input_ids", "attention_mask")}
+    model_inputs = {
+        k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")
+    }
     if "pixel_values" in model_inputs:
         model_inputs["pixel_values"] = model_inputs["pixel_values"].to(padt.dtype)
-    model_inputs.pop("mm_token_type_ids", None)
+    model_inputs["vrt_layout"] = layout
     comp_len = comp_ids.shape[1]
     out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
+        input_ids=torch.cat([inputs["input_ids"], comp_ids], dim=1),
+        attention_mask=torch.cat([inputs["attention_mask"], comp_mask], dim=1),
         use_cache=False,
         logits_to_keep=comp_len + 1,
         **model_inputs,
@@ -304,72 +311,59 @@ def padt_loss(
 
     objects = [o for sample in extra.objects for o in sample]
     picked = [run for sample in runs for run in sample]
-    image_offsets = layout_dev.image_global_offset.tolist()
-    targets = comp_ids.masked_fill(comp_mask == 0, -100)
-    if options.answer_format == "vrt" and options.robust_loss:
-        fg = build_foreground_sets(
-            picked, [o.patches for o in objects], [image_offsets[o.image] for o in objects], vocab
-        )
+    tokens = comp_ids.masked_fill(comp_mask == 0, -100)
+    fmt_is_vrt = options.answer_format == "vrt"
+    if fmt_is_vrt and options.robust_loss:
+        fg = build_foreground_sets(picked, [layout.global_ids(o.image, o.patches) for o in objects])
     else:  # plain cross-entropy: each VRT target's set holds only itself
-        fg = [t.reshape(1) for t in targets[targets >= vocab]]
-    loss_args: dict[str, Any] = dict(
-        logits=logits,
-        targets=targets,
+        fg = [t.reshape(1) for t in tokens[tokens >= vocab]]
+    targets = PaDTTargets(
+        tokens=tokens,
         completion_mask=comp_mask,
         foreground_sets=fg,
         vocab_size=vocab,
+        boxes=torch.tensor([o.bbox for o in objects], dtype=torch.float32, device=device).reshape(-1, 4),
+        masks=[o.mask for o in objects],
     )
+    decoded = None
+    if fmt_is_vrt and criterion.wants_decoder:
+        decoded = padt.decode_objects(
+            _decoder_features(out, runs, comp_ids, prompt_len, vocab, warmup),
+            out.vision,
+            layout,
+            object_images=[[o.image for o in sample] for sample in extra.objects],
+            placeholder_if_empty=True,
+        )
+    return criterion(PaDTOutputs(logits=logits, decoded=decoded), targets)
 
-    if options.answer_format == "vrt" and objects and criterion.wants(*DECODER_TERMS):
-        hidden = out.last_hidden_state
-        vision = out.vision
-        features: list[list[torch.Tensor]] = []
-        object_images: list[list[int]] = []
-        for b, sample_runs in enumerate(runs):
-            positions = (comp_ids[b] >= vocab).nonzero().flatten()
-            feats, start = [], 0
-            for run in sample_runs:
-                pos = positions[start : start + len(run)]
-                start += len(run)
-                if warmup:
-                    feats.append(vision.prototypes[comp_ids[b, pos] - vocab])
-                else:
-                    feats.append(hidden[b, prompt_len - 1 + pos])
-            if start != positions.numel():
-                raise PaDTError(
-                    f"sample {b}: the completion holds {positions.numel()} VRTs but its objects' runs hold {start};"
-                    " the answer template must not contain VRT strings itself"
-                )
-            features.append(feats)
-            object_images.append([o.image for o in extra.objects[b]])
-        decoded = padt.decode_objects(features, vision, out.vrt_layout, object_images=object_images)
-        gt_boxes = torch.tensor([o.bbox for o in objects], dtype=torch.float32, device=device)
-        loss_args.update(pred_boxes=decoded.pred_boxes, pred_scores=decoded.pred_score, gt_boxes=gt_boxes)
-        if criterion.wants("loss_mask_dice", "loss_mask_focal"):
-            gt, valid, has = stack_mask_targets(
-                [o.mask for o in objects],
-                decoded.pred_mask_valid_hw.cpu(),
-                tuple(decoded.pred_mask.shape[-2:]),
+
+def _decoder_features(
+    out: Any, runs: list[list[list[int]]], comp_ids: torch.Tensor, prompt_len: int, vocab: int, warmup: bool
+) -> list[list[torch.Tensor]]:
+    """Per sample, per object, the decoder's input features by teacher forcing (§8.4): the last-layer states
+    that predicted the object's VRTs, or during warm-up the prototypes of those VRTs."""
+    features = []
+    for b, sample_runs in enumerate(runs):
+        positions = (comp_ids[b] >= vocab).nonzero().flatten()
+        feats, start = [], 0
+        for run in sample_runs:
+            pos = positions[start : start + len(run)]
+            start += len(run)
+            if warmup:
+                feats.append(out.vision.prototypes[comp_ids[b, pos] - vocab])
+            else:
+                feats.append(out.last_hidden_state[b, prompt_len - 1 + pos])
+        if start != positions.numel():
+            raise PaDTError(
+                f"sample {b}: the completion holds {positions.numel()} VRTs but its objects' runs hold {start}; "
+                "the answer template must not contain VRT strings itself"
             )
-            loss_args.update(
-                pred_masks=decoded.pred_mask,
-                gt_masks=gt.to(device),
-                valid_masks=valid.to(device),
-                has_mask=has.to(device),
-            )
-        terms = criterion(**loss_args)
-    else:
-        # No decoder term applies (text coordinates, no object in the batch, or decoder losses switched off).
-        terms = robust_token_loss(**loss_args)
-        terms["loss"] = criterion.weight_dict.get("loss_token", 0.0) * terms["loss_token"]
-        if options.answer_format == "vrt":
-            # No object in the batch: the decoder gets a zero-valued loss so that every parameter still takes
-            # part in the backward pass (distributed data parallel requires it).
-            terms["loss"] = terms["loss"] + 0.0 * sum(p.sum() for p in padt.vl_decoder.parameters())
-    return terms
+        features.append(feats)
+    return features
 
 
 __all__ = [
+    "DECODER_TERMS",
     "PaDTCollator",
     "PaDTDataset",
     "PaDTTrainBatch",

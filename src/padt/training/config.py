@@ -47,6 +47,7 @@ from pydantic import (
 )
 
 from padt.errors import PaDTError
+from padt.tiny import TinyModelSpec
 from padt.training.batch import StepOptions
 
 COMPONENTS = ("vision", "llm", "decoder")
@@ -57,27 +58,6 @@ class _Section(BaseModel):
     """A config section: unknown keys are errors, values are checked when set."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class TinyModelSpec(_Section):
-    """A fresh, randomly initialised small PaDT (real Qwen2.5-VL geometry, small widths). Keys left out take the
-    tiny model factory's defaults."""
-
-    hidden_size: PositiveInt | None = None
-    num_hidden_layers: PositiveInt | None = None
-    vision_hidden_size: PositiveInt | None = None
-    vision_depth: PositiveInt | None = None
-    vision_num_heads: PositiveInt | None = None
-    tie_word_embeddings: bool | None = None
-    use_visual_prototype_projection: bool | None = None
-    decoder_ordering: Literal["reference", "raster"] | None = None
-    decoder_absolute_position: bool | None = None
-    image_position_code: bool | None = None
-    #: ``torch``: PyTorch's default init for the decoder's linear layers (a tiny decoder barely learns from the
-    #: reference's N(0, 0.02) within a CPU budget).
-    decoder_init: Literal["reference", "torch"] = "reference"
-    #: weight seed; default: the config's ``seed``.
-    seed: int | None = None
 
 
 class ModelSection(_Section):
@@ -334,7 +314,7 @@ def _describe(error: ValidationError) -> str:
     loc = [str(p) for p in first.get("loc", ())]
     msg = str(first.get("msg", "")).removeprefix("Value error, ")
     key = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc).lstrip(".")
-    if first.get("type") == "extra_forbidden" and loc:
+    if first.get("type") in ("extra_forbidden", "unexpected_keyword_argument") and loc:
         section = _section_fields(loc[:-1])
         return f"unknown key {key!r}{_did_you_mean(loc[-1], section)}"
     if first.get("type") == "missing":
@@ -351,15 +331,22 @@ def _describe(error: ValidationError) -> str:
 def _section_fields(path: Sequence[str]) -> list[str]:
     model: Any = TrainConfig
     for part in (p for p in path if not p.isdigit()):
-        field = (
-            model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
-        )
-        if field is None:
+        fields = _fields_of(model)
+        if part not in fields:
             return []
-        model = next(
-            (a for a in typing.get_args(field.annotation) or (field.annotation,) if isinstance(a, type)), None
-        )
-    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+        annotation = fields[part]
+        model = next((a for a in typing.get_args(annotation) or (annotation,) if isinstance(a, type)), None)
+    return list(_fields_of(model))
+
+
+def _fields_of(model: Any) -> dict[str, Any]:
+    """Field name -> annotation of a pydantic model or dataclass (empty for anything else)."""
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return {name: f.annotation for name, f in model.model_fields.items()}
+    if isinstance(model, type) and dataclasses.is_dataclass(model):
+        hints = typing.get_type_hints(model)
+        return {f.name: hints.get(f.name) for f in dataclasses.fields(model)}
+    return {}
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -91,7 +91,7 @@ def fill_answer_template(
         vrt_runs: per object ``k``, the local VRT indices to write (``id - V``: the patch index, plus the
             image's offset within the sample when a sample has several images). A run is written as
             consecutive ``<|VRT_i|>`` strings with nothing between them (§3.3). A string is written as it is
-            (how the text-coordinate baseline, :mod:`padt.text_boxes`, refers to objects).
+            (how the text-coordinate baseline, :class:`padt.answers.TextCoordinateAnswers`, refers to objects).
         eos: appended after the answer (the tokenizer's eos, ``<|im_end|>``); ``None`` appends nothing.
     """
     used: set[int] = set()

@@ -25,10 +25,9 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from padt.data.records import Record, read_records
 from padt.errors import PaDTError
-from padt.losses import DEFAULT_LOSS_WEIGHTS, PaDTCriterion
+from padt.losses import DECODER_TERMS, DEFAULT_LOSS_WEIGHTS, PaDTCriterion
 from padt.processing import PaDTProcessor
 from padt.training.batch import (
-    DECODER_TERMS,
     PaDTCollator,
     PaDTDataset,
     StepOptions,
@@ -38,19 +37,6 @@ from padt.training.batch import (
 from padt.training.config import COMPONENTS, ComponentsSection, LoraSection, PaDTSection, TrainConfig
 
 logger = logging.getLogger(__name__)
-
-# Modules of each component, by name prefix in PaDTForConditionalGeneration.
-COMPONENT_PREFIXES = {
-    "vision": ("model.visual.", "image_position."),
-    "llm": ("model.language_model.", "lm_head."),
-    "decoder": ("vis_norm.", "vis_proj.", "vl_decoder."),
-}
-# The attribute each component's modules hang from (what peft keeps as a full trainable copy).
-COMPONENT_MODULES = {
-    "vision": ["visual", "image_position"],
-    "llm": ["language_model", "lm_head"],
-    "decoder": ["vl_decoder", "vis_norm", "vis_proj"],
-}
 
 
 class PaDTTrainer(Trainer):
@@ -103,7 +89,7 @@ class PaDTTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: Any = None,
     ) -> Any:
-        rngs = self.sampling_rngs(inputs["padt"].indices)
+        rngs = self.sampling_rngs(inputs["targets"].indices)
         warmup = self.state.global_step < self.warmup_steps
         terms = padt_loss(
             model,
@@ -145,12 +131,11 @@ class PaDTTrainer(Trainer):
             return
         from safetensors.torch import load_file
 
-        from padt.modeling import REFERENCE_KEY_MAPPING
-
+        mapping = unwrap_padt(model).backbone.reference_key_mapping
         state: dict[str, torch.Tensor] = {}
         for file in files:
             for key, value in load_file(file, device="cpu").items():
-                for pattern, replacement in REFERENCE_KEY_MAPPING.items():
+                for pattern, replacement in mapping.items():
                     key = re.sub(pattern, replacement, key, count=1)
                 state[key] = value
         result = model.load_state_dict(state, strict=False)
@@ -183,21 +168,12 @@ def build_model_and_processor(config: TrainConfig) -> tuple[nn.Module, PaDTProce
     pixels = config.processor.model_dump(exclude_none=True)
     dtype = DTYPES[spec.dtype]
     if spec.tiny is not None:
-        from padt.testing import tiny_model, tiny_processor
+        from padt.tiny import tiny_model, tiny_processor
 
         tiny = spec.tiny
         seed = config.seed if tiny.seed is None else tiny.seed
-        kwargs = tiny.model_dump(exclude_none=True, exclude={"seed", "decoder_init"})
-        model = tiny_model(seed=seed, random_prototypes=False, **kwargs).to(dtype)
-        if tiny.decoder_init == "torch":
-            # PyTorch's default (Kaiming-uniform) init for the decoder's linear layers. At tiny widths the
-            # reference's N(0, 0.02) leaves the decoder's output almost independent of its input, and it then
-            # barely learns within a CPU budget.
-            torch.manual_seed(seed)
-            for module in model.vl_decoder.modules():
-                if isinstance(module, nn.Linear):
-                    module.reset_parameters()
-        processor = PaDTProcessor(tiny_processor(**pixels), model.vocab_size)
+        model = tiny_model(seed, random_prototypes=False, spec=tiny).to(dtype)
+        processor = PaDTProcessor(tiny_processor(**pixels, backbone=tiny.backbone), model.vocab_size)
     else:
         path = spec.path
         if not Path(path).is_dir():
@@ -213,14 +189,6 @@ def build_model_and_processor(config: TrainConfig) -> tuple[nn.Module, PaDTProce
     return model, processor
 
 
-def component_of(name: str) -> str | None:
-    """The component (``vision``, ``llm``, ``decoder``) a parameter or module name belongs to."""
-    for component, prefixes in COMPONENT_PREFIXES.items():
-        if name.startswith(prefixes):
-            return component
-    return None
-
-
 def apply_components(
     model: nn.Module, components: ComponentsSection | None = None, lora: LoraSection | None = None
 ) -> nn.Module:
@@ -228,15 +196,16 @@ def apply_components(
     components = components or ComponentsSection()
     lora = lora or LoraSection()
     modes = {c: getattr(components, c) for c in COMPONENTS}
+    padt = unwrap_padt(model)
     lora_targets = [
         name
         for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and modes.get(component_of(name) or "") == "lora"
+        if isinstance(module, nn.Linear) and modes.get(padt.component_of(name) or "") == "lora"
     ]
     if lora_targets:
         from peft import LoraConfig, get_peft_model
 
-        keep = [m for c, mode in modes.items() if mode == "train" for m in COMPONENT_MODULES[c]]
+        keep = [m for c, mode in modes.items() if mode == "train" for m in padt.component_modules[c]]
         peft_config = LoraConfig(
             r=lora.r,
             lora_alpha=lora.alpha,
@@ -248,7 +217,7 @@ def apply_components(
         model = get_peft_model(model, peft_config)
         return model
     for name, param in model.named_parameters():
-        param.requires_grad_(modes.get(component_of(name) or "llm") == "train")
+        param.requires_grad_(modes.get(padt.component_of(name) or "llm") == "train")
     return model
 
 

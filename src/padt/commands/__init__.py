@@ -1,0 +1,77 @@
+"""Command-line plumbing shared by the ``padt`` commands: argument types and options that several commands
+take. Each command's own module exposes ``add_arguments(parser)`` and ``run(args) -> int`` (see
+:mod:`padt.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+
+from padt.errors import PaDTError
+
+
+def positive_int(text: str) -> int:
+    """An ``argparse`` type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """An ``argparse`` type: a number >= 0 (``inf`` allowed, NaN not)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if math.isnan(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def add_vrt_repeat_penalty_argument(parser: argparse.ArgumentParser) -> None:
+    """``--vrt-repeat-penalty`` (predict, eval, app, serve)."""
+    parser.add_argument(
+        "--vrt-repeat-penalty",
+        type=non_negative_float,
+        default=None,
+        metavar="P",
+        help="lower the logits of the VRTs already in an object's run by P (0: plain greedy, inf: "
+        "never repeat; default: the checkpoint's generation_config)",
+    )
+
+
+def writable_file(path: Path | None, what: str) -> Path | None:
+    """Check, before any work, that ``path`` can be written: its folder is created if needed and must be
+    writable, and the path must not be a folder. Returns the path."""
+    if path is None:
+        return None
+    if path.is_dir():
+        raise PaDTError(f"{what} {path} is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PaDTError(
+            f"cannot create the folder of {what} {path}: {error.strerror}; choose another path"
+        ) from None
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise PaDTError(f"{what} {path} cannot be written (permission denied); choose another path")
+    return path
+
+
+def writable_folder(path: Path, what: str) -> Path:
+    """Check, before any work, that folder ``path`` exists or can be created and is writable."""
+    if path.exists() and not path.is_dir():
+        raise PaDTError(f"{what} {path} exists and is not a folder; give a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PaDTError(f"cannot create {what} {path}: {error.strerror}; choose another folder") from None
+    if not os.access(path, os.W_OK):
+        raise PaDTError(f"{what} {path} cannot be written (permission denied); choose another folder")
+    return path

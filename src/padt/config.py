@@ -1,0 +1,102 @@
+"""PaDT's model configs: a base model's config plus PaDT's fields, typed and checked when built.
+
+Each base gets a subclass of its own transformers config (``model_type`` unchanged, so a saved ``config.json``
+still reads as the base's and the reference's checkpoints load as they are):
+
+- ``vl_decoder``: the decoder's settings, stored as the reference's dict (docs/method.md §11.2) and read
+  through :attr:`PaDTConfigFields.decoder_config` as a :class:`~padt.decoder.PaDTDecoderConfig` (unknown keys are
+  an error). ``hidden_size``/``num_heads``/``intermediate_size`` default to the vision tower's;
+  ``llm_hidden_state`` and ``spatial_merge_size`` always follow the base.
+- ``use_visual_prototype_projection``: the prototype transform (``vis_norm`` + ``vis_proj``), on in every
+  published checkpoint.
+- ``image_position_code``: padt's absolute position code for vision towers trained from scratch (off).
+- ``padt_answer_format``: how the model writes objects, ``vrt`` (PaDT) or ``text`` (the coordinate baseline).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import Qwen2_5_VLConfig
+
+from padt.decoder import PaDTDecoderConfig
+from padt.errors import PaDTError
+
+ANSWER_FORMATS = ("vrt", "text")
+#: Fields written to config.json even at their default value (the reference's loaders expect them).
+ALWAYS_SAVED = ("vl_decoder", "use_visual_prototype_projection")
+#: padt's own fields and their defaults: written to config.json only when they differ, so that configs of the
+#: published layout stay as the reference wrote them.
+OPTIONAL_FIELDS = {"image_position_code": False, "padt_answer_format": "vrt"}
+
+
+class PaDTConfigFields:
+    """What every PaDT config adds to its base config (shared by the per-base subclasses)."""
+
+    vl_decoder: dict[str, Any] | None
+    use_visual_prototype_projection: bool
+    image_position_code: bool
+    padt_answer_format: str
+
+    def _finish_padt_fields(self) -> None:
+        """Fill in and check PaDT's fields (called at the end of ``__post_init__``)."""
+        vision = self.vision_config
+        values = dict(self.vl_decoder or {})
+        if isinstance(self.vl_decoder, PaDTDecoderConfig):
+            values = self.vl_decoder.to_dict()
+        values.setdefault("hidden_size", vision.hidden_size)
+        values.setdefault("intermediate_size", vision.intermediate_size)
+        values.setdefault("num_heads", vision.num_heads)
+        values["llm_hidden_state"] = self.text_config.hidden_size
+        values["spatial_merge_size"] = vision.spatial_merge_size
+        try:
+            decoder = PaDTDecoderConfig.from_dict(values)
+        except ValueError as error:
+            raise PaDTError(str(error)) from None
+        if decoder.hidden_size != vision.hidden_size or decoder.num_heads != vision.num_heads:
+            raise PaDTError(
+                f"vl_decoder.hidden_size/num_heads ({decoder.hidden_size}/{decoder.num_heads}) must equal the vision "
+                f"tower's ({vision.hidden_size}/{vision.num_heads}): the decoder adds raw ViT features and uses ViT RoPE"
+            )
+        self.vl_decoder = decoder.to_dict(reference_layout=True)
+        if self.padt_answer_format not in ANSWER_FORMATS:
+            raise PaDTError(
+                f"padt_answer_format must be one of {', '.join(ANSWER_FORMATS)}, got {self.padt_answer_format!r}"
+            )
+        self.architectures = [_PADT_CLASS.get(self.model_type, "PaDTForConditionalGeneration")]
+
+    @property
+    def decoder_config(self) -> PaDTDecoderConfig:
+        """The decoder's settings, typed."""
+        return PaDTDecoderConfig.from_dict(self.vl_decoder or {})
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        out = super().to_diff_dict()  # type: ignore[misc]
+        for key in ALWAYS_SAVED:
+            out[key] = getattr(self, key)
+        for key, default in OPTIONAL_FIELDS.items():
+            if out.get(key, default) == default:
+                out.pop(key, None)
+        return out
+
+
+_PADT_CLASS = {"qwen2_5_vl": "PaDTForConditionalGeneration"}
+
+
+class PaDTQwen2_5_VLConfig(PaDTConfigFields, Qwen2_5_VLConfig):
+    """A Qwen2.5-VL config with PaDT's fields (module docstring)."""
+
+    vl_decoder: dict | None = None
+    use_visual_prototype_projection: bool = True
+    image_position_code: bool = False
+    padt_answer_format: str = "vrt"
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        super().__post_init__(**kwargs)
+        self._finish_padt_fields()
+
+
+#: The config of the published checkpoints' base.
+PaDTConfig = PaDTQwen2_5_VLConfig
+
+__all__ = ["ANSWER_FORMATS", "PaDTConfig", "PaDTConfigFields", "PaDTQwen2_5_VLConfig"]
