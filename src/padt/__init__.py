@@ -10,11 +10,16 @@ __version__ = "0.1.0"
 _LAZY = {
     "PaDTForConditionalGeneration": "padt.modeling",
     "PaDTVisionOutput": "padt.modeling",
+    "PaDTConfig": "padt.config",
     "PaDTProcessor": "padt.processing",
     "PaDT": "padt.inference",
     "Prediction": "padt.inference",
     "predict": "padt.inference",
     "VRTLayout": "padt.vrt",
+    "get_backbone": "padt.backbones",
+    "get_task": "padt.tasks",
+    "TinyModelSpec": "padt.tiny",
+    "tiny_model": "padt.tiny",
 }
 
 __all__ = ["PaDTError", "__version__", *_LAZY]
