@@ -15,6 +15,7 @@ from padt.errors import PaDTError
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("padt.commands.init", "turn a plain Qwen2.5-VL or Qwen3-VL checkpoint into a PaDT checkpoint"),
     "predict": ("padt.commands.predict", "ground a prompt in images: text, boxes, masks and scores"),
     "demo": ("padt.demo", "run REC, RES, OVD and RIC on fresh synthetic scenes with the bundled model"),
     "train": ("padt.training.cli", "fine-tune PaDT from a YAML config (works under accelerate/torchrun)"),

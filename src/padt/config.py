@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import Qwen2_5_VLConfig
+from transformers import Qwen2_5_VLConfig, Qwen3VLConfig
 
 from padt.decoder import PaDTDecoderConfig
 from padt.errors import PaDTError
@@ -27,7 +27,7 @@ ANSWER_FORMATS = ("vrt", "text")
 ALWAYS_SAVED = ("vl_decoder", "use_visual_prototype_projection")
 #: padt's own fields and their defaults: written to config.json only when they differ, so that configs of the
 #: published layout stay as the reference wrote them.
-OPTIONAL_FIELDS = {"image_position_code": False, "padt_answer_format": "vrt"}
+OPTIONAL_FIELDS = {"image_position_code": False, "padt_answer_format": "vrt", "vrt_deepstack": False}
 
 
 class PaDTConfigFields:
@@ -39,11 +39,27 @@ class PaDTConfigFields:
     padt_answer_format: str
 
     def _finish_padt_fields(self) -> None:
-        """Fill in and check PaDT's fields (called at the end of ``__post_init__``)."""
+        """Fill in and check PaDT's fields (called at the end of ``__post_init__`` and when one changes)."""
+        object.__setattr__(self, "_finishing_padt", True)
+        try:
+            self._complete_padt_fields()
+        finally:
+            object.__setattr__(self, "_finishing_padt", False)
+
+    def _complete_padt_fields(self) -> None:
+        from padt.backbones import backbone_of
+
+        base = backbone_of(self)
         vision = self.vision_config
         values = dict(self.vl_decoder or {})
         if isinstance(self.vl_decoder, PaDTDecoderConfig):
             values = self.vl_decoder.to_dict()
+        values.setdefault("ordering", base.default_decoder_ordering)
+        if values["ordering"] not in base.decoder_orderings:
+            raise PaDTError(
+                f"vl_decoder.ordering {values['ordering']!r} does not apply to {base.name}; use one of "
+                f"{', '.join(base.decoder_orderings)}"
+            )
         values.setdefault("hidden_size", vision.hidden_size)
         values.setdefault("intermediate_size", vision.intermediate_size)
         values.setdefault("num_heads", vision.num_heads)
@@ -65,6 +81,17 @@ class PaDTConfigFields:
             )
         self.architectures = [_PADT_CLASS.get(self.model_type, "PaDTForConditionalGeneration")]
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        # A PaDT field changed after construction (e.g. from_pretrained(..., vl_decoder=...)) is checked and
+        # completed again, so the config never holds an unchecked decoder.
+        if (
+            name in ("vl_decoder", "padt_answer_format")
+            and getattr(self, "_post_init_done", False)
+            and not getattr(self, "_finishing_padt", False)
+        ):
+            self._finish_padt_fields()
+
     @property
     def decoder_config(self) -> PaDTDecoderConfig:
         """The decoder's settings, typed."""
@@ -80,7 +107,10 @@ class PaDTConfigFields:
         return out
 
 
-_PADT_CLASS = {"qwen2_5_vl": "PaDTForConditionalGeneration"}
+_PADT_CLASS = {
+    "qwen2_5_vl": "PaDTForConditionalGeneration",
+    "qwen3_vl": "PaDTQwen3VLForConditionalGeneration",
+}
 
 
 class PaDTQwen2_5_VLConfig(PaDTConfigFields, Qwen2_5_VLConfig):
@@ -96,7 +126,22 @@ class PaDTQwen2_5_VLConfig(PaDTConfigFields, Qwen2_5_VLConfig):
         self._finish_padt_fields()
 
 
+class PaDTQwen3VLConfig(PaDTConfigFields, Qwen3VLConfig):
+    """A Qwen3-VL config with PaDT's fields (module docstring), plus ``vrt_deepstack``: whether a VRT fed back as
+    input also receives the DeepStack features of the patch it names (docs/method.md §13)."""
+
+    vl_decoder: dict | None = None
+    use_visual_prototype_projection: bool = True
+    image_position_code: bool = False
+    padt_answer_format: str = "vrt"
+    vrt_deepstack: bool = False
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        super().__post_init__(**kwargs)
+        self._finish_padt_fields()
+
+
 #: The config of the published checkpoints' base.
 PaDTConfig = PaDTQwen2_5_VLConfig
 
-__all__ = ["ANSWER_FORMATS", "PaDTConfig", "PaDTConfigFields", "PaDTQwen2_5_VLConfig"]
+__all__ = ["ANSWER_FORMATS", "PaDTConfig", "PaDTConfigFields", "PaDTQwen2_5_VLConfig", "PaDTQwen3VLConfig"]

@@ -27,14 +27,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import Qwen2_5_VLForConditionalGeneration
+from transformers import Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_outputs import MultimodalCausalLMOutputWithPast
 from transformers.utils import ModelOutput
 
 from padt.backbones import Backbone, backbone_of, get_backbone
-from padt.config import PaDTConfigFields, PaDTQwen2_5_VLConfig
+from padt.config import PaDTConfigFields, PaDTQwen2_5_VLConfig, PaDTQwen3VLConfig
 from padt.decoder import PaDTDecoder, PaDTDecoderOutput, normalised_position_code
 from padt.errors import PaDTError
 from padt.generation import VRTRepeatPenaltyLogitsProcessor, VRTStateRecorder
@@ -81,7 +81,8 @@ class PaDTVisionOutput(ModelOutput):
             raster order when the decoder's ``ordering`` is ``"raster"``).
         visual_pe: ``(cos, sin)``, each ``Σn x head_dim``: the ViT 2-D RoPE, in the same order.
         image_grid_thw: ``I x 3`` patch grids.
-        extra: what else the base's language model takes from its vision tower (Qwen3-VL's DeepStack features).
+        features: the base's own vision outputs (:class:`~padt.backbones.VisionFeatures`; e.g. Qwen3-VL's
+            DeepStack features), handed back to its adapter.
     """
 
     image_embeds: torch.Tensor | None = None
@@ -89,7 +90,7 @@ class PaDTVisionOutput(ModelOutput):
     high_res_image_embeds: torch.Tensor | None = None
     visual_pe: tuple[torch.Tensor, torch.Tensor] | None = None
     image_grid_thw: torch.Tensor | None = None
-    extra: Any = None
+    features: Any = None
 
 
 @dataclass
@@ -216,7 +217,7 @@ class PaDTMixin:
         missing = [
             k
             for k in info.get("missing_keys", [])
-            if not (init_padt_modules and k.startswith(PADT_MODULE_PREFIXES))
+            if not (init_padt_modules and k.startswith((*PADT_MODULE_PREFIXES, "image_position.")))
         ]
         if missing:
             problems.append(f"missing keys {sorted(missing)}")
@@ -292,7 +293,7 @@ class PaDTMixin:
             high_res_image_embeds=features.high_res,
             visual_pe=features.visual_pe,
             image_grid_thw=grid,
-            extra=features,
+            features=features,
         )
 
     # ------------------------------------------------------------------------------------------ VRT head
@@ -384,26 +385,22 @@ class PaDTMixin:
         prototypes = vision.prototypes if vision is not None else None
 
         inputs_embeds = self.embed_tokens_with_vrts(input_ids, prototypes)
-        encoder_outputs = None
-        if pixel_values is not None:
-            # The prompt's <|image_pad|> tokens get the raw merger features (stock base model behaviour).
-            encoder_outputs = {
-                "image": self.backbone.encoder_outputs(
-                    vision.image_embeds, vision.extra, vision.image_grid_thw
-                )
-            }
-            if mm_token_type_ids is None:
-                mm_token_type_ids = (input_ids == self.config.image_token_id).int()
-        outputs = self.model(
+        if pixel_values is not None and mm_token_type_ids is None:
+            mm_token_type_ids = (input_ids == self.config.image_token_id).int()
+        # The prompt's <|image_pad|> tokens get the raw merger features (stock base model behaviour), plus what
+        # else the base feeds image positions; the adapter runs the base's language model.
+        outputs = self.backbone.run_language_model(
+            self,
             input_ids=input_ids,
             inputs_embeds=inputs_embeds,
+            vision=vision,
+            prefill=pixel_values is not None,
             attention_mask=attention_mask,
             position_ids=position_ids,
             cache=cache,
             use_cache=use_cache,
             image_grid_thw=image_grid_thw,
             mm_token_type_ids=mm_token_type_ids,
-            mm_encoder_outputs=encoder_outputs,
             **kwargs,
         )
         hidden = outputs.last_hidden_state
@@ -586,8 +583,18 @@ class PaDTForConditionalGeneration(PaDTMixin, Qwen2_5_VLForConditionalGeneration
     config_class = PaDTQwen2_5_VLConfig
 
 
+class PaDTQwen3VLForConditionalGeneration(PaDTMixin, Qwen3VLForConditionalGeneration):
+    """Qwen3-VL that reads and writes visual reference tokens, plus the PaDT decoder
+    (:mod:`padt.backbones.qwen3_vl`)."""
+
+    config_class = PaDTQwen3VLConfig
+
+
 #: ``model_type`` of the base -> its PaDT class.
-PADT_CLASSES: dict[str, type[PaDTMixin]] = {"qwen2_5_vl": PaDTForConditionalGeneration}
+PADT_CLASSES: dict[str, type[PaDTMixin]] = {
+    "qwen2_5_vl": PaDTForConditionalGeneration,
+    "qwen3_vl": PaDTQwen3VLForConditionalGeneration,
+}
 
 
 def padt_class_for(model_type: str) -> type[PaDTMixin]:

@@ -269,8 +269,9 @@ class TinyModelSpec:
     vision_depth: int = 2
     vision_num_heads: int = 2
     use_visual_prototype_projection: bool = True
-    #: ``raster``: the decoder reads its inputs in true spatial order (for decoders trained from scratch).
-    decoder_ordering: Literal["reference", "raster"] = "reference"
+    #: ``raster``: the decoder reads its inputs in true spatial order (for decoders trained from scratch); the
+    #: default is the base's (``reference`` for Qwen2.5-VL, ``raster`` for Qwen3-VL).
+    decoder_ordering: Literal["reference", "raster"] | None = None
     #: a normalised (x, y) code in the decoder's image memory (raster ordering only).
     decoder_absolute_position: bool = False
     #: a learned (x, y) code added to the image features (:class:`~padt.modeling.PaDTMixin`).
@@ -318,7 +319,7 @@ def tiny_config(spec: TinyModelSpec | None = None, **fields: Any) -> Any:
         | {
             "use_visual_prototype_projection": spec.use_visual_prototype_projection,
             "vl_decoder": {
-                "ordering": spec.decoder_ordering,
+                "ordering": spec.decoder_ordering or base.default_decoder_ordering,
                 "absolute_position": spec.decoder_absolute_position,
             },
             "image_position_code": spec.image_position_code,

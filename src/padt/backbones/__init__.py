@@ -15,6 +15,7 @@ from padt.errors import PaDTError
 #: name (= the base config's ``model_type``) -> ``module:class`` of its adapter.
 BACKBONE_MODULES: dict[str, str] = {
     "qwen2_5_vl": "padt.backbones.qwen2_5_vl:Qwen2_5_VLBackbone",
+    "qwen3_vl": "padt.backbones.qwen3_vl:Qwen3VLBackbone",
 }
 DEFAULT_BACKBONE = "qwen2_5_vl"
 

@@ -124,6 +124,10 @@ class Backbone(ABC):
     component_modules: ClassVar[Mapping[str, tuple[str, ...]]]
     #: key renames from the reference implementation's checkpoint layout, if the base has one.
     reference_key_mapping: ClassVar[Mapping[str, str]] = {}
+    #: decoder orderings the base supports (``reference``: the published decoders' window/raster mix, only
+    #: meaningful for Qwen2.5-VL) and the one a new PaDT config gets.
+    decoder_orderings: ClassVar[tuple[str, ...]] = ("reference", "raster")
+    default_decoder_ordering: ClassVar[str] = "reference"
 
     # ------------------------------------------------------------------------------------------ classes
     @property
@@ -155,11 +159,22 @@ class Backbone(ABC):
         patch-raster order; otherwise in the order the published decoders were trained with."""
 
     @abstractmethod
-    def encoder_outputs(
-        self, merged: torch.Tensor, vision: VisionFeatures, image_grid_thw: torch.Tensor
+    def run_language_model(
+        self,
+        model: PreTrainedModel,
+        *,
+        input_ids: torch.Tensor,
+        inputs_embeds: torch.Tensor,
+        vision: Any,
+        prefill: bool,
+        **kwargs: Any,
     ) -> Any:
-        """What the base model's ``forward`` takes as ``mm_encoder_outputs["image"]`` so that the prompt's image
-        tokens receive ``merged`` (and the base's extra vision inputs)."""
+        """Run the base model's language model on ``inputs_embeds`` (text and VRT embeddings already in place).
+
+        On the ``prefill`` call the prompt's image tokens receive ``vision.image_embeds`` (and whatever else the
+        base feeds image positions); ``input_ids`` (global VRT ids) locate them. ``kwargs`` are the base
+        model's own (attention mask, positions, cache, ``image_grid_thw``, ``mm_token_type_ids``...). Returns its
+        output (``last_hidden_state``, ``cache``, ...)."""
 
     # ------------------------------------------------------------------------------------------ processor
     @abstractmethod
@@ -185,6 +200,32 @@ class Backbone(ABC):
     def special_tokens(self) -> tuple[str, ...]:
         """The base tokenizer's special tokens in id order (the tiny tokenizer appends them)."""
         return QWEN_SPECIAL_TOKENS
+
+
+def unit_order_to_raster(
+    unit_order: torch.Tensor, image_grid_thw: torch.Tensor, merge_size: int
+) -> torch.Tensor:
+    """Permutation ``perm`` with ``raster = tokens[perm]`` for ViT patch tokens of images (``t = 1``) that come
+    grouped by merge unit: unit ``unit_order[k]`` (a batch-global unit index) at position ``k``, its ``m x m``
+    patches consecutive in raster order within the unit. Raster order is row-major over each image's patch grid.
+    An identity ``unit_order`` is the processor's own order; Qwen2.5-VL's windowed ViT permutes the units."""
+    m2 = merge_size * merge_size
+    grid = image_grid_thw.to(unit_order.device)
+    units = grid.prod(-1) // m2
+    unit_start = torch.cumsum(units, 0) - units
+    patch_start = unit_start * m2
+    image_of_unit = torch.repeat_interleave(torch.arange(grid.shape[0], device=grid.device), units)
+    p = torch.arange(unit_order.numel() * m2, device=grid.device)
+    unit = unit_order[p // m2]
+    image = image_of_unit[unit]
+    local = unit - unit_start[image]
+    width = grid[image, 2]
+    unit_row, unit_col = local // (width // merge_size), local % (width // merge_size)
+    sub_row, sub_col = (p % m2) // merge_size, (p % m2) % merge_size
+    raster = (unit_row * merge_size + sub_row) * width + unit_col * merge_size + sub_col + patch_start[image]
+    perm = torch.empty_like(raster)
+    perm[raster] = p
+    return perm
 
 
 #: Qwen's special tokens, in the order of their ids (shared by Qwen2.5-VL and Qwen3-VL).

@@ -16,7 +16,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLRMSNorm
 from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
-from padt.backbones.base import Backbone, PatchGeometry, VisionFeatures
+from padt.backbones.base import Backbone, PatchGeometry, VisionFeatures, unit_order_to_raster
 from padt.errors import PaDTError
 
 GEOMETRY = PatchGeometry(patch_px=14, merge_size=2, temporal_patch_size=2)
@@ -64,28 +64,9 @@ class _StillImageQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
 def window_to_raster(
     window_index: torch.Tensor, image_grid_thw: torch.Tensor, merge_size: int = GEOMETRY.merge_size
 ) -> torch.Tensor:
-    """Permutation ``perm`` with ``raster = window_ordered[perm]`` for ViT patch tokens (images, ``t = 1``).
-
-    The ViT's last hidden state and RoPE come in window order: merge units permuted by ``window_index``, the
-    ``merge_size**2`` patches of a unit consecutive. Raster order is row-major over each image's patch grid.
-    """
-    m2 = merge_size * merge_size
-    grid = image_grid_thw.to(window_index.device)
-    units = grid.prod(-1) // m2
-    unit_start = torch.cumsum(units, 0) - units
-    patch_start = unit_start * m2
-    image_of_unit = torch.repeat_interleave(torch.arange(grid.shape[0], device=grid.device), units)
-    p = torch.arange(window_index.numel() * m2, device=grid.device)
-    unit = window_index[p // m2]
-    image = image_of_unit[unit]
-    local = unit - unit_start[image]
-    width = grid[image, 2]
-    unit_row, unit_col = local // (width // merge_size), local % (width // merge_size)
-    sub_row, sub_col = (p % m2) // merge_size, (p % m2) % merge_size
-    raster = (unit_row * merge_size + sub_row) * width + unit_col * merge_size + sub_col + patch_start[image]
-    perm = torch.empty_like(raster)
-    perm[raster] = p
-    return perm
+    """Permutation ``perm`` with ``raster = window_ordered[perm]`` for the ViT's patch tokens: its last hidden
+    state and RoPE come in window order, merge units permuted by ``window_index``."""
+    return unit_order_to_raster(window_index, image_grid_thw, merge_size)
 
 
 class Qwen2_5_VLBackbone(Backbone):
@@ -147,12 +128,27 @@ class Qwen2_5_VLBackbone(Backbone):
             high_res, visual_pe = high_res[perm], tuple(t[perm] for t in visual_pe)
         return VisionFeatures(merged=out.pooler_output, high_res=high_res, visual_pe=visual_pe)
 
-    def encoder_outputs(
-        self, merged: torch.Tensor, vision: VisionFeatures, image_grid_thw: torch.Tensor
-    ) -> BaseModelOutputWithPooling:
-        sizes = (image_grid_thw.prod(-1) // self.geometry.merge_size**2).tolist()
-        return BaseModelOutputWithPooling(
-            last_hidden_state=vision.high_res, pooler_output=torch.split(merged, sizes)
+    def run_language_model(
+        self,
+        model: Any,
+        *,
+        input_ids: torch.Tensor,
+        inputs_embeds: torch.Tensor,
+        vision: Any,
+        prefill: bool,
+        **kwargs: Any,
+    ) -> Any:
+        encoder_outputs = None
+        if prefill:
+            sizes = (vision.image_grid_thw.prod(-1) // self.geometry.merge_size**2).tolist()
+            encoder_outputs = {
+                "image": BaseModelOutputWithPooling(
+                    last_hidden_state=vision.high_res_image_embeds,
+                    pooler_output=torch.split(vision.image_embeds, sizes),
+                )
+            }
+        return model.model(
+            input_ids=input_ids, inputs_embeds=inputs_embeds, mm_encoder_outputs=encoder_outputs, **kwargs
         )
 
     def build_processor(self, image_processor: Any, tokenizer: Any, chat_template: str | None = None) -> Any:

@@ -10,7 +10,7 @@ value with the key and what it allows. Sections (all optional except ``data`` an
     data:        {train: [{records: FILE, image_root: DIR}, ...]}                 # record files, and/or
                  {synthetic: {task: all, n: 4000, seed: 1, max_size: 224}}         # generated on first use
     padt:        {vrts_per_object: 5, random_select: true, robust_loss: true, answer_format: vrt,
-                  warmup_steps: 300, patches: record, loss_weights: {loss_token: 1, ...}}
+                  warmup_steps: 300, patches: auto, loss_weights: {loss_token: 1, ...}}
     components:  {vision: train, llm: train, decoder: train}                      # train | freeze | lora
     lora:        {r: 16, alpha: 32, dropout: 0.05}
     training:    {output_dir: runs/x, ...}     # any transformers TrainingArguments field
@@ -119,7 +119,10 @@ class PaDTSection(_Section):
     robust_loss: bool = StepOptions.robust_loss
     answer_format: Literal["vrt", "text"] = StepOptions.answer_format
     warmup_steps: NonNegativeInt = 300
-    patches: Literal["record", "recompute"] = "record"
+    #: where each object's foreground patches come from: ``record`` (the record's list, computed for the default
+    #: base's 28-px cells), ``recompute`` (from the mask on the processor's actual grid), ``auto`` (``record``
+    #: when the model's cells are the default base's, else ``recompute``).
+    patches: Literal["auto", "record", "recompute"] = "auto"
     strict_patches: bool = False
     loss_weights: dict[str, NonNegativeFloat] = Field(default_factory=dict)
 

@@ -282,6 +282,16 @@ def training_arguments(config: TrainConfig) -> TrainingArguments:
         ) from None
 
 
+def _patch_source(patches: str, processor: PaDTProcessor) -> str:
+    """``padt.patches: auto``: the records' patch lists are for the default base's cells; another base
+    recomputes them on its own grid."""
+    if patches != "auto":
+        return patches
+    from padt.backbones import default_geometry
+
+    return "record" if processor.geometry.cell_px == default_geometry().cell_px else "recompute"
+
+
 def build_trainer(config: TrainConfig) -> PaDTTrainer:
     """Model, data, collator and trainer for ``config`` (see :mod:`padt.training.config`)."""
     args = training_arguments(config)
@@ -309,7 +319,7 @@ def build_trainer(config: TrainConfig) -> PaDTTrainer:
     dataset = build_dataset(config, Path(args.output_dir))
     collator = PaDTCollator(
         processor,
-        patches=padt_cfg.patches,
+        patches=_patch_source(padt_cfg.patches, processor),
         with_masks=criterion.wants("loss_mask_dice", "loss_mask_focal"),
         strict_patches=padt_cfg.strict_patches,
     )
@@ -364,10 +374,14 @@ def train(config: TrainConfig) -> Path:
     result = trainer.train(resume_from_checkpoint=checkpoint)
     final = save_final(trainer, out, config.generation)
     if trainer.args.process_index == 0:
+        logged = [h for h in trainer.state.log_history if "loss" in h]
         summary = {
             "global_step": trainer.state.global_step,
-            "train_loss": result.training_loss,
+            # Over every logged step of the run, a resumed part included (result.training_loss covers only the
+            # steps this process ran).
+            "train_loss": sum(h["loss"] for h in logged) / len(logged) if logged else result.training_loss,
             "metrics": result.metrics,
+            "log_history": trainer.state.log_history,
         }
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
         print(f"padt train: model written to {final}")

@@ -1,0 +1,95 @@
+"""``padt init``: a plain base checkpoint becomes a PaDT checkpoint that computes the base's own text logits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from padt.backbones import get_backbone
+from padt.cli import main
+from padt.commands.init import init_from_base
+from padt.modeling import PaDTForConditionalGeneration
+from padt.processing import PaDTProcessor
+from padt.tiny import TINY_VOCAB_SIZE, tiny_processor, tiny_tokenizer
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+BASES = ("qwen2_5_vl", "qwen3_vl")
+
+
+def plain_checkpoint(backbone: str, folder, seed: int = 0, tied: bool = True):
+    """A random plain (non-PaDT) base model with the tiny tokenizer and processor, saved to ``folder``."""
+    base = get_backbone(backbone)
+    tokenizer = tiny_tokenizer(backbone)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in base.special_tokens}
+    config = base.tiny_config(
+        ids,
+        vocab_size=TINY_VOCAB_SIZE,
+        hidden_size=64,
+        num_hidden_layers=2,
+        vision_hidden_size=32,
+        vision_depth=2,
+        vision_num_heads=2,
+        tie_word_embeddings=tied,
+    )
+    torch.manual_seed(seed)
+    model = base.model_class(config).eval()
+    model.save_pretrained(folder)
+    tiny_processor(max_pixels=128 * 128, backbone=backbone).save_pretrained(folder)
+    return model
+
+
+@pytest.mark.parametrize("backbone", BASES)
+@pytest.mark.parametrize("tied", [True, False])
+def test_init_keeps_the_base_models_text_logits(tmp_path, backbone, tied):
+    plain = plain_checkpoint(backbone, tmp_path / "base", tied=tied)
+    model, processor = init_from_base(tmp_path / "base")
+    assert type(model).__name__.startswith("PaDT") and model.config.model_type == backbone
+    image = Image.effect_noise((96, 64), 40).convert("RGB")
+    batch = processor(["What is in the picture?", "Describe it."], [image, None])
+    inputs = dict(batch.inputs)
+    with torch.no_grad():
+        ours = model(**inputs).logits
+        inputs.pop("vrt_layout")
+        theirs = plain(**inputs).logits
+    vocab = model.vocab_size
+    real = batch.inputs["attention_mask"].bool()
+    # Text columns: the base's own logits (fp32, relative 1e-5); VRT columns exist only for the image sample.
+    diff = (ours[..., :vocab][real] - theirs[real]).abs().max() / theirs[real].abs().max()
+    assert diff <= 1e-5, diff
+    assert ours.shape[-1] == vocab + batch.layout.num_vrts
+    assert torch.isinf(ours[1, :, vocab:]).all() and torch.isfinite(ours[0, -1, vocab:]).all()
+    # PaDT's modules start as the reference starts them: vis_norm zero, so every prototype is 0.
+    assert model.vis_norm.weight.abs().sum() == 0 and model.vis_norm.bias.abs().sum() == 0
+
+
+@pytest.mark.parametrize("backbone", BASES)
+def test_cli_init_writes_a_loadable_padt_checkpoint(tmp_path, capsys, backbone):
+    plain_checkpoint(backbone, tmp_path / "base")
+    out = tmp_path / "padt"
+    assert main(["init", "--base", str(tmp_path / "base"), "--out", str(out), "--decoder-size", "48"]) == 0
+    assert "new parameters" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == backbone and config["vl_decoder"]["intermediate_size"] == 48
+    assert (
+        config["vl_decoder"].get("ordering", "reference") == get_backbone(backbone).default_decoder_ordering
+    )
+    keys = load_file(out / "model.safetensors")
+    assert any(k.startswith("vl_decoder.") for k in keys) and any(k.startswith("vis_proj.") for k in keys)
+    loaded = PaDTForConditionalGeneration.from_pretrained(out)  # the class follows the checkpoint's base
+    assert loaded.config.model_type == backbone
+    processor = PaDTProcessor.from_pretrained(out)
+    assert processor.geometry == get_backbone(backbone).geometry
+    capsys.readouterr()
+    # Bad input: one line, exit 2.
+    for argv, message in [
+        (["init", "--base", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")], "has no config.json"),
+        (["init", "--base", str(out), "--out", str(tmp_path / "y")], "already a PaDT checkpoint"),
+        (["init", "--base", str(tmp_path / "base"), "--out", str(out)], "is not empty"),
+    ]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
