@@ -170,7 +170,6 @@ _TRAINING_RANGES: dict[str, tuple[str, float]] = {
     "gradient_accumulation_steps": ("ge", 1),
     "num_train_epochs": ("gt", 0.0),
     "warmup_steps": ("ge", 0),
-    "warmup_ratio": ("ge", 0.0),
     "weight_decay": ("ge", 0.0),
     "max_grad_norm": ("ge", 0.0),
     "save_steps": ("gt", 0),
@@ -375,19 +374,39 @@ def validate_config(raw: Mapping[str, Any], where: str = "config") -> TrainConfi
         raise PaDTError(f"{where}: {_describe(error)}") from None
 
 
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file as a mapping, with ``extends: OTHER.yaml`` (relative to the file) merged under it."""
+    if not path.is_file():
+        raise PaDTError(f"config file not found: {path}; pass --config FILE.yaml (see configs/)")
+    if path.resolve() in seen:
+        raise PaDTError(f"{path}: 'extends' goes round in a circle ({' -> '.join(str(p) for p in (*seen, path))})")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise PaDTError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise PaDTError(f"{path}: the config must be a YAML mapping of sections {', '.join(SECTIONS)}")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise PaDTError(f"{path}: extends must name one YAML file, got {parent!r}")
+    return _merge(_read_yaml(path.parent / parent, (*seen, path.resolve())), raw)
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """The config at ``path`` with ``overrides`` applied, validated."""
+    """The config at ``path`` (and the file it ``extends``, if any) with ``overrides`` applied, validated."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise PaDTError(f"config file not found: {path}; pass --config FILE.yaml (see configs/)")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise PaDTError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
-        if not isinstance(raw, dict):
-            raise PaDTError(f"{path}: the config must be a YAML mapping of sections {', '.join(SECTIONS)}")
+        raw = _read_yaml(path)
     for item in overrides:
         keys, value = parse_override(item)
         node = raw
