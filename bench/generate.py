@@ -1,7 +1,8 @@
 """Decode speed of PaDT generate vs stock Qwen2.5-VL generate on the same weights, side by side in one process.
 
     python bench/generate.py                                  # CPU, tiny config
-    python bench/generate.py --device cuda --arch 3b          # real Qwen2.5-VL-3B architecture, random bf16 weights
+    python bench/generate.py --device cuda --arch qwen2.5-vl-3b   # real Qwen2.5-VL-3B architecture, random bf16
+    python bench/generate.py --device cuda --arch qwen3-vl-4b     # real Qwen3-VL-4B architecture, random bf16
 
 For each batch size and cache kind, both models generate the same prompt (one image + text) with a fixed number
 of new tokens (eos suppressed). Decode time per token = (t(N tokens) - t(1 token)) / (N - 1), which removes the
@@ -18,81 +19,36 @@ import time
 import numpy as np
 import torch
 from PIL import Image
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from padt.generation import VRTStateRecorder
-from padt.modeling import PaDTForConditionalGeneration
 from padt.processing import PaDTProcessor
 from padt.tiny import tiny_config, tiny_processor, tiny_tokenizer
 
-QWEN25_VL_3B = {
-    "text_config": {
-        "vocab_size": 151936,
-        "hidden_size": 2048,
-        "intermediate_size": 11008,
-        "num_hidden_layers": 36,
-        "num_attention_heads": 16,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 128000,
-        "rms_norm_eps": 1e-6,
-        "rope_parameters": {"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1000000.0},
-    },
-    "vision_config": {
-        "depth": 32,
-        "hidden_size": 1280,
-        "intermediate_size": 3420,
-        "num_heads": 16,
-        "out_hidden_size": 2048,
-        "patch_size": 14,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-        "window_size": 112,
-        "fullatt_block_indexes": [7, 15, 23, 31],
-    },
-    "tie_word_embeddings": True,
-}
+ARCHS = ("tiny", "tiny-qwen3", "qwen2.5-vl-3b", "qwen3-vl-4b")
 
 
 def build(arch: str, device: str, dtype: torch.dtype):
-    tokenizer = tiny_tokenizer()
-    ids = {
-        t: tokenizer.convert_tokens_to_ids(t)
-        for t in (
-            "<|image_pad|>",
-            "<|video_pad|>",
-            "<|vision_start|>",
-            "<|vision_end|>",
-            "<|im_end|>",
-            "<|endoftext|>",
-        )
-    }
-    if arch == "tiny":
-        config = tiny_config()
-    else:
-        spec = json.loads(json.dumps(QWEN25_VL_3B))
-        spec["text_config"].update(
-            bos_token_id=ids["<|endoftext|>"],
-            eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"],
-        )
-        config = Qwen2_5_VLConfig(
-            **spec,
-            image_token_id=ids["<|image_pad|>"],
-            video_token_id=ids["<|video_pad|>"],
-            vision_start_token_id=ids["<|vision_start|>"],
-            vision_end_token_id=ids["<|vision_end|>"],
-        )
+    """The PaDT model of ``arch`` (random weights) and the stock base model holding the same weights."""
+    from padt.backbones import get_backbone
+    from padt.backbones.sizes import padt_config
+    from padt.modeling import padt_class_for
+
+    backbone = "qwen3_vl" if "qwen3" in arch else "qwen2_5_vl"
+    tokenizer = tiny_tokenizer(backbone)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in get_backbone(backbone).special_tokens}
+    config = tiny_config(backbone=backbone) if arch.startswith("tiny") else padt_config(arch, ids)
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
+    base = get_backbone(config.model_type)
     with torch.device(device):
-        padt = PaDTForConditionalGeneration(config).to(dtype)
+        padt = padt_class_for(config.model_type)(config).to(dtype)
         with torch.no_grad():
             padt.vis_norm.weight.normal_(1.0, 0.1)
-        stock = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig.from_dict(config.to_dict())).to(dtype)
+        stock = base.model_class(base.config_class.from_dict(config.to_dict())).to(dtype)
     stock.config._attn_implementation = "sdpa"
     missing, unexpected = stock.load_state_dict(padt.state_dict(), strict=False)
     assert not missing and all(k.startswith(("vis_", "vl_decoder")) for k in unexpected)
-    return padt.eval(), stock.eval()
+    return padt.eval(), stock.eval(), backbone
 
 
 def timed_generate(model, inputs, new_tokens: int, cache: str, padt: bool) -> float:
@@ -123,7 +79,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--arch", choices=["tiny", "3b"], default="tiny")
+    parser.add_argument(
+        "--arch", choices=ARCHS, default="tiny", help="tiny models or full-size random weights"
+    )
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default=None)
     parser.add_argument("--batch-sizes", default="1,16")
     parser.add_argument("--caches", default="dynamic,static")
@@ -133,10 +91,10 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[
-        args.dtype or ("bf16" if args.arch == "3b" else "fp32")
+        args.dtype or ("fp32" if args.arch.startswith("tiny") else "bf16")
     ]
-    padt, stock = build(args.arch, args.device, dtype)
-    processor = PaDTProcessor(tiny_processor(), padt.vocab_size)
+    padt, stock, backbone = build(args.arch, args.device, dtype)
+    processor = PaDTProcessor(tiny_processor(backbone=backbone), padt.vocab_size)
     image = Image.fromarray(
         np.random.default_rng(0).integers(0, 255, (args.image_size, args.image_size, 3), dtype=np.uint8)
     )
@@ -153,9 +111,10 @@ def main() -> None:
         batch = processor(["Please describe this image."] * batch_size, [image] * batch_size)
         inputs = {k: v.to(args.device) for k, v in batch.inputs.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+        stock_inputs = {k: v for k, v in inputs.items() if k != "vrt_layout"}  # PaDT's own input
         for cache in args.caches.split(","):
             try:
-                s = per_token(stock, inputs, args.new_tokens, cache, False, args.repeats)
+                s = per_token(stock, stock_inputs, args.new_tokens, cache, False, args.repeats)
                 p = per_token(padt, inputs, args.new_tokens, cache, True, args.repeats)
             except Exception as exc:  # report the cell, keep measuring the others
                 print(f"{batch_size:>5} {cache:>8} failed: {type(exc).__name__}: {exc}"[:300])

@@ -1,7 +1,7 @@
 """Cost of one PaDT training step vs a plain causal-LM step of stock Qwen2.5-VL, side by side in one process.
 
     python bench/train_step.py                                # CPU, tiny config
-    python bench/train_step.py --device cuda --arch 3b        # real Qwen2.5-VL-3B architecture, random bf16 weights
+    python bench/train_step.py --device cuda --arch qwen2.5-vl-3b   # real Qwen2.5-VL-3B architecture, random bf16
 
 Both models hold the same weights (PaDT's state dict loaded into ``Qwen2_5_VLForConditionalGeneration``) and
 see the same batch of synthetic scenes (one image + prompt each) and the same completions:
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generate import build  # the same tiny / 3B models as the generation benchmark
+from generate import ARCHS, build  # the same models as the generation benchmark
 from padt.data.records import read_records
 from padt.data.synthetic import generate_dataset
 from padt.losses import PaDTCriterion
@@ -70,9 +70,9 @@ class SavedTensors:
         return torch.autograd.graph.saved_tensors_hooks(self.pack, lambda tensor: tensor)
 
 
-def stock_inputs(padt, processor, inputs, rng_seed: int, text_id: int) -> dict:
+def stock_inputs(padt, processor, batch, rng_seed: int, text_id: int) -> dict:
     """The stock model's inputs: prompt + the PaDT completion with VRT ids replaced by ``text_id``."""
-    extra = inputs["padt"]
+    inputs, extra = batch["inputs"], batch["targets"]
     texts, _ = build_completions(extra, np.random.default_rng(rng_seed), StepOptions())
     completion = processor.encode_completions(texts, add_eos=False, layout=extra.layout)
     device = inputs["input_ids"].device
@@ -129,11 +129,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--arch", choices=["tiny", "3b"], default="tiny")
+    parser.add_argument("--arch", choices=ARCHS, default="tiny")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default=None)
     parser.add_argument("--batch-sizes", default="1,4")
     parser.add_argument(
-        "--image-size", type=int, default=None, help="scene side in px (default 224 tiny, 448 3b)"
+        "--image-size", type=int, default=None, help="scene side in px (default 224 tiny, 448 full size)"
     )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--gradient-checkpointing", action="store_true", help="on for both models")
@@ -143,16 +143,16 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[
-        args.dtype or ("bf16" if args.arch == "3b" else "fp32")
+        args.dtype or ("fp32" if args.arch.startswith("tiny") else "bf16")
     ]
-    size = args.image_size or (448 if args.arch == "3b" else 224)
-    padt, stock = build(args.arch, args.device, dtype)
+    size = args.image_size or (224 if args.arch.startswith("tiny") else 448)
+    padt, stock, backbone = build(args.arch, args.device, dtype)
     padt.train()
     stock.train()
     if args.gradient_checkpointing:
         for model in (padt, stock):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    processor = PaDTProcessor(tiny_processor(), padt.vocab_size)
+    processor = PaDTProcessor(tiny_processor(backbone=backbone), padt.vocab_size)
     text_id = processor.tokenizer.convert_tokens_to_ids("a")
 
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -179,7 +179,9 @@ def main() -> None:
     rows = []
     for batch_size in batch_sizes:
         inputs = collator([dataset[i] for i in range(batch_size)])
-        inputs = {k: (v.to(args.device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
+        inputs["inputs"] = {
+            k: (v.to(args.device) if torch.is_tensor(v) else v) for k, v in inputs["inputs"].items()
+        }
         plain = stock_inputs(padt, processor, inputs, 0, text_id)
 
         def padt_step(inputs=inputs):
@@ -195,7 +197,7 @@ def main() -> None:
         s_time, s_saved, s_peak = measure(stock, stock_step, args.device, args.repeats)
         p_time, p_saved, p_peak = measure(padt, padt_step, args.device, args.repeats)
         t_time = measure(padt, token_step, args.device, args.repeats)[0]
-        objects = sum(len(o) for o in inputs["padt"].objects)
+        objects = sum(len(o) for o in inputs["targets"].objects)
         row = {
             "batch": batch_size,
             "objects": objects,

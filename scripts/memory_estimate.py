@@ -1,8 +1,8 @@
 """How much GPU memory PaDT fine-tuning needs per GPU, for Qwen2.5-VL-3B/7B and Qwen3-VL-2B/4B/8B.
 
 Parameter counts are exact: each PaDT model (base + prototype transform + decoder, as ``padt init`` makes it) is
-built on the meta device from the base's published architecture dimensions (listed below; no weights are
-loaded). Memory is then estimated per GPU for the two ready recipes:
+built on the meta device from the base's published architecture dimensions (:mod:`padt.backbones.sizes`; no
+weights are loaded). Memory is then estimated per GPU for the two ready recipes:
 
 - one GPU with LoRA (``configs/qwen3vl_*_lora.yaml``, ``configs/gpu_lora.yaml``): bf16 frozen base weights,
   LoRA adapters (r = 16 on every Linear of the language model) and the PaDT modules trained in fp32 with AdamW
@@ -27,49 +27,13 @@ import argparse
 
 import torch
 
-# Published architecture dimensions (config.json of each instruct model).
-QWEN_TEXT = {
-    "qwen2.5-vl-3b": dict(hidden=2048, inter=11008, layers=36, heads=16, kv=2, head_dim=128, vocab=151936, tied=True),
-    "qwen2.5-vl-7b": dict(hidden=3584, inter=18944, layers=28, heads=28, kv=4, head_dim=128, vocab=152064, tied=False),
-    "qwen3-vl-2b": dict(hidden=2048, inter=6144, layers=28, heads=16, kv=8, head_dim=128, vocab=151936, tied=True),
-    "qwen3-vl-4b": dict(hidden=2560, inter=9728, layers=36, heads=32, kv=8, head_dim=128, vocab=151936, tied=True),
-    "qwen3-vl-8b": dict(hidden=4096, inter=12288, layers=36, heads=32, kv=8, head_dim=128, vocab=151936, tied=False),
-}
-QWEN_VISION = {
-    "qwen2.5-vl-3b": dict(depth=32, hidden=1280, inter=3420, heads=16),
-    "qwen2.5-vl-7b": dict(depth=32, hidden=1280, inter=3420, heads=16),
-    "qwen3-vl-2b": dict(depth=24, hidden=1024, inter=4096, heads=16, deepstack=[5, 11, 17]),
-    "qwen3-vl-4b": dict(depth=24, hidden=1024, inter=4096, heads=16, deepstack=[5, 11, 17]),
-    "qwen3-vl-8b": dict(depth=27, hidden=1152, inter=4304, heads=16, deepstack=[8, 16, 24]),
-}
-
-
-def build_config(name: str):
-    from padt.config import PaDTQwen2_5_VLConfig, PaDTQwen3VLConfig
-
-    t, v = QWEN_TEXT[name], QWEN_VISION[name]
-    text = {
-        "vocab_size": t["vocab"], "hidden_size": t["hidden"], "intermediate_size": t["inter"],
-        "num_hidden_layers": t["layers"], "num_attention_heads": t["heads"], "num_key_value_heads": t["kv"],
-        "tie_word_embeddings": t["tied"],
-    }
-    if name.startswith("qwen3"):
-        text |= {"head_dim": t["head_dim"], "rope_parameters": {"rope_type": "default", "mrope_section": [24, 20, 20],
-                                                                "mrope_interleaved": True, "rope_theta": 5e6}}
-        vision = {"depth": v["depth"], "hidden_size": v["hidden"], "intermediate_size": v["inter"],
-                  "num_heads": v["heads"], "out_hidden_size": t["hidden"], "deepstack_visual_indexes": v["deepstack"]}
-        return PaDTQwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=t["tied"])
-    text["rope_parameters"] = {"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6}
-    vision = {"depth": v["depth"], "hidden_size": v["hidden"], "intermediate_size": v["inter"], "num_heads": v["heads"],
-              "out_hidden_size": t["hidden"], "fullatt_block_indexes": [7, 15, 23, 31], "window_size": 112}
-    return PaDTQwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=t["tied"])
-
 
 def counts(name: str) -> dict[str, int]:
     """Exact parameter counts of the PaDT model, by component, and of the LoRA adapters (r = 16)."""
+    from padt.backbones.sizes import padt_config
     from padt.modeling import padt_class_for
 
-    config = build_config(name)
+    config = padt_config(name)
     with torch.device("meta"):
         model = padt_class_for(config.model_type)(config)
     out = {"vision": 0, "llm": 0, "decoder": 0}
@@ -84,17 +48,27 @@ def counts(name: str) -> dict[str, int]:
 
 
 def activation_bytes(name: str, batch: int, tokens: int, image_tokens: int, completion: int) -> float:
-    t, v = QWEN_TEXT[name], QWEN_VISION[name]
+    from padt.backbones.sizes import SIZES
+
+    _, t, v = SIZES[name]
     merge = 4  # 2 x 2 patches per VRT
-    llm = 2 * tokens * t["hidden"] * t["layers"] + tokens * (16 * t["hidden"] + 6 * t["inter"])
-    vit = 2 * image_tokens * merge * v["hidden"] * v["depth"] + image_tokens * merge * (16 * v["hidden"] + 4 * v["inter"])
-    logits = 4 * 2 * completion * (t["vocab"] + image_tokens)  # fp32 logits and their gradient
+    hidden, inter, layers = t["hidden_size"], t["intermediate_size"], t["num_hidden_layers"]
+    llm = 2 * tokens * hidden * layers + tokens * (16 * hidden + 6 * inter)
+    patches = image_tokens * merge
+    vit = 2 * patches * v["hidden_size"] * v["depth"] + patches * (
+        16 * v["hidden_size"] + 4 * v["intermediate_size"]
+    )
+    logits = 4 * 2 * completion * (t["vocab_size"] + image_tokens)  # fp32 logits and their gradient
     return batch * (llm + vit + logits)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, default=1024, help="sequence length per sample (prompt + answer)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--tokens", type=int, default=1024, help="sequence length per sample (prompt + answer)"
+    )
     parser.add_argument("--image-tokens", type=int, default=576, help="VRTs (merged image tokens) per sample")
     parser.add_argument("--completion", type=int, default=64, help="answer tokens per sample")
     parser.add_argument("--lora-batch", type=int, default=4)
@@ -102,17 +76,23 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=8)
     args = parser.parse_args()
     gb = 1024**3
-    print(f"| model | parameters (vision / LLM / PaDT) | LoRA, 1 GPU, batch {args.lora_batch} | "
-          f"ZeRO-3 full, {args.gpus} GPUs, batch {args.zero3_batch} per GPU |")
+    print(
+        f"| model | parameters (vision / LLM / PaDT) | LoRA, 1 GPU, batch {args.lora_batch} | "
+        f"ZeRO-3 full, {args.gpus} GPUs, batch {args.zero3_batch} per GPU |"
+    )
     print("|---|---|---:|---:|")
-    for name in QWEN_TEXT:
+    from padt.backbones.sizes import SIZES
+
+    for name in SIZES:
         c = counts(name)
         lora_mem = 2 * (c["vision"] + c["llm"]) + 16 * (c["decoder"] + c["lora"])
         lora_mem += activation_bytes(name, args.lora_batch, args.tokens, args.image_tokens, args.completion)
         zero3 = 16 * c["total"] / args.gpus
         zero3 += activation_bytes(name, args.zero3_batch, args.tokens, args.image_tokens, args.completion)
-        print(f"| {name} | {c['total'] / 1e9:.2f} B ({c['vision'] / 1e9:.2f} / {c['llm'] / 1e9:.2f} / "
-              f"{c['decoder'] / 1e6:.0f} M) | {lora_mem / gb:.0f} GB | {zero3 / gb:.0f} GB |")
+        print(
+            f"| {name} | {c['total'] / 1e9:.2f} B ({c['vision'] / 1e9:.2f} / {c['llm'] / 1e9:.2f} / "
+            f"{c['decoder'] / 1e6:.0f} M) | {lora_mem / gb:.0f} GB | {zero3 / gb:.0f} GB |"
+        )
 
 
 if __name__ == "__main__":

@@ -379,7 +379,9 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not path.is_file():
         raise PaDTError(f"config file not found: {path}; pass --config FILE.yaml (see configs/)")
     if path.resolve() in seen:
-        raise PaDTError(f"{path}: 'extends' goes round in a circle ({' -> '.join(str(p) for p in (*seen, path))})")
+        raise PaDTError(
+            f"{path}: 'extends' goes round in a circle ({' -> '.join(str(p) for p in (*seen, path))})"
+        )
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
@@ -397,7 +399,11 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in update.items():
-        out[key] = _merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            _merge(out[key], value)
+            if isinstance(value, Mapping) and isinstance(out.get(key), dict)
+            else value
+        )
     return out
 
 
