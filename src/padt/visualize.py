@@ -9,6 +9,7 @@ from PIL import Image, ImageDraw
 
 from padt.backbones import default_geometry
 from padt.data.patches import merged_grid_for_image
+from padt.processing.images import open_image
 
 if TYPE_CHECKING:
     from padt.postprocess import Prediction
@@ -50,7 +51,7 @@ def draw_prediction(
     alpha: float = 0.45,
 ) -> Image.Image:
     """Draw the objects of ``prediction`` that lie in image ``image_index`` of the sample onto ``image``."""
-    base = (Image.open(image) if not isinstance(image, Image.Image) else image).convert("RGB")
+    base = open_image(image)
     canvas = base.convert("RGBA")
     layer = Image.new("RGBA", canvas.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)

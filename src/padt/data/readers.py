@@ -485,16 +485,14 @@ def _image_size(item: Mapping[str, Any], image_path: Path, where: str) -> tuple[
         if not (isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0):
             raise PaDTError(f"{where}: 'width' and 'height' must both be positive ints")
         return h, w
-    try:
-        from PIL import Image
+    from padt.processing.images import image_size
 
-        with Image.open(image_path) as im:
-            w, h = im.size
-    except (FileNotFoundError, OSError) as exc:
+    try:
+        w, h = image_size(image_path)  # the displayed size: boxes are given on the image as it is shown
+    except PaDTError as exc:
         raise PaDTError(
-            f"{where}: cannot read the size of {image_path} ({exc.__class__.__name__}); fix the path, pass "
-            "image_root, or give 'width' and 'height' on the line"
-        ) from exc
+            f"{where}: {exc}; fix the path, pass image_root, or give 'width' and 'height' on the line"
+        ) from None
     return int(h), int(w)
 
 

@@ -156,17 +156,14 @@ def _image_size(rec: Record, pred: Mapping[str, Any] | None, image_root: Path | 
             h, w = obj.rle["size"]
             return int(h), int(w)
     if image_root is not None:
-        from PIL import Image
+        from padt.processing.images import image_size
 
         path = Path(image_root) / rec.images[0]
         try:
-            with Image.open(path) as im:
-                w, h = im.size
-            return int(h), int(w)
-        except OSError as exc:
-            raise PaDTError(
-                f"cannot read {path} for its size ({exc.__class__.__name__}); check --image-root"
-            ) from exc
+            w, h = image_size(path)
+        except PaDTError as exc:
+            raise PaDTError(f"{exc}; check --image-root") from None
+        return int(h), int(w)
     raise PaDTError(
         f"record id {rec.id!r}: the image size is unknown; add 'width' and 'height' to its prediction or "
         "pass --image-root"

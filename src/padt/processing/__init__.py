@@ -5,7 +5,7 @@
 - :mod:`padt.processing.parsing`: the VRT-run parser (:func:`parse_completions`).
 """
 
-from padt.processing.images import ImageInput, load_image
+from padt.processing.images import MAX_IMAGE_PIXELS, ImageInput, image_size, load_image, open_image
 from padt.processing.parsing import (
     ParsedCompletion,
     ParsedObject,
@@ -16,13 +16,16 @@ from padt.processing.parsing import (
 from padt.processing.processor import PaDTBatch, PaDTProcessor
 
 __all__ = [
+    "MAX_IMAGE_PIXELS",
     "ImageInput",
     "PaDTBatch",
     "PaDTProcessor",
     "ParsedCompletion",
     "ParsedObject",
     "QuoteTracker",
+    "image_size",
     "load_image",
+    "open_image",
     "parse_completion",
     "parse_completions",
 ]

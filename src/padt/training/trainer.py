@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from torch import nn
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from padt.data.records import Record, read_records
 from padt.errors import PaDTError
@@ -359,30 +358,114 @@ def save_final(
     return out
 
 
+SUMMARY_FILE = "train_summary.json"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a ``checkpoint-*`` folder cannot be resumed from (a save interrupted half-way), or None if complete."""
+    if not (folder / "trainer_state.json").is_file():
+        return "no trainer_state.json"
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            files = {folder / f for f in json.loads(index.read_text())["weight_map"].values()}
+        except (ValueError, KeyError):
+            return "an unreadable model.safetensors.index.json"
+    elif (folder / "model.safetensors").is_file():
+        files = {folder / "model.safetensors"}
+    elif any(folder.glob("pytorch_model*.bin")) or any(folder.glob("pytorch_model_fsdp*")):
+        return None
+    elif any(p.is_dir() for p in folder.glob("global_step*")) or any(folder.glob("adapter_model.*")):
+        return None  # DeepSpeed and peft checkpoints keep their weights elsewhere
+    else:
+        return "no model weights"
+    from safetensors import safe_open
+
+    for file in sorted(files):
+        try:
+            with safe_open(file, framework="pt") as f:
+                f.keys()
+        except Exception:
+            return f"{file.name} is missing, empty or cut short"
+    return None
+
+
+def last_complete_checkpoint(out: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest resumable ``checkpoint-*`` of ``out`` and the newer ones skipped, each with its problem."""
+    found = (
+        sorted(
+            ((int(m.group(1)), p) for p in out.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))),
+            reverse=True,
+        )
+        if out.is_dir()
+        else []
+    )
+    skipped = []
+    for _, folder in found:
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder, skipped
+        skipped.append((folder, problem))
+    return None, skipped
+
+
+def finished_run(config: TrainConfig) -> dict | None:
+    """The summary of a finished run in ``config``'s output folder that the config would only repeat (same or
+    fewer steps or epochs), or None."""
+    out = Path(config.training.output_dir)
+    path = out / SUMMARY_FILE
+    if not path.is_file() or not (out / "config.json").is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except ValueError:
+        return None
+    training = config.training.arguments()
+    max_steps = int(training.get("max_steps", -1))
+    if max_steps > 0:
+        return summary if summary.get("global_step", 0) >= max_steps else None
+    epochs = float(training.get("num_train_epochs", 3.0))
+    return summary if summary.get("max_steps", 0) <= 0 and summary.get("num_train_epochs") == epochs else None
+
+
 def train(config: TrainConfig) -> Path:
-    """Train as ``config`` says, resuming from the last checkpoint when asked (``resume: auto`` resumes when
-    the output folder has one); returns the folder of the final model."""
-    trainer = build_trainer(config)
-    out = Path(trainer.args.output_dir)
+    """Train as ``config`` says, resuming from the newest complete checkpoint when asked (``resume: auto`` resumes
+    when the output folder has one); returns the folder of the final model. A finished run is not trained again
+    (unless ``resume: false``): the call says so and returns its folder."""
+    out = Path(config.training.output_dir)
     resume = config.resume
-    last = get_last_checkpoint(os.fspath(out)) if out.is_dir() else None
+    if resume is not False and (done := finished_run(config)) is not None:
+        print(
+            f"padt train: {out} already holds the finished run (step {done.get('global_step')}); nothing to do. "
+            "Raise training.max_steps to train on, or pass --no-resume (or another output_dir) to start again."
+        )
+        return out
+    trainer = build_trainer(config)
+    last, skipped = last_complete_checkpoint(out) if resume is not False else (None, [])
     if resume is True and last is None:
-        raise PaDTError(f"resume: true but {out} holds no checkpoint-*; set resume: auto or false")
-    checkpoint = last if resume in ("auto", True) else None
-    if checkpoint and trainer.args.process_index == 0:
-        print(f"padt train: resuming from {checkpoint}")
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+        raise PaDTError(f"resume: true but {out} holds no complete checkpoint-*; set resume: auto or false")
+    if trainer.args.process_index == 0:
+        for folder, problem in skipped:
+            print(f"padt train: skipping {folder.name}, an interrupted save ({problem})")
+        if last is not None:
+            print(f"padt train: resuming from {last}")
+    result = trainer.train(resume_from_checkpoint=os.fspath(last) if last is not None else None)
     final = save_final(trainer, out, config.generation)
     if trainer.args.process_index == 0:
         logged = [h for h in trainer.state.log_history if "loss" in h]
         summary = {
             "global_step": trainer.state.global_step,
+            "max_steps": trainer.args.max_steps,
+            "num_train_epochs": trainer.args.num_train_epochs,
             # Over every logged step of the run, a resumed part included (result.training_loss covers only the
             # steps this process ran).
             "train_loss": sum(h["loss"] for h in logged) / len(logged) if logged else result.training_loss,
             "metrics": result.metrics,
             "log_history": trainer.state.log_history,
         }
-        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        tmp = out / (SUMMARY_FILE + ".tmp")
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, out / SUMMARY_FILE)
         print(f"padt train: model written to {final}")
     return final
