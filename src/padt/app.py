@@ -325,5 +325,6 @@ def run(args: argparse.Namespace) -> int:
         theme=gr.themes.Default(),
         footer_links=[],
         css=CSS,
+        max_file_size="50mb",
     )
     return 0
