@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import io
 import json
 import socket
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 import uvicorn
 
-from padt.data.synthetic import make_scene, sample_referring_expression
+from padt.data.synthetic import BUNDLED_SCENES, make_scene, sample_referring_expression
 from padt.inference import PaDT, default_model
 from padt.serve.api import BodyLimit, ServeSettings, create_app
 
@@ -57,7 +58,7 @@ def make_requests(n: int, max_new_tokens: int, seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
     requests = []
     for i in range(n):
-        scene = make_scene(rng, min_size=112, max_size=196, max_objects=6)
+        scene = make_scene(rng, **dataclasses.asdict(BUNDLED_SCENES))
         buffer = io.BytesIO()
         scene.image.save(buffer, format="PNG")
         task = ("rec", "ovd", "ric", "res")[i % 4]

@@ -4,6 +4,7 @@ network watch of ``tests/netguard`` (every attempt to reach another host is writ
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import signal
@@ -95,11 +96,10 @@ def padt_process(
 
 def scene_png(seed: int, **sizes) -> tuple[bytes, object]:
     """PNG bytes and the scene of a synthetic scene like the bundled model's training data."""
-    from padt.data.synthetic import make_scene
+    from padt.data.synthetic import BUNDLED_SCENES, make_scene
 
-    scene = make_scene(
-        np.random.default_rng(seed), **({"min_size": 112, "max_size": 196, "max_objects": 6} | sizes)
-    )
+    options = dataclasses.asdict(BUNDLED_SCENES) | sizes
+    scene = make_scene(np.random.default_rng(seed), **options)
     buffer = io.BytesIO()
     scene.image.save(buffer, format="PNG")
     return buffer.getvalue(), scene

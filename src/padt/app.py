@@ -14,6 +14,7 @@ It runs offline: analytics off, no share link unless ``--share``, fonts served b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -38,8 +39,6 @@ TEXT_LABELS = {
     "Free prompt": ("Prompt", "How many shapes are in this image?"),
 }
 _VRT_RUN = re.compile(r"(?:<\|VRT_\d+\|>)+")
-#: Scenes like the bundled model's training data (``configs/bundled.yaml``).
-SCENE_SIZES = {"min_size": 112, "max_size": 196, "max_objects": 6}
 #: Images smaller than this (longer side, px) are drawn enlarged by a whole factor.
 DISPLAY_SIDE = 512
 #: Both images fill their panels (small synthetic scenes would otherwise show at their own few hundred pixels).
@@ -77,10 +76,10 @@ def answer_spans(prediction: Any) -> tuple[list[tuple[str, str | None]], dict[st
 
 def new_scene(task_label: str, seed: int | None = None) -> tuple[Any, str]:
     """A synthetic scene and a text for ``task_label`` that fits it."""
-    from padt.data.synthetic import SHAPES, make_scene, sample_referring_expression
+    from padt.data.synthetic import BUNDLED_SCENES, SHAPES, make_scene, sample_referring_expression
 
     rng = np.random.default_rng(seed)
-    scene = make_scene(rng, **SCENE_SIZES)
+    scene = make_scene(rng, **dataclasses.asdict(BUNDLED_SCENES))  # the bundled model's training distribution
     task = TASK_CHOICES.get(task_label)
     if task in ("rec", "res"):
         picked = sample_referring_expression(scene, rng)
