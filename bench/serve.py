@@ -45,7 +45,7 @@ def build_pipe(arch: str, device: str, dtype: str | None) -> PaDT:
         return PaDT.from_pretrained(default_model(), device=device, dtype=dtype or "auto")
     from generate import build  # the same tiny / 3B models as the generation benchmark
     from padt.processing import PaDTProcessor
-    from padt.testing import tiny_processor
+    from padt.tiny import tiny_processor
 
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[
         dtype or ("bf16" if arch == "3b" else "fp32")

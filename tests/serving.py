@@ -110,7 +110,7 @@ def assert_same_prediction(
 ) -> None:
     """The same tokens and objects; boxes within 1e-4 of the image's longer side, scores within 1e-4, masks
     agreeing on at least 99.9% of pixels."""
-    from padt.postprocess import rle_to_mask
+    from padt.masks import decode_rle
 
     assert got["text"] == want["text"], f"{where}: different tokens:\n{got['text']}\n{want['text']}"
     assert len(got["objects"]) == len(want["objects"]), where
@@ -121,4 +121,4 @@ def assert_same_prediction(
         assert abs(a["score"] - b["score"]) <= 1e-4, where
         assert (a["mask_rle"] is None) == (b["mask_rle"] is None), where
         if a["mask_rle"] is not None:
-            assert (rle_to_mask(a["mask_rle"]) == rle_to_mask(b["mask_rle"])).mean() >= 0.999, where
+            assert (decode_rle(a["mask_rle"]) == decode_rle(b["mask_rle"])).mean() >= 0.999, where

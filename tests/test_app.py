@@ -13,8 +13,7 @@ import pytest
 pytest.importorskip("gradio", reason="the app extra is not installed: pip install 'padt[app]'")
 
 from padt.app import answer_spans, new_scene
-from padt.inference import Prediction
-from padt.postprocess import DetectedObject
+from padt.postprocess import DetectedObject, Prediction
 from padt.visualize import object_colour
 
 CHROMIUM = Path("/usr/bin/chromium")

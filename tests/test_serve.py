@@ -526,7 +526,7 @@ def test_the_server_reached_no_other_host(server):
 def tiny_checkpoint(tmp_path_factory):
     """A random tiny model: it never writes its end token, so a request runs exactly max_new_tokens steps."""
     from padt.processing import PaDTProcessor
-    from padt.testing import tiny_model, tiny_processor
+    from padt.tiny import tiny_model, tiny_processor
 
     folder = tmp_path_factory.mktemp("tiny")
     model = tiny_model(seed=0)

@@ -45,9 +45,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from padt.errors import PaDTError
-from padt.prompts import TASKS, task_prompt
 from padt.serve.batching import DynamicBatcher, QueueFull, ShuttingDown
 from padt.serve.images import ImageLimits, ImageRejected, bytes_from_string, decode_image
+from padt.tasks import TASK_NAMES, get_task
 
 log = logging.getLogger("padt.serve")
 
@@ -391,11 +391,11 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
         """The normalised task; 422 for an unknown task or a prompt the task cannot use."""
         if task is not None:
             task = task.strip().lower() or None
-        if task is not None and task not in TASKS:
+        if task is not None and task not in TASK_NAMES:
             raise APIError(
                 422,
                 "unknown_task",
-                f"unknown task {task!r}; choose one of {', '.join(TASKS)} "
+                f"unknown task {task!r}; choose one of {', '.join(TASK_NAMES)} "
                 "or leave it out to use the prompt as written",
             )
         if len(prompt) > MAX_PROMPT_CHARS:
@@ -410,8 +410,8 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
             )
         if task is not None:
             try:
-                task_prompt(task, prompt)
-            except ValueError as error:
+                get_task(task).prompt(prompt)
+            except PaDTError as error:
                 raise APIError(422, "empty_prompt", str(error)) from None
         return task
 
