@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("padt.evaluation.cli", "batched, resumable evaluation of a model on a dataset"),
     "score": ("padt.evaluation.score", "score predictions made elsewhere against ground truth"),
     "data": ("padt.data.cli", "prepare datasets and generate synthetic scenes"),
+    "app": ("padt.app", "web demo (Gradio): drop an image, see boxes, masks and the answer"),
+    "serve": ("padt.serve", "HTTP API with dynamic batching and OpenAI-compatible chat completions"),
 }
 
 

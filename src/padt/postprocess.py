@@ -143,6 +143,19 @@ class Prediction:
             "warnings": self.warnings,
         }
 
+    def to_supervision(self, image_index: int = 0) -> Any:
+        """The objects in image ``image_index`` as ``supervision.Detections`` (:func:`padt.adapters.to_supervision`)."""
+        from padt.adapters import to_supervision
+
+        return to_supervision(self, image_index)
+
+    def to_coco(self, image_ids: Sequence[int] = (0,)) -> list[dict[str, Any]]:
+        """COCO results, one per object (:func:`padt.adapters.to_coco_results`); ``image_ids[i]`` is the id of the
+        sample's image ``i``."""
+        from padt.adapters import to_coco_results
+
+        return to_coco_results(self, image_ids)
+
 
 #: Deprecated names (the mask codecs live in :mod:`padt.masks`).
 mask_to_rle = encode_rle

@@ -33,6 +33,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--json", type=Path, help="write {text, objects: [{label, vrt_ids, box_xyxy, score, mask_rle}]} here"
     )
     parser.add_argument(
+        "--coco-json",
+        type=Path,
+        help="write COCO results [{image_id, category (or category_id with --coco-gt), bbox: [x, y, w, h], "
+        "score, segmentation}] here",
+    )
+    parser.add_argument(
+        "--coco-gt",
+        type=Path,
+        help="COCO annotation file: image ids by file name and category ids by class name for --coco-json",
+    )
+    parser.add_argument(
         "--overlay", type=Path, help="write the image with boxes, labels, scores and masks here"
     )
     parser.add_argument("--show-vrt", action="store_true", help="also outline the VRT cells on the overlay")
@@ -57,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
     # Output paths are checked before the model loads, so a typo costs nothing.
     writable_file(args.json, "--json")
     writable_file(args.overlay, "--overlay")
+    writable_file(args.coco_json, "--coco-json")
+    if args.coco_gt and not args.coco_json:
+        raise PaDTError("--coco-gt maps ids for --coco-json; pass --coco-json FILE too")
     pipe = PaDT.from_pretrained(
         args.model or default_model(), device=args.device, dtype=args.dtype, max_side=args.max_side
     )
@@ -78,6 +92,10 @@ def run(args: argparse.Namespace) -> int:
         print("padt: warning: the model referred to no image patch (no VRT in its answer)", file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps(prediction.to_json(), indent=2))
+    if args.coco_json:
+        from padt.adapters import write_coco_results
+
+        write_coco_results(args.coco_json, prediction, args.image, args.coco_gt)
     if args.overlay:
         from padt.visualize import draw_prediction
 
