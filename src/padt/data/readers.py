@@ -490,8 +490,10 @@ def _image_size(item: Mapping[str, Any], image_path: Path, where: str) -> tuple[
     try:
         w, h = image_size(image_path)  # the displayed size: boxes are given on the image as it is shown
     except PaDTError as exc:
+        reason = str(exc).split(";")[0]  # the problem, without the generic fix
         raise PaDTError(
-            f"{where}: {exc}; fix the path, pass image_root, or give 'width' and 'height' on the line"
+            f"{where}: cannot read the size of {image_path} ({reason}); fix the path, pass image_root, or give "
+            "'width' and 'height' on the line"
         ) from None
     return int(h), int(w)
 
