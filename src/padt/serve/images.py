@@ -14,7 +14,10 @@ import re
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
+
+from padt.errors import PaDTError
+from padt.processing.images import open_image
 
 
 class ImageRejected(Exception):
@@ -108,8 +111,10 @@ def decode_image(data: bytes, limits: ImageLimits, what: str = "image") -> Image
         ) from None
     if image.width < 1 or image.height < 1:
         raise ImageRejected(422, "invalid_image", f"{what} has an empty side; send a non-empty image")
-    image = ImageOps.exif_transpose(image)
-    return image.convert("RGB")
+    try:
+        return open_image(image)  # upright by EXIF, 8-bit RGB by the image's real range, alpha on white
+    except PaDTError as error:
+        raise ImageRejected(422, "invalid_image", f"{what}: {error}") from None
 
 
 def _too_many_bytes(what: str, size: int, limits: ImageLimits) -> ImageRejected:
