@@ -262,6 +262,8 @@ def test_cli_eval_on_a_records_file(checkpoint, reference, tmp_path, capsys):
         "data": str(data.resolve()),
         "task": "rec",
         "max_new_tokens": 10,
+        "dtype": "fp32",  # auto on the CPU: recorded as resolved, so a bf16 rerun cannot mix into the file
+        "masks": False,
     }
     # A checkpoint's answers are the in-memory pipeline's.
     texts = [json.loads(x)["text"] for x in _lines(tmp_path / "out")]

@@ -36,6 +36,29 @@ def default_model() -> Path:
     return BUNDLED_MODEL
 
 
+def resolve_device_and_dtype(device: str | None, dtype: str = "auto") -> tuple[str, str]:
+    """``(device, dtype name)``: the device defaults to CUDA when there is one; ``auto`` is bf16 on a GPU and fp32
+    on the CPU. A device that is not there is a one-line error."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise PaDTError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if kind == "cuda":
+        index = torch.device(device).index or 0
+        if not torch.cuda.is_available():
+            raise PaDTError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+        if index >= torch.cuda.device_count():
+            raise PaDTError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA devices")
+    elif kind == "mps" and not torch.backends.mps.is_available():
+        raise PaDTError(f"--device {device}: MPS is not available here; use --device cpu")
+    if dtype == "auto":
+        dtype = "bf16" if kind == "cuda" else "fp32"
+    if dtype not in DTYPES:
+        raise PaDTError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(DTYPES)}")
+    return device, dtype
+
+
 @torch.inference_mode()
 def predict(
     model: PaDTMixin,
@@ -114,11 +137,7 @@ class PaDT:
             raise PaDTError(
                 f"model folder {os.fspath(path)!r} does not exist; pass a checkpoint folder to --model"
             )
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if dtype == "auto":
-            dtype = "bf16" if device.startswith("cuda") else "fp32"
-        if dtype not in DTYPES:
-            raise PaDTError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(DTYPES)}")
+        device, dtype = resolve_device_and_dtype(device, dtype)
         model = PaDTForConditionalGeneration.from_pretrained(
             folder, dtype=DTYPES[dtype], attn_implementation="sdpa"
         )
@@ -130,4 +149,12 @@ class PaDT:
         return predict(self.model, self.processor, images, prompts, **kwargs)
 
 
-__all__ = ["BUNDLED_MODEL", "DTYPES", "PaDT", "Prediction", "default_model", "predict"]
+__all__ = [
+    "BUNDLED_MODEL",
+    "DTYPES",
+    "PaDT",
+    "Prediction",
+    "default_model",
+    "predict",
+    "resolve_device_and_dtype",
+]

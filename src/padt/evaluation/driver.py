@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from padt.commands import writable_folder
 from padt.data.records import Record
 from padt.errors import PaDTError
 from padt.evaluation.data import (
@@ -63,10 +64,13 @@ METRICS_FILE = "metrics.json"
 # ----------------------------------------------------------------------------------------------- settings
 
 
-def check_settings(out_dir: str | os.PathLike, settings: Mapping[str, Any]) -> None:
-    """Write ``eval.json`` in a new folder; refuse a folder evaluated with other settings."""
+def check_settings(out_dir: str | os.PathLike, settings: Mapping[str, Any], *, write: bool = True) -> None:
+    """Refuse a folder evaluated with other settings; with ``write``, record them in a new folder's
+    ``eval.json`` (done only once the data and images have been checked, so a refused run leaves nothing)."""
     out = Path(out_dir)
     path = out / SETTINGS_FILE
+    if out.exists() and not out.is_dir():
+        raise PaDTError(f"--out {out} is a file; give a folder for the evaluation's outputs")
     if path.is_file():
         try:
             previous = json.loads(path.read_text(encoding="utf-8"))
@@ -83,7 +87,9 @@ def check_settings(out_dir: str | os.PathLike, settings: Mapping[str, Any]) -> N
                 f"{out} holds an evaluation with other settings ({shown}); use another --out or delete {out}"
             )
         return
-    out.mkdir(parents=True, exist_ok=True)
+    if not write:
+        return
+    writable_folder(out, "--out")
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(dict(settings), indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, path)
@@ -168,12 +174,31 @@ def evaluate(
         name = data_name or canonical_data_name(data, task)
     else:
         name = data_name or "in-memory records"
-    settings = {"model": model, "data": name, "task": task, "max_new_tokens": max_new_tokens}
+    if isinstance(pipe, str | os.PathLike):
+        from padt.inference import resolve_device_and_dtype
+
+        if state is not None and device is None:
+            device = str(state.device)
+        device, dtype = resolve_device_and_dtype(device, dtype)
+        dtype_name = dtype
+    else:
+        dtype_name = str(pipe.model.dtype).removeprefix("torch.")
+    masks = get_task(task).masks if masks is None else bool(masks)
+    # Everything that changes the answers: a resumed run must not mix two of them in one file.
+    settings = {
+        "model": model,
+        "data": name,
+        "task": task,
+        "max_new_tokens": max_new_tokens,
+        "dtype": dtype_name,
+        "masks": masks,
+    }
     if vrt_repeat_penalty is not None:
         settings["vrt_repeat_penalty"] = vrt_repeat_penalty
 
     with state.main_process_first() if state is not None else contextlib.nullcontext():
-        check_settings(out, settings)
+        check_settings(out, settings, write=False)
+        writable_folder(out, "--out")
         if isinstance(data, str | os.PathLike):
             loaded = load_data(
                 data, task, out_dir=out, image_root=image_root, progress=progress and rank == 0
@@ -193,12 +218,12 @@ def evaluate(
                 raise PaDTError(
                     f"image file not found: {path} (record {i}, id {records[i].id!r}); check --image-root"
                 )
+    if rank == 0:
+        check_settings(out, settings)
 
     if isinstance(pipe, str | os.PathLike):
         from padt.inference import PaDT
 
-        if state is not None and device is None:
-            device = str(state.device)
         pipe = PaDT.from_pretrained(pipe, device=device, dtype=dtype)
     predict_shard(
         pipe,
