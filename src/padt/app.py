@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from padt.commands import port_number, positive_int
 from padt.errors import PaDTError
 
 log = logging.getLogger("padt.app")
@@ -287,10 +288,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="checkpoint folder (default: the bundled model)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    parser.add_argument("--max-side", type=int, default=None, help="cap the longer image side (px) first")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="the slider's starting value")
+    parser.add_argument(
+        "--max-side", type=positive_int, default=None, help="cap the longer image side (px) first"
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=positive_int, default=128, help="the slider's starting value"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--port", type=port_number, default=7860)
     parser.add_argument(
         "--share",
         action="store_true",

@@ -8,6 +8,7 @@ Each subcommand lives in the module that implements it; that module exposes
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -24,6 +25,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("padt.data.cli", "prepare datasets and generate synthetic scenes"),
     "app": ("padt.app", "web demo (Gradio): drop an image, see boxes, masks and the answer"),
     "serve": ("padt.serve", "HTTP API with dynamic batching and OpenAI-compatible chat completions"),
+}
+
+
+_WRITE_ERRORS = {
+    errno.ENOSPC: "free some disk space and rerun (finished work is kept and resumed)",
+    errno.EDQUOT: "free some of your disk quota and rerun (finished work is kept and resumed)",
+    errno.EROFS: "the file system is read-only; choose another output folder",
+    errno.EACCES: "choose an output folder you may write to",
+    errno.EPERM: "choose an output folder you may write to",
 }
 
 
@@ -69,6 +79,15 @@ def main(argv: list[str] | None = None) -> int:
         return int(_load(args._module).run(args) or 0)
     except PaDTError as exc:
         print(f"padt: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # Disk full, read-only or forbidden paths met while writing: say which and what to do, not a traceback.
+        if exc.errno not in _WRITE_ERRORS:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        print(
+            f"padt: error: cannot write{where}: {exc.strerror}; {_WRITE_ERRORS[exc.errno]}", file=sys.stderr
+        )
         return 2
     except KeyboardInterrupt:
         print("padt: interrupted", file=sys.stderr)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from padt.commands import non_negative_int, positive_int, writable_folder
 from padt.data.synthetic import BUNDLED_SCENES, make_scene, sample_referring_expression
 from padt.inference import PaDT, Prediction, default_model
 
@@ -20,9 +21,9 @@ from padt.inference import PaDT, Prediction, default_model
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="checkpoint folder (default: the bundled model)")
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"), help="folder for overlays and JSON")
-    parser.add_argument("--scenes", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=2026)
-    parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--scenes", type=positive_int, default=2)
+    parser.add_argument("--seed", type=non_negative_int, default=2026)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=40)
 
 
 def _pipeline(model: str | None) -> tuple[PaDT, str]:
@@ -33,8 +34,8 @@ def _pipeline(model: str | None) -> tuple[PaDT, str]:
 def run(args: argparse.Namespace) -> int:
     from padt.visualize import draw_prediction
 
+    writable_folder(args.out, "--out")  # before the model loads
     pipe, name = _pipeline(args.model)
-    args.out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
     summary = []
     for s in range(args.scenes):

@@ -21,6 +21,7 @@ on), exactly like the stock base model.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -202,11 +203,13 @@ class PaDTMixin:
             return PADT_CLASSES[model_type].from_pretrained(
                 path, *args, init_padt_modules=init_padt_modules, **kwargs
             )
-        if os.path.isdir(path) and not any(os.path.exists(os.path.join(path, f)) for f in WEIGHT_FILES):
-            raise PaDTError(
-                f"no model weights in {path} (looked for {', '.join(WEIGHT_FILES)}); point --model at a folder "
-                "written by save_pretrained"
-            )
+        if os.path.isdir(path) and (problem := weights_problem(path)) is not None:
+            if problem == "no model weights":
+                raise PaDTError(
+                    f"no model weights in {path} (looked for {', '.join(WEIGHT_FILES)}); point --model at a folder "
+                    "written by save_pretrained"
+                )
+            raise PaDTError(f"cannot load {path}: {problem}; copy the checkpoint again")
         if not os.path.isdir(path) and os.environ.get("HF_HUB_OFFLINE") == "1":
             raise PaDTError(f"model folder {path} does not exist")
         user_wants_info = kwargs.pop("output_loading_info", False)
@@ -562,10 +565,39 @@ class PaDTMixin:
         return model_kwargs
 
 
+def weights_problem(folder: str | os.PathLike) -> str | None:
+    """Why the safetensors weights of a checkpoint folder cannot be read (missing, empty, cut short), or None.
+    Only file headers are read; a folder with PyTorch ``.bin`` weights is not checked."""
+    folder = os.fspath(folder)
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        try:
+            with open(index, encoding="utf-8") as f:
+                files = sorted(set(json.load(f)["weight_map"].values()))
+        except (ValueError, KeyError, OSError):
+            return "model.safetensors.index.json is not a valid index"
+    elif os.path.isfile(os.path.join(folder, "model.safetensors")):
+        files = ["model.safetensors"]
+    else:
+        return (
+            None if any(os.path.exists(os.path.join(folder, f)) for f in WEIGHT_FILES) else "no model weights"
+        )
+    from safetensors import safe_open
+
+    for name in files:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            return f"{name} is missing"
+        try:
+            with safe_open(path, framework="pt") as f:
+                f.keys()
+        except Exception:
+            return f"{name} is empty or cut short ({os.path.getsize(path):,} bytes)"
+    return None
+
+
 def _checkpoint_model_type(path: str) -> str | None:
     """``model_type`` in a checkpoint folder's ``config.json`` (None if there is none)."""
-    import json
-
     config = os.path.join(path, "config.json")
     if not os.path.isfile(config):
         return None

@@ -14,6 +14,8 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+from padt.commands import non_negative_int, positive_int
+
 
 def _add_synthetic(parser: argparse.ArgumentParser) -> None:
     from padt.data.synthetic import DEFAULT_SCENES, MAX_OBJECTS, MAX_SIDE, MIN_SIDE, TASK_CHOICES
@@ -24,8 +26,12 @@ def _add_synthetic(parser: argparse.ArgumentParser) -> None:
         choices=TASK_CHOICES,
         help="rec, res (the same records as rec), ovd, ric, or all (scenes cycle over rec, ovd, ric)",
     )
-    parser.add_argument("--n", type=int, required=True, help="number of scenes (images) to write")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; same arguments give the same bytes")
+    parser.add_argument(
+        "--n", type=non_negative_int, required=True, help="number of scenes (images) to write"
+    )
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, help="random seed; same arguments give the same bytes"
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -34,25 +40,25 @@ def _add_synthetic(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--min-size",
-        type=int,
+        type=positive_int,
         default=DEFAULT_SCENES.min_size,
         help=f"smallest image side in pixels (at least {MIN_SIDE}; default %(default)s)",
     )
     parser.add_argument(
         "--max-size",
-        type=int,
+        type=positive_int,
         default=DEFAULT_SCENES.max_size,
         help=f"largest image side in pixels (at most {MAX_SIDE}; default %(default)s)",
     )
     parser.add_argument(
         "--max-objects",
-        type=int,
+        type=positive_int,
         default=DEFAULT_SCENES.max_objects,
         help=f"most objects per scene (1 to {MAX_OBJECTS}; default %(default)s)",
     )
     parser.add_argument(
         "--refs-per-scene",
-        type=int,
+        type=positive_int,
         default=1,
         help="rec/res: referring expressions per scene, each about a different object (default 1)",
     )
@@ -60,8 +66,10 @@ def _add_synthetic(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_synthetic(args: argparse.Namespace) -> int:
+    from padt.commands import writable_folder
     from padt.data.synthetic import generate_dataset
 
+    writable_folder(args.out, "--out")
     summary = generate_dataset(
         args.task,
         args.n,

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from padt.commands import non_negative_int, positive_int, probability, writable_file
 from padt.data.records import Record
 from padt.errors import PaDTError
 
@@ -199,17 +200,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--train", action="store_true", help="coco: training prompts (seeded shuffles and drops)"
     )
-    parser.add_argument("--seed", type=int, help="coco --train: seed of the shuffles (default 0)")
     parser.add_argument(
-        "--drop-rate", type=float, help="coco --train: probability of dropping absent classes (default 0.5)"
+        "--seed", type=non_negative_int, help="coco --train: seed of the shuffles (default 0)"
+    )
+    parser.add_argument(
+        "--drop-rate",
+        type=probability,
+        help="coco --train: probability of dropping absent classes (default 0.5)",
     )
     parser.add_argument(
         "--max-instances-per-class",
-        type=int,
+        type=positive_int,
         help="coco: classes with more instances leave the prompt (default 50)",
     )
-    parser.add_argument("--max-classes", type=int, help="coco: most classes per prompt (default 100)")
-    parser.add_argument("--max-image-side", type=int, help="coco: skip larger images (default 1288)")
+    parser.add_argument(
+        "--max-classes", type=positive_int, help="coco: most classes per prompt (default 100)"
+    )
+    parser.add_argument("--max-image-side", type=positive_int, help="coco: skip larger images (default 1288)")
     parser.add_argument(
         "--no-patches",
         action="store_true",
@@ -227,6 +234,7 @@ def run(args: argparse.Namespace) -> int:
         and not k.startswith("_")
         and k not in ("command", "data_command")
     }
+    writable_file(args.out, "--out")  # before reading a large dataset
     summary = prepare(args.source, args.out, progress=not args.no_progress, **options)
     print("\n".join(summary.lines()))
     return 0

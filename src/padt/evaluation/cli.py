@@ -13,6 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
+from padt.commands import positive_int
 from padt.tasks import TASK_NAMES
 
 DATA_HELP = """\
@@ -46,9 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", required=True, choices=TASK_NAMES)
     parser.add_argument("--out", required=True, type=Path, help="output folder (below)")
     parser.add_argument("--image-root", type=Path, help="folder of the images (default: the records' folder)")
-    parser.add_argument("--batch-size", type=int, default=8, help="queries per generate call (default 8)")
-    parser.add_argument("--max-new-tokens", type=int, default=512)
-    parser.add_argument("--limit", type=int, help="evaluate the first N records only")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=8, help="queries per generate call (default 8)"
+    )
+    parser.add_argument("--max-new-tokens", type=positive_int, default=512)
+    parser.add_argument("--limit", type=positive_int, help="evaluate the first N records only")
     parser.add_argument(
         "--protocol",
         choices=("padt", "paper"),
@@ -92,6 +95,10 @@ def run(args: argparse.Namespace) -> int:
     from padt.evaluation.driver import evaluate
     from padt.inference import default_model
 
+    if args.no_progress:  # also transformers' own bars (loading the weights)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     if args.model is None:
         args.model = str(default_model())
     if not Path(args.model).is_dir():

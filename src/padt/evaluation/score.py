@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from padt.box_ops import scale_xyxy, xywh_to_xyxy, xyxy_to_xywh
+from padt.commands import fraction, writable_file
 from padt.data.records import Record, iter_json_items, read_records
 from padt.errors import PaDTError
 from padt.masks import check_rle
@@ -70,13 +71,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--coco", type=Path, help="ovd with records as --gt: the official COCO annotation file"
     )
     parser.add_argument("--image-root", type=Path, help="folder of the images, to read sizes when needed")
-    parser.add_argument("--iou-threshold", type=float, default=0.5, help="ric: IoU for greedy matching (0.5)")
+    parser.add_argument(
+        "--iou-threshold", type=fraction, default=0.5, help="ric: IoU for greedy matching (0.5)"
+    )
     parser.add_argument("--no-meteor", action="store_true", help="ric: skip METEOR (slow Java process)")
     parser.add_argument("--output", type=Path, help="also write the metrics JSON to this file")
 
 
 def run(args: argparse.Namespace) -> int:
     """Score and print the metrics JSON."""
+    writable_file(args.output, "--output")
     preds = read_predictions(args.pred)
     task = get_task(args.task)
     ground_truth = args.gt if task.coco_ground_truth else read_records(args.gt)

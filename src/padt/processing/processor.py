@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, BatchFeature, PreTrainedTokenizerBase
 
-from padt.backbones import PatchGeometry, backbone_of, get_backbone
+from padt.backbones import PatchGeometry, get_backbone
 from padt.errors import PaDTError
 from padt.processing.images import ImageInput, load_image
 from padt.processing.parsing import (
@@ -47,11 +47,27 @@ def _read_chat_template(path: Path) -> str | None:
     return None
 
 
-def _read_vocab_size(path: Path) -> int | None:
+def _read_config(path: Path) -> dict[str, Any] | None:
     config = path / "config.json"
     if not config.is_file():
         return None
-    data = json.loads(config.read_text())
+    try:
+        data = json.loads(config.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise PaDTError(f"{config} is not valid JSON; restore the checkpoint's config.json") from None
+    if not isinstance(data, dict):
+        raise PaDTError(f"{config} does not hold a model config; restore the checkpoint's config.json")
+    return data
+
+
+#: Files of which a tokenizer folder has at least one.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model")
+
+
+def _read_vocab_size(path: Path) -> int | None:
+    data = _read_config(path)
+    if data is None:
+        return None
     text = data.get("text_config") or {}
     value = text.get("vocab_size", data.get("vocab_size"))
     return int(value) if value is not None else None
@@ -139,7 +155,15 @@ class PaDTProcessor:
                     "pass vocab_size= (the model's V)"
                 )
         kwargs.setdefault("local_files_only", True)
-        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+        if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+            raise PaDTError(
+                f"{folder} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); copy the tokenizer files of the "
+                "checkpoint's base model (tokenizer.json, tokenizer_config.json, chat template) into it"
+            )
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+        except (OSError, ValueError) as error:
+            raise PaDTError(f"cannot load the tokenizer in {folder} ({str(error).splitlines()[0]})") from None
         overrides = {
             k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None
         }
@@ -290,6 +314,10 @@ class PaDTProcessor:
             needs = tasks[b] or task_of_prompt(prompt)
             if needs is not None and not imgs:
                 raise PaDTError(f"sample {b}: the {needs.name} task needs an image; pass images=... for it")
+        for b, text in enumerate(texts):
+            if text is None and tasks[b] is not None:
+                texts[b] = text = ""  # the task's prompt needs no text (RIC)
+            self._check_user_text(text, b)
         texts = [t.prompt(x) if t else x for t, x in zip(tasks, texts)]
 
         cell = self.geometry.cell_px
@@ -364,6 +392,28 @@ class PaDTProcessor:
                 "(an image, a list of images, or None)"
             )
         return texts, [as_image_list(e) for e in entries]
+
+    @property
+    def control_tokens(self) -> tuple[str, ...]:
+        """The tokenizer's special tokens (``<|im_end|>``, ``<|image_pad|>``...): the chat template's own."""
+        tokens = {t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special}
+        tokens |= set(self.tokenizer.all_special_tokens)
+        # Tokenizers saved by the reference trainer may hold <|VRT_i|> as added tokens: those stay allowed.
+        return tuple(sorted(t for t in tokens if not VRT_PATTERN.fullmatch(t)))
+
+    def _check_user_text(self, text: str, sample: int) -> None:
+        """User text must not contain the chat template's control tokens: typed into a prompt, ``<|im_end|>``
+        would end the user's turn. VRT strings (``<|VRT_j|>``) are allowed."""
+        if not isinstance(text, str):
+            raise PaDTError(f"sample {sample}: the prompt must be text, got {type(text).__name__}")
+        if "<|" not in text:
+            return
+        found = [t for t in self.control_tokens if t in text]
+        if found:
+            raise PaDTError(
+                f"sample {sample}: the prompt contains {found[0]}, a control token of the chat template; remove "
+                "it (VRTs written <|VRT_j|> are allowed)"
+            )
 
     @staticmethod
     def _normalise_tasks(task, batch_size: int) -> list[Task | None]:
@@ -470,14 +520,8 @@ class PaDTProcessor:
 
 def _read_backbone(folder: Path) -> Any:
     """The adapter of the base named by a checkpoint folder's ``config.json`` (Qwen2.5-VL without one)."""
-    config = folder / "config.json"
-    if not config.is_file():
-        return get_backbone()
-    try:
-        data = json.loads(config.read_text())
-    except ValueError:
-        raise PaDTError(f"{config} is not valid JSON; restore the checkpoint's config.json") from None
-    return backbone_of(type("Config", (), {"model_type": data.get("model_type", "qwen2_5_vl")}))
+    data = _read_config(folder)
+    return get_backbone(str(data.get("model_type", "qwen2_5_vl"))) if data is not None else get_backbone()
 
 
 __all__ = ["PaDTBatch", "PaDTProcessor"]

@@ -14,6 +14,7 @@ import logging
 import os
 from pathlib import Path
 
+from padt.commands import non_negative_float, port_number, positive_float, positive_int
 from padt.errors import PaDTError
 
 #: Environment variable read for the API key when ``--api-key`` is not given.
@@ -30,42 +31,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    parser.add_argument("--max-side", type=int, default=None, help="cap the longer image side (px) first")
+    parser.add_argument(
+        "--max-side", type=positive_int, default=None, help="cap the longer image side (px) first"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=port_number, default=8000)
     parser.add_argument(
         "--api-key",
         default=None,
         help=f"require 'Authorization: Bearer KEY' on /v1/* (default: ${API_KEY_ENV} if set)",
     )
     batching = parser.add_argument_group("batching")
-    batching.add_argument("--max-batch-size", type=int, default=8, help="most requests in one generate call")
+    batching.add_argument(
+        "--max-batch-size", type=positive_int, default=8, help="most requests in one generate call"
+    )
     batching.add_argument(
         "--max-wait-ms",
-        type=float,
+        type=non_negative_float,
         default=10.0,
         help="how long the oldest waiting request waits for others to join its batch",
     )
     batching.add_argument(
-        "--max-queue", type=int, default=64, help="most requests waiting; beyond it: 503 with Retry-After"
+        "--max-queue",
+        type=positive_int,
+        default=64,
+        help="most requests waiting; beyond it: 503 with Retry-After",
     )
     limits = parser.add_argument_group("limits")
     limits.add_argument(
-        "--request-timeout", type=float, default=120.0, help="seconds per request (504 after)"
+        "--request-timeout", type=positive_float, default=120.0, help="seconds per request (504 after)"
     )
     limits.add_argument(
         "--max-new-tokens",
-        type=int,
+        type=positive_int,
         default=512,
         help="default and upper limit of a request's max_new_tokens",
     )
-    limits.add_argument("--max-images", type=int, default=4, help="most images per request (413 beyond)")
     limits.add_argument(
-        "--max-image-bytes", type=int, default=10 * 2**20, help="most bytes per image (413 beyond)"
+        "--max-images", type=positive_int, default=4, help="most images per request (413 beyond)"
+    )
+    limits.add_argument(
+        "--max-image-bytes", type=positive_int, default=10 * 2**20, help="most bytes per image (413 beyond)"
     )
     limits.add_argument(
         "--max-image-pixels",
-        type=int,
+        type=positive_int,
         default=40_000_000,
         help="most pixels (width x height) per image (413 beyond)",
     )

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from padt.commands import positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config (see configs/); every key can be overridden after it")
@@ -19,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="overrides, e.g. training.max_steps=100 padt.robust_loss=false",
     )
     parser.add_argument("--output-dir", help="shortcut for training.output_dir=...")
-    parser.add_argument("--max-steps", type=int, help="shortcut for training.max_steps=...")
+    parser.add_argument("--max-steps", type=positive_int, help="shortcut for training.max_steps=...")
     parser.add_argument("--no-resume", action="store_true", help="start afresh even if checkpoints exist")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainingArguments
 
+from padt.commands import writable_folder
 from padt.data.records import Record, read_records
 from padt.errors import PaDTError
 from padt.losses import DECODER_TERMS, DEFAULT_LOSS_WEIGHTS, PaDTCriterion
@@ -366,29 +367,11 @@ def checkpoint_problem(folder: Path) -> str | None:
     """Why a ``checkpoint-*`` folder cannot be resumed from (a save interrupted half-way), or None if complete."""
     if not (folder / "trainer_state.json").is_file():
         return "no trainer_state.json"
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            files = {folder / f for f in json.loads(index.read_text())["weight_map"].values()}
-        except (ValueError, KeyError):
-            return "an unreadable model.safetensors.index.json"
-    elif (folder / "model.safetensors").is_file():
-        files = {folder / "model.safetensors"}
-    elif any(folder.glob("pytorch_model*.bin")) or any(folder.glob("pytorch_model_fsdp*")):
-        return None
-    elif any(p.is_dir() for p in folder.glob("global_step*")) or any(folder.glob("adapter_model.*")):
+    if any(p.is_dir() for p in folder.glob("global_step*")) or any(folder.glob("adapter_model.*")):
         return None  # DeepSpeed and peft checkpoints keep their weights elsewhere
-    else:
-        return "no model weights"
-    from safetensors import safe_open
+    from padt.modeling import weights_problem
 
-    for file in sorted(files):
-        try:
-            with safe_open(file, framework="pt") as f:
-                f.keys()
-        except Exception:
-            return f"{file.name} is missing, empty or cut short"
-    return None
+    return weights_problem(folder)
 
 
 def last_complete_checkpoint(out: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
@@ -434,6 +417,7 @@ def train(config: TrainConfig) -> Path:
     when the output folder has one); returns the folder of the final model. A finished run is not trained again
     (unless ``resume: false``): the call says so and returns its folder."""
     out = Path(config.training.output_dir)
+    writable_folder(out, "training.output_dir")  # before the model is built
     resume = config.resume
     if resume is not False and (done := finished_run(config)) is not None:
         print(
