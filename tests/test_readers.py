@@ -397,3 +397,42 @@ def test_user_jsonl_errors(tmp_path, line, message):
     path.write_text(json.dumps(line) + "\n")
     with pytest.raises(PaDTError, match=message):
         read_user_jsonl(path, with_patches=False)
+
+
+def test_readers_report_clipped_boxes_and_orphan_annotations(tmp_path, fake_patches, caplog):
+    """A box past the image border is clipped and reported; an annotation of no listed image is counted, not
+    silently lost."""
+    coco = {
+        "images": [{"id": 1, "file_name": "1.jpg", "width": 60, "height": 40}],
+        "categories": [{"id": 1, "name": "c1"}],
+        "annotations": [
+            {"id": 5, "image_id": 1, "category_id": 1, "bbox": [40, 20, 30, 30], "area": 400, "iscrowd": 0},
+            {"id": 6, "image_id": 99, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 100, "iscrowd": 0},
+            {"id": 7, "image_id": 98, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 100, "iscrowd": 0},
+        ],
+    }
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(coco))
+    with caplog.at_level("WARNING"):
+        (record,) = read_coco_ovd(path, train=False)
+    assert record.objects[0].bbox == [40 / 60, 20 / 40, 1.0, 1.0]
+    assert "clipped 1 box(es)" in caplog.text and "annotation 5" in caplog.text
+    assert "skipped 2 annotation(s) whose image_id" in caplog.text
+
+    caplog.clear()
+    line = {
+        "image": "a.jpg",
+        "width": 80,
+        "height": 60,
+        "task": "rec",
+        "objects": [
+            {"phrase": "inside", "box": [0, 0, 20, 20]},
+            {"phrase": "over the edge", "box": [70, 50, 90, 70]},
+        ],
+    }
+    (tmp_path / "u.jsonl").write_text(json.dumps(line) + "\n")
+    with caplog.at_level("WARNING"):
+        records = read_user_jsonl(tmp_path / "u.jsonl")
+    assert records[1].objects[0].bbox == [70 / 80, 50 / 60, 1.0, 1.0]
+    assert "clipped 1 box(es)" in caplog.text and "objects[1]" in caplog.text
+    assert "objects[0]" not in caplog.text

@@ -93,8 +93,36 @@ def object_patches(
     return [int(p) for p in box_foreground_patches(box_xyxy, (height, width), strict=strict)]
 
 
+def _clipped_box(
+    box: Sequence[float], width: int, height: int, where: str, clipped: list[str]
+) -> list[float]:
+    """The normalised box, clipped to the image (a box outside it means nothing, and COCO has a few boxes a pixel
+    too large); ``where`` is added to ``clipped`` when clipping changed it, so the reader can report it."""
+    raw = normalise_xyxy(box, width, height, clip=False)
+    out = normalise_xyxy(box, width, height)
+    if out != raw:
+        clipped.append(where)
+    return out
+
+
+def _report_clipped(source: str | Path, clipped: list[str]) -> None:
+    if clipped:
+        logger.warning(
+            "%s: clipped %d box(es) that extended past their image to its border (e.g. %s)",
+            source,
+            len(clipped),
+            ", ".join(clipped[:3]),
+        )
+
+
 def _coco_object(
-    ann: Mapping[str, Any], img: Mapping[str, Any], label: str, *, with_patches: bool, strict: bool
+    ann: Mapping[str, Any],
+    img: Mapping[str, Any],
+    label: str,
+    *,
+    with_patches: bool,
+    strict: bool,
+    clipped: list[str],
 ) -> ObjectRecord | None:
     """A COCO annotation as a record object; ``None`` when it covers no merged patch."""
     height, width = int(img["height"]), int(img["width"])
@@ -108,8 +136,7 @@ def _coco_object(
         if not patches:
             return None
     return ObjectRecord(
-        # Clipped: a box outside the image means nothing, and COCO has a few boxes a pixel too large.
-        bbox=normalise_xyxy(box, width, height),
+        bbox=_clipped_box(box, width, height, where, clipped),
         patches=patches,
         label=label,
         rle=rle,
@@ -227,6 +254,7 @@ def read_refcoco(
 
     records: list[Record] = []
     dropped = 0
+    clipped: list[str] = []
     for ref in refs:
         if ref["split"] != split:
             continue
@@ -237,7 +265,7 @@ def read_refcoco(
                 f"{refs_path}: ref {ref.get('ref_id')} points to annotation {ref['ann_id']} / image "
                 f"{ref['image_id']} missing from {instances_path}; pair the refs file with its instances.json"
             )
-        base = _coco_object(ann, img, "", with_patches=with_patches, strict=True)
+        base = _coco_object(ann, img, "", with_patches=with_patches, strict=True, clipped=clipped)
         if base is None:
             dropped += len(ref["sentences"])
             continue
@@ -263,6 +291,7 @@ def read_refcoco(
         logger.warning(
             "%s [%s]: dropped %d sentence(s) whose object covers no merged patch", refs_path, split, dropped
         )
+    _report_clipped(instances_path, sorted(set(clipped)))
     return records
 
 
@@ -341,8 +370,11 @@ def read_coco_ovd(
             )
         by_image[ann["image_id"]].append(ann)
 
+    image_ids = {img["id"] for img in coco["images"]}
+    orphans = sum(len(anns) for image_id, anns in by_image.items() if image_id not in image_ids)
     records: list[Record] = []
     skipped = dropped = 0
+    clipped: list[str] = []
     for img in coco["images"]:
         if max(int(img["width"]), int(img["height"])) > max_image_side:
             skipped += 1
@@ -367,7 +399,9 @@ def read_coco_ovd(
             for ann in anns:
                 if ann["category_id"] != cid:
                     continue
-                obj = _coco_object(ann, img, names[cid], with_patches=with_patches, strict=False)
+                obj = _coco_object(
+                    ann, img, names[cid], with_patches=with_patches, strict=False, clipped=clipped
+                )
                 if obj is None:
                     dropped += 1
                     continue
@@ -393,6 +427,13 @@ def read_coco_ovd(
             max_image_side,
             dropped,
         )
+    if orphans:
+        logger.warning(
+            "%s: skipped %d annotation(s) whose image_id is not among the file's images",
+            instances_path,
+            orphans,
+        )
+    _report_clipped(instances_path, clipped)
     return records
 
 
@@ -409,17 +450,19 @@ def read_user_jsonl(
     root = Path(image_root) if image_root is not None else path.parent
     records: list[Record] = []
     dropped = 0
+    clipped: list[str] = []
     for where, lineno, item in iter_json_items(path, "one JSON object", "line"):
-        new, n_dropped = _user_line(item, where, lineno, root, with_patches)
+        new, n_dropped = _user_line(item, where, lineno, root, with_patches, clipped)
         records.extend(new)
         dropped += n_dropped
     if dropped:
         logger.warning("%s: dropped %d object(s) covering no merged patch", path, dropped)
+    _report_clipped(path, [w.split(": ", 1)[-1] for w in clipped])
     return records
 
 
 def _user_line(
-    item: Any, where: str, lineno: int, root: Path, with_patches: bool
+    item: Any, where: str, lineno: int, root: Path, with_patches: bool, clipped: list[str]
 ) -> tuple[list[Record], int]:
     if not isinstance(item, dict):
         raise PaDTError(f"{where}: expected a JSON object with 'image', 'task' and 'objects'")
@@ -438,7 +481,7 @@ def _user_line(
     objects: list[ObjectRecord] = []
     dropped = 0
     for i, raw in enumerate(raw_objects):
-        obj = _user_object(raw, f"{where}: objects[{i}]", height, width, with_patches)
+        obj = _user_object(raw, f"{where}: objects[{i}]", height, width, with_patches, clipped)
         if obj is None:
             dropped += 1
         else:
@@ -498,7 +541,9 @@ def _image_size(item: Mapping[str, Any], image_path: Path, where: str) -> tuple[
     return int(h), int(w)
 
 
-def _user_object(raw: Any, where: str, height: int, width: int, with_patches: bool) -> ObjectRecord | None:
+def _user_object(
+    raw: Any, where: str, height: int, width: int, with_patches: bool, clipped: list[str]
+) -> ObjectRecord | None:
     if not isinstance(raw, dict):
         raise PaDTError(f"{where}: expected an object with 'phrase' or 'label' and 'box'")
     label = raw.get("phrase", raw.get("label"))
@@ -522,7 +567,7 @@ def _user_object(raw: Any, where: str, height: int, width: int, with_patches: bo
             return None
     area = float(rle_area(rle, f"{where}.mask")) if rle is not None else (x2 - x1) * (y2 - y1)
     return ObjectRecord(
-        bbox=normalise_xyxy([x1, y1, x2, y2], width, height),
+        bbox=_clipped_box([x1, y1, x2, y2], width, height, where, clipped),
         patches=patches,
         label=label.strip(),
         rle=rle,
