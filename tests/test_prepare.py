@@ -44,7 +44,7 @@ def test_prepare_refcoco_writes_the_readers_records(tmp_path, capsys):
     assert all(r.objects[0].patches for r in written)
     text = capsys.readouterr().out
     assert f"{out}: {len(written)} record(s) ({len(written)} rec)" in text
-    assert "skipped:" in text and "covers no merged patch" in text  # the tiny cup
+    assert "note:" in text and "covers no merged patch" in text  # the tiny cup
     # The refer toolkit's layout: ROOT/DATASET/instances.json and refs(unc).p.
     (tmp_path / "refcoco").mkdir()
     shutil.copy(instances, tmp_path / "refcoco" / "instances.json")

@@ -108,32 +108,34 @@ def coco_image_ids(paths: Sequence[str | os.PathLike], coco: Mapping[str, Any] |
     return ids
 
 
+def read_coco_annotations(path: str | os.PathLike) -> dict[str, Any]:
+    """A COCO annotation file (its ``images`` and ``categories`` are what :func:`write_coco_results` needs)."""
+    try:
+        coco = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise PaDTError(
+            f"cannot read the COCO file {os.fspath(path)!r} ({error}); pass a COCO annotation JSON"
+        ) from None
+    if not isinstance(coco, dict) or "categories" not in coco or "images" not in coco:
+        raise PaDTError(f"{os.fspath(path)!r} has no 'images' and 'categories'; pass a COCO annotation file")
+    return coco
+
+
 def write_coco_results(
     out: str | os.PathLike,
     prediction: Prediction,
     image_paths: Sequence[str | os.PathLike],
-    coco_gt: str | os.PathLike | None = None,
+    coco_gt: str | os.PathLike | Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """``padt predict --coco-json``: write the COCO results of ``prediction`` to ``out``.
 
-    With ``coco_gt`` (a COCO annotation file), image ids come from its ``images`` and each label becomes its
+    With ``coco_gt`` (a COCO annotation file, or its content), image ids come from its ``images`` and each label becomes its
     ``category_id`` by the reference's rule (lowercased name, exact match); objects whose label is no category
     are left out with a warning. Returns what was written.
     """
     from padt.evaluation.coco import results_from_named
 
-    coco = None
-    if coco_gt is not None:
-        try:
-            coco = json.loads(Path(coco_gt).read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise PaDTError(
-                f"cannot read the COCO file {os.fspath(coco_gt)!r} ({error}); pass a COCO annotation JSON"
-            ) from None
-        if not isinstance(coco, dict) or "categories" not in coco or "images" not in coco:
-            raise PaDTError(
-                f"{os.fspath(coco_gt)!r} has no 'images' and 'categories'; pass a COCO annotation file"
-            )
+    coco = coco_gt if coco_gt is None or isinstance(coco_gt, Mapping) else read_coco_annotations(coco_gt)
     results = to_coco_results(prediction, coco_image_ids(image_paths, coco))
     if coco is not None:
         names = {str(c["name"]) for c in coco["categories"]}
@@ -142,7 +144,7 @@ def write_coco_results(
         if dropped:
             print(
                 f"padt: warning: {dropped} object(s) left out of {os.fspath(out)}: their labels "
-                f"{unknown} are not categories of {os.fspath(coco_gt)}",
+                f"{unknown} are not categories of the COCO file",
                 file=sys.stderr,
             )
     Path(out).parent.mkdir(parents=True, exist_ok=True)

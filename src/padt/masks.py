@@ -22,8 +22,20 @@ from pycocotools import mask as mask_utils
 
 from padt.errors import PaDTError
 
-#: Largest mask side padt accepts in an RLE (far beyond any image it will load).
+#: Largest mask side and area padt accepts in an RLE or builds from polygons (beyond any image it opens, so
+#: a corrupt size cannot make it allocate gigabytes).
 MAX_MASK_SIDE = 1 << 16
+MAX_MASK_PIXELS = 1 << 27
+
+
+def _check_hw(height: Any, width: Any, what: str) -> tuple[int, int]:
+    if not (
+        all(isinstance(s, int | np.integer) and not isinstance(s, bool) for s in (height, width))
+        and all(0 < int(s) <= MAX_MASK_SIDE for s in (height, width))
+        and int(height) * int(width) <= MAX_MASK_PIXELS
+    ):
+        raise PaDTError(f"{what} must be [height, width], two positive integers, got {[height, width]!r}")
+    return int(height), int(width)
 
 
 # ------------------------------------------------------------------------------------------------ checking
@@ -73,15 +85,9 @@ def check_rle(rle: Any, where: str = "mask", *, image_hw: tuple[int, int] | None
     if not isinstance(rle, Mapping) or "size" not in rle or "counts" not in rle:
         raise PaDTError(f"{where}: expected a COCO RLE {{'size': [height, width], 'counts': ...}}")
     size = rle["size"]
-    if not (
-        isinstance(size, Sequence)
-        and not isinstance(size, str)
-        and len(size) == 2
-        and all(isinstance(s, int | np.integer) and not isinstance(s, bool) for s in size)
-        and all(0 < int(s) <= MAX_MASK_SIDE for s in size)
-    ):
+    if not (isinstance(size, Sequence) and not isinstance(size, str) and len(size) == 2):
         raise PaDTError(f"{where}: RLE size must be [height, width], two positive integers, got {size!r}")
-    h, w = int(size[0]), int(size[1])
+    h, w = _check_hw(size[0], size[1], f"{where}: RLE size")
     if image_hw is not None and (h, w) != tuple(int(v) for v in image_hw):
         raise PaDTError(
             f"{where}: RLE size {[h, w]} does not match the image's [height, width] = {list(image_hw)}; "
@@ -158,6 +164,7 @@ def polygons_to_rle(polygons: Any, height: int, width: int, where: str = "segmen
     """COCO polygons (a list of ``[x1, y1, x2, y2, ...]`` parts, or one flat part) -> compressed RLE of the
     OR of the parts. Parts with fewer than three points enclose nothing and are skipped (pycocotools would read
     a four-number part as a box)."""
+    height, width = _check_hw(height, width, f"{where}: the image size")
     if not isinstance(polygons, Sequence) or isinstance(polygons, str):
         raise PaDTError(f"{where}: polygons must be lists of numbers [x1, y1, x2, y2, ...]")
     parts = polygons if polygons and isinstance(polygons[0], Sequence) else [polygons]
@@ -167,6 +174,22 @@ def polygons_to_rle(polygons: Any, height: int, width: int, where: str = "segmen
         raise PaDTError(f"{where}: polygons must be lists of numbers [x1, y1, x2, y2, ...]") from None
     if any(not np.isfinite(v) for part in parts for v in part):
         raise PaDTError(f"{where}: polygon coordinates must be finite numbers")
+    # pycocotools rasterises the whole outline in 1/5-pixel steps: a point far away makes it allocate
+    # gigabytes or overflow (a crash, not an exception). Points within ten image sides are plenty.
+    far = next(
+        (
+            v
+            for part in parts
+            for k, v in enumerate(part)
+            if not -10 * (w := (width, height)[k % 2]) <= v <= 11 * w
+        ),
+        None,
+    )
+    if far is not None:
+        raise PaDTError(
+            f"{where}: polygon coordinate {far:g} lies far outside the {width}x{height} image; polygons are in "
+            "pixels of the image they outline"
+        )
     parts = [p for p in parts if len(p) >= 6 and len(p) % 2 == 0]
     if not parts:
         return encode_rle(np.zeros((height, width), dtype=bool))
@@ -178,7 +201,18 @@ def box_to_mask(box_xyxy: Sequence[float], height: int, width: int) -> np.ndarra
     """A pixel ``[x1, y1, x2, y2]`` box rasterised the way pycocotools rasterises a COCO box."""
     from padt.box_ops import xyxy_to_xywh
 
-    rle = mask_utils.frPyObjects(np.asarray([xyxy_to_xywh(box_xyxy)], dtype=np.float64), height, width)
+    height, width = _check_hw(height, width, "the image size")
+    values = [float(v) for v in box_xyxy]
+    if len(values) != 4 or not all(np.isfinite(values)):
+        raise PaDTError(f"box {list(box_xyxy)} must be four finite numbers [x1, y1, x2, y2] in pixels")
+    # Clipping an axis-aligned box to just outside the image leaves its raster unchanged, and keeps
+    # pycocotools (which walks the outline) from allocating for, or overflowing on, a box far away.
+    x1, y1, x2, y2 = (
+        min(max(v, -1.0), side + 1.0) for v, side in zip(values, (width, height, width, height))
+    )
+    rle = mask_utils.frPyObjects(
+        np.asarray([xyxy_to_xywh([x1, y1, x2, y2])], dtype=np.float64), height, width
+    )
     return mask_utils.decode(rle)[..., 0].astype(bool)
 
 

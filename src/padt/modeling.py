@@ -194,6 +194,16 @@ class PaDTMixin:
         the reference does before training.
         """
         path = os.fspath(pretrained_model_name_or_path)
+        if (
+            os.path.isdir(path)
+            and "config" not in kwargs
+            and not os.path.isfile(os.path.join(path, "config.json"))
+        ):
+            # Without it transformers would build the base's default (a 7B model) and only then fail.
+            raise PaDTError(
+                f"no config.json in {path}; point --model at a folder written by save_pretrained (config.json, "
+                "weights, tokenizer and processor files)"
+            )
         model_type = _checkpoint_model_type(path)
         if model_type is not None and model_type != cls.config_class.model_type:
             if model_type not in PADT_CLASSES:

@@ -107,6 +107,21 @@ def writable_file(path: Path | None, what: str) -> Path | None:
     return path
 
 
+def writable_image_file(path: Path | None, what: str) -> Path | None:
+    """:func:`writable_file` for an image: its extension must name a format PIL can write."""
+    if path is None:
+        return None
+    from PIL import Image
+
+    Image.init()
+    if Image.registered_extensions().get(path.suffix.lower()) not in Image.SAVE:
+        raise PaDTError(
+            f"{what} {path}: cannot tell an image format from {path.suffix or 'a name without extension'!r}; "
+            "end the name in .png, .jpg or .webp"
+        )
+    return writable_file(path, what)
+
+
 def writable_folder(path: Path, what: str) -> Path:
     """Check, before any work, that folder ``path`` exists or can be created and is writable."""
     if path.exists() and not path.is_dir():

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from padt.commands import add_vrt_repeat_penalty_argument, positive_int, writable_file
+from padt.commands import add_vrt_repeat_penalty_argument, positive_int, writable_file, writable_image_file
 from padt.errors import PaDTError
 from padt.tasks import TASK_NAMES, get_task
 
@@ -62,20 +62,29 @@ def run(args: argparse.Namespace) -> int:
     task = get_task(args.task) if args.task else None
     if not args.prompt.strip() and (task is None or task.user_text):
         raise PaDTError("the prompt is empty; pass --prompt TEXT (or --task ric for a caption)")
+    # Inputs and output paths are checked before the model loads, so a typo costs nothing.
+    from padt.processing.images import open_image
+
     for image in args.image:
         if not Path(image).is_file():
             raise PaDTError(f"image file not found: {image}")
-    # Output paths are checked before the model loads, so a typo costs nothing.
+    images = [open_image(image) for image in args.image]
     writable_file(args.json, "--json")
-    writable_file(args.overlay, "--overlay")
+    writable_image_file(args.overlay, "--overlay")
     writable_file(args.coco_json, "--coco-json")
-    if args.coco_gt and not args.coco_json:
-        raise PaDTError("--coco-gt maps ids for --coco-json; pass --coco-json FILE too")
+    coco = None
+    if args.coco_gt:
+        if not args.coco_json:
+            raise PaDTError("--coco-gt maps ids for --coco-json; pass --coco-json FILE too")
+        from padt.adapters import coco_image_ids, read_coco_annotations
+
+        coco = read_coco_annotations(args.coco_gt)
+        coco_image_ids(args.image, coco)  # every image must be listed
     pipe = PaDT.from_pretrained(
         args.model or default_model(), device=args.device, dtype=args.dtype, max_side=args.max_side
     )
     [prediction] = pipe(
-        [list(args.image)],
+        [images],
         [args.prompt],
         task=args.task,
         max_new_tokens=args.max_new_tokens,
@@ -95,12 +104,12 @@ def run(args: argparse.Namespace) -> int:
     if args.coco_json:
         from padt.adapters import write_coco_results
 
-        write_coco_results(args.coco_json, prediction, args.image, args.coco_gt)
+        write_coco_results(args.coco_json, prediction, args.image, coco)
     if args.overlay:
         from padt.visualize import draw_prediction
 
         draw_prediction(
-            args.image[0], prediction, image_index=0, show_vrt=args.show_vrt, processor=pipe.processor
+            images[0], prediction, image_index=0, show_vrt=args.show_vrt, processor=pipe.processor
         ).save(args.overlay)
         print(f"overlay written to {args.overlay}")
     return 0

@@ -26,9 +26,7 @@ def _add_synthetic(parser: argparse.ArgumentParser) -> None:
         choices=TASK_CHOICES,
         help="rec, res (the same records as rec), ovd, ric, or all (scenes cycle over rec, ovd, ric)",
     )
-    parser.add_argument(
-        "--n", type=non_negative_int, required=True, help="number of scenes (images) to write"
-    )
+    parser.add_argument("--n", type=positive_int, required=True, help="number of scenes (images) to write")
     parser.add_argument(
         "--seed", type=non_negative_int, default=0, help="random seed; same arguments give the same bytes"
     )

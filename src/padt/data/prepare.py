@@ -3,7 +3,7 @@
 The readers of :mod:`padt.data.readers` do the work (prompts, answers, RLE masks, foreground patch lists of
 docs/method.md §9.3); this module picks one from ``--source``, writes its records with
 :func:`padt.data.records.write_jsonl` and prints a summary: records, objects, images, and what the reader
-skipped, with its reasons.
+skipped or changed (boxes clipped to their image), with its reasons.
 
 - ``padt``: a PaDT file (``--input``), checked against the schema and rewritten as JSONL.
 - ``refcoco``: ``--instances`` and ``--refs`` of RefCOCO/RefCOCO+/RefCOCOg, or ``--root`` with ``--dataset``
@@ -50,14 +50,14 @@ REFCOCO_DATASETS = {"refcoco": "refs(unc).p", "refcoco+": "refs(unc).p", "refcoc
 
 @dataclass
 class PrepareSummary:
-    """What :func:`prepare` wrote and what the reader skipped."""
+    """What :func:`prepare` wrote, and what the reader skipped or changed (one line each)."""
 
     path: Path
     records: int
     objects: int
     images: int
     tasks: dict[str, int]
-    skipped: list[str] = field(default_factory=list)
+    changes: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         tasks = ", ".join(f"{n} {t}" for t, n in sorted(self.tasks.items()))
@@ -65,7 +65,7 @@ class PrepareSummary:
             f"{self.path}: {self.records} record(s) ({tasks or 'none'}), {self.objects} object(s), "
             f"{self.images} image(s)"
         ]
-        out += [f"  skipped: {reason}" for reason in self.skipped]
+        out += [f"  note: {change}" for change in self.changes]
         return out
 
 
@@ -80,7 +80,7 @@ class _Collect(logging.Handler):
 
 @contextmanager
 def _reader_warnings() -> Iterator[list[str]]:
-    """The readers report what they skip as log warnings; collect them for the summary."""
+    """The readers report what they skip or change as log warnings; collect them for the summary."""
     handler = _Collect()
     logger = logging.getLogger("padt.data.readers")
     logger.addHandler(handler)
@@ -164,7 +164,7 @@ def prepare(
 ) -> PrepareSummary:
     """Read ``source`` with its reader (:func:`read_source`) and write its records to ``out`` (JSONL)."""
     reader = read_source(source, **options)
-    with _reader_warnings() as skipped:
+    with _reader_warnings() as changes:
         records = reader()
     write_records(records, out, progress=progress)
     return PrepareSummary(
@@ -173,7 +173,7 @@ def prepare(
         objects=sum(len(r.objects) for r in records),
         images=len({name for r in records for name in r.images}),
         tasks=dict(Counter(r.task for r in records)),
-        skipped=list(skipped),
+        changes=list(changes),
     )
 
 

@@ -44,6 +44,7 @@ import dataclasses
 import io
 import json
 import logging
+import math
 import pickle
 import zlib
 from collections import Counter, defaultdict
@@ -115,6 +116,28 @@ def _report_clipped(source: str | Path, clipped: list[str]) -> None:
         )
 
 
+def _coco_image_size(img: Mapping[str, Any]) -> tuple[int, int]:
+    h, w = img.get("height"), img.get("width")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (h, w)):
+        raise PaDTError(
+            f"image {img.get('id')}: 'width' and 'height' must be positive integers, got {w!r} and {h!r}"
+        )
+    return int(h), int(w)  # type: ignore[arg-type]
+
+
+def _coco_box(bbox: Any, where: str) -> list[float]:
+    """A COCO ``[x, y, w, h]`` annotation box as pixel ``[x1, y1, x2, y2]``, checked."""
+    try:
+        if isinstance(bbox, str | bytes) or len(bbox) != 4:
+            raise TypeError
+        values = [float(v) for v in bbox]
+    except (TypeError, ValueError):
+        raise PaDTError(f"{where}: 'bbox' must be [x, y, width, height] in pixels, got {bbox!r}") from None
+    if not all(math.isfinite(v) for v in values) or values[2] < 0 or values[3] < 0:
+        raise PaDTError(f"{where}: 'bbox' {bbox!r} needs finite numbers and a non-negative width and height")
+    return xywh_to_xyxy(values)
+
+
 def _coco_object(
     ann: Mapping[str, Any],
     img: Mapping[str, Any],
@@ -125,11 +148,11 @@ def _coco_object(
     clipped: list[str],
 ) -> ObjectRecord | None:
     """A COCO annotation as a record object; ``None`` when it covers no merged patch."""
-    height, width = int(img["height"]), int(img["width"])
+    height, width = _coco_image_size(img)
     where = f"annotation {ann.get('id')}"
     seg = ann.get("segmentation")
     rle = segmentation_to_rle(seg, height, width, where) if seg else None
-    box = xywh_to_xyxy(ann["bbox"])
+    box = _coco_box(ann.get("bbox"), where)
     patches: list[int] = []
     if with_patches:
         patches = object_patches(rle, box, height, width, strict)
@@ -376,7 +399,7 @@ def read_coco_ovd(
     skipped = dropped = 0
     clipped: list[str] = []
     for img in coco["images"]:
-        if max(int(img["width"]), int(img["height"])) > max_image_side:
+        if max(_coco_image_size(img)) > max_image_side:
             skipped += 1
             continue
         anns = by_image.get(img["id"], [])

@@ -99,6 +99,12 @@ def run(args: argparse.Namespace) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    if args.coco is not None and args.task != "ovd":
+        raise PaDTError(
+            f"--coco is the COCO annotation file of --task ovd; leave it out for --task {args.task}"
+        )
+    if args.rebuilt_gt and args.coco is None:
+        raise PaDTError("--rebuilt-gt chooses the ground truth scored with --coco; pass --coco FILE too")
     if args.model is None:
         args.model = str(default_model())
     if not Path(args.model).is_dir():

@@ -20,7 +20,7 @@ import contextlib
 import copy
 import io
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -97,9 +97,9 @@ def checked_results(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]])
                 f"{_where(r, i)}: bbox must be four numbers [x, y, w, h] in pixels and score a number, got "
                 f"{r['bbox']!r} and {r['score']!r}"
             ) from None
-        if image_id not in image_ids:
+        if not isinstance(image_id, Hashable) or image_id not in image_ids:
             raise PaDTError(f"{_where(r, i)}: image_id {image_id!r} is not in the ground truth's images")
-        if category_id not in category_ids:
+        if not isinstance(category_id, Hashable) or category_id not in category_ids:
             raise PaDTError(f"{_where(r, i)}: category_id {category_id!r} is not a ground-truth category")
         if not (w >= 0 and h >= 0 and isfinite(x + y + w + h)):
             raise PaDTError(

@@ -58,6 +58,11 @@ def parse_synthetic_spec(spec: str, task: str) -> dict[str, int | str]:
             ) from None
     if values["n"] is None:
         raise PaDTError(f"synthetic data spec {spec!r} needs n=NUMBER_OF_SCENES (e.g. synthetic:n=500)")
+    for key in ("n", "max_objects", "refs_per_scene"):
+        if values[key] is not None and int(values[key]) < 1:  # type: ignore[arg-type]
+            raise PaDTError(f"synthetic data spec {spec!r}: {key} must be at least 1, got {values[key]}")
+    if int(values["seed"] or 0) < 0:  # type: ignore[arg-type]
+        raise PaDTError(f"synthetic data spec {spec!r}: seed must be at least 0, got {values['seed']}")
     values["task"] = values["task"] or task
     if values["task"] not in TASK_NAMES or not get_task(task).accepts(str(values["task"])):
         raise PaDTError(

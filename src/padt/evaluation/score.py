@@ -141,7 +141,7 @@ def _by_index(
                 "--protocol paper, or write per-query lines with 'index' and 'objects'"
             )
         i = p.get("index", pos)
-        if not isinstance(i, int) or not 0 <= i < len(records):
+        if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(records):
             raise PaDTError(f"{_w(p)}: index {i!r} is not a record position (0..{len(records) - 1})")
         if out[i] is not None:
             raise PaDTError(f"{_w(p)}: a second prediction for record {i}; keep one per query")
@@ -153,8 +153,13 @@ def _by_index(
 
 def _image_size(rec: Record, pred: Mapping[str, Any] | None, image_root: Path | None) -> tuple[int, int]:
     """``(height, width)`` of a record's image: from the prediction, the GT masks, or the image file."""
-    if pred is not None and "width" in pred and "height" in pred:
-        return int(pred["height"]), int(pred["width"])
+    if pred is not None and ("width" in pred or "height" in pred):
+        h, w = pred.get("height"), pred.get("width")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (h, w)):
+            raise PaDTError(
+                f"{_w(pred)}: 'width' and 'height' must both be positive integers (pixels), got {w!r} and {h!r}"
+            )
+        return int(h), int(w)  # type: ignore[arg-type]
     for obj in rec.objects:
         if obj.rle is not None:
             h, w = obj.rle["size"]
@@ -198,9 +203,21 @@ def _checked_box(box: Any, where: str, *, xywh: bool = False) -> list[float]:
 
 
 def _pred_box(obj: Mapping[str, Any], where: str) -> list[float]:
+    if not isinstance(obj, Mapping):
+        raise PaDTError(f"{where}: each object must be a JSON object with 'bbox', got {obj!r}")
     if "bbox" not in obj:
         raise PaDTError(f"{where}: each object needs 'bbox' [x1, y1, x2, y2] in pixels")
+    _checked_score(obj, where)
     return _checked_box(obj["bbox"], where)
+
+
+def _checked_score(obj: Mapping[str, Any], where: str) -> None:
+    """REC and RES do not rank by score, but a score that is there must be a finite number."""
+    score = obj.get("score")
+    if score is not None and (
+        isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score)
+    ):
+        raise PaDTError(f"{where}: 'score' {score!r} is not a finite number")
 
 
 def _pred_mask(mask: Any, where: str) -> dict[str, Any] | None:
@@ -264,7 +281,11 @@ def score_res(
         gt_masks.append(rec.objects[0].rle)
         masks = []
         for o in p.get("objects", []) if p is not None else []:
-            if o.get("mask") is None:
+            if isinstance(o, Mapping) and "bbox" in o:
+                _pred_box(o, _w(p))  # not scored, but a broken box says the file is broken
+            elif isinstance(o, Mapping):
+                _checked_score(o, _w(p))
+            if not isinstance(o, Mapping) or o.get("mask") is None:
                 raise PaDTError(f"{_w(p)}: an object without 'mask'; RES needs predicted masks")
             masks.append(_pred_mask(o["mask"], _w(p)))
         pred_masks.append(masks)

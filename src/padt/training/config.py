@@ -218,7 +218,7 @@ class TrainingSection(_Section):
         for name, value in {**self.__dict__, **(self.__pydantic_extra__ or {})}.items():
             if name not in fields:
                 raise ValueError(
-                    f"training.{name} is not a transformers TrainingArguments field{_did_you_mean(name, fields)}"
+                    f"training.{name} is not a transformers TrainingArguments field{_did_you_mean(name, fields, 'training.')}"
                 )
             if name in (self.__pydantic_extra__ or {}):
                 try:
@@ -297,11 +297,11 @@ def _training_argument_types() -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(TrainingArguments) if f.init}
 
 
-def _did_you_mean(name: str, known: Any) -> str:
+def _did_you_mean(name: str, known: Any, prefix: str = "") -> str:
     known = [str(k) for k in known]
     close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
     if close:
-        return f"; did you mean {close[0]!r}?"
+        return f"; did you mean {prefix + close[0]!r}?"
     return f"; known keys: {', '.join(known)}" if 0 < len(known) <= 12 else ""
 
 
@@ -310,15 +310,21 @@ def _first_message(error: ValidationError) -> str:
     return str(first.get("msg", "")).removeprefix("Value error, ")
 
 
+_UNKNOWN_KEY = ("extra_forbidden", "unexpected_keyword_argument")
+
+
 def _describe(error: ValidationError) -> str:
-    """One line for the first problem: the dotted key, then what is wrong."""
-    first = error.errors()[0]
+    """One line for the first problem: the dotted key, then what is wrong. An unknown key comes first: it is
+    usually the cause of the others (a typo'd required key is also reported missing)."""
+    errors = error.errors()
+    first = next((e for e in errors if e.get("type") in _UNKNOWN_KEY), errors[0])
     loc = [str(p) for p in first.get("loc", ())]
     msg = str(first.get("msg", "")).removeprefix("Value error, ")
     key = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc).lstrip(".")
-    if first.get("type") in ("extra_forbidden", "unexpected_keyword_argument") and loc:
+    if first.get("type") in _UNKNOWN_KEY and loc:
         section = _section_fields(loc[:-1])
-        return f"unknown key {key!r}{_did_you_mean(loc[-1], section)}"
+        prefix = key[: len(key) - len(loc[-1])]  # the section, so the suggestion is a key one can paste
+        return f"unknown key {key!r}{_did_you_mean(loc[-1], section, prefix)}"
     if first.get("type") == "missing":
         return f"{key} is required"
     if first.get("type") == "literal_error":
