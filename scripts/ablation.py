@@ -6,10 +6,14 @@ evaluates each on fresh scenes from a seed never used in training:
 - ``padt``: PaDT as specified (5 sampled VRTs per object, robust token loss, decoder losses);
 - ``text``: the same model writing Qwen2.5-VL-style ``[x1,y1,x2,y2]`` text coordinates (no decoder);
 - ``no_robust``: PaDT with plain cross-entropy at VRT targets;
-- ``all_vrts``: PaDT writing every foreground VRT of an object instead of 5 sampled ones.
+- ``all_vrts``: PaDT writing every foreground VRT of an object instead of 5 sampled ones;
+- ``qwen3``: PaDT on the tiny Qwen3-VL architecture (32-px VRT cells, DeepStack, interleaved MRoPE) instead of
+  Qwen2.5-VL, everything else the same; a VRT fed back as input is its prototype alone;
+- ``qwen3_deepstack``: the same, a VRT input also getting the DeepStack features of its patch (docs/method.md §13).
 
     python scripts/ablation.py                       # configs/ablation.yaml, 500 scenes per task
     python scripts/ablation.py --n 100 --out runs/ablation_small
+    python scripts/ablation.py --variants padt qwen3 qwen3_deepstack --out runs/bases
 
 Training and evaluation both resume. The table goes to ``OUT/ablation.md`` and ``OUT/ablation.json``.
 """
@@ -26,6 +30,15 @@ VARIANTS = {
     "text": ("text coordinates", ["padt.answer_format=text"]),
     "no_robust": ("PaDT without the robust loss", ["padt.robust_loss=false"]),
     "all_vrts": ("PaDT with all foreground VRTs", ["padt.vrts_per_object=-1"]),
+    # Qwen3-VL's cells are 32 px: the generator's patch lists (28-px cells) are recomputed on its grid.
+    "qwen3": (
+        "PaDT on Qwen3-VL (VRT input: prototype)",
+        ["model.tiny.backbone=qwen3_vl", "padt.patches=auto"],
+    ),
+    "qwen3_deepstack": (
+        "PaDT on Qwen3-VL (VRT input: prototype + DeepStack)",
+        ["model.tiny.backbone=qwen3_vl", "padt.patches=auto", "model.tiny.vrt_deepstack=true"],
+    ),
 }
 # (task, metric key, column title)
 COLUMNS = [
@@ -33,8 +46,10 @@ COLUMNS = [
     ("rec", "acc@0.75", "REC Acc@0.75"),
     ("res", "miou", "RES mIoU"),
     ("ovd", "map", "OVD mAP"),
+    ("ric", "greedy_precision", "RIC greedy P"),
+    ("ric", "greedy_recall", "RIC greedy R"),
 ]
-MAX_NEW_TOKENS = {"rec": 64, "res": 64, "ovd": 192}
+MAX_NEW_TOKENS = {"rec": 64, "res": 64, "ovd": 192, "ric": 192}
 
 
 def main() -> None:
@@ -66,10 +81,9 @@ def main() -> None:
             train(load_config(args.config, [*overrides, f"training.output_dir={model_dir}"]))
         train_s = time.time() - started
         metrics: dict[str, float | None] = {}
-        for task, key, _ in COLUMNS:
+        for task in dict.fromkeys(t for t, _, _ in COLUMNS):
             if name == "text" and task == "res":
-                metrics[f"{task}/{key}"] = None  # text coordinates give no mask
-                continue
+                continue  # text coordinates give no mask
             spec = (
                 f"synthetic:task={task},n={args.n},seed={args.seed},min_size=112,max_size=140,max_objects=4"
             )
@@ -83,7 +97,9 @@ def main() -> None:
                 meteor=False,
                 progress=True,
             )
-            metrics[f"{task}/{key}"] = scores.get(key) if scores else None
+            for t, key, _ in COLUMNS:
+                if t == task:
+                    metrics[f"{task}/{key}"] = scores.get(key) if scores else None
         results[name] = {"title": title, "overrides": overrides, "metrics": metrics, "train_seconds": train_s}
         print(name, json.dumps(metrics))
 

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from padt.backbones import get_backbone
 from padt.cli import main
 from padt.commands.init import init_from_base
+from padt.errors import PaDTError
 from padt.modeling import PaDTForConditionalGeneration
 from padt.processing import PaDTProcessor
 from padt.tiny import TINY_VOCAB_SIZE, tiny_processor, tiny_tokenizer
@@ -93,3 +94,15 @@ def test_cli_init_writes_a_loadable_padt_checkpoint(tmp_path, capsys, backbone):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+
+
+def test_init_vrt_deepstack_is_a_qwen3_option(tmp_path):
+    plain_checkpoint("qwen3_vl", tmp_path / "q3")
+    plain_checkpoint("qwen2_5_vl", tmp_path / "q25")
+    assert (
+        main(["init", "--base", str(tmp_path / "q3"), "--out", str(tmp_path / "o3"), "--vrt-deepstack"]) == 0
+    )
+    assert json.loads((tmp_path / "o3" / "config.json").read_text())["vrt_deepstack"] is True
+    assert PaDTForConditionalGeneration.from_pretrained(tmp_path / "o3").config.vrt_deepstack is True
+    with pytest.raises(PaDTError, match="--vrt-deepstack is for Qwen3-VL bases"):
+        init_from_base(tmp_path / "q25", vrt_deepstack=True)

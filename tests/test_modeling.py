@@ -226,6 +226,9 @@ def test_save_and_load_round_trip(tmp_path, tied):
 
 
 def test_loading_refuses_incomplete_or_foreign_checkpoints(tmp_path):
+    with pytest.raises(PaDTError, match=r"no config\.json in"):
+        PaDTForConditionalGeneration.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(tiny_config().to_json_string())
     with pytest.raises(PaDTError, match="no model weights"):
         PaDTForConditionalGeneration.from_pretrained(tmp_path)
     # A plain Qwen2.5-VL checkpoint lacks the PaDT modules.

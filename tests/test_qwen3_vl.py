@@ -136,6 +136,10 @@ def test_deepstack_reaches_vrt_inputs_only_when_asked(processor):
         torch.isfinite(plain[:, first_vrt:])
     ].abs().max() > 1e-4
     assert model.config.to_diff_dict()["vrt_deepstack"] is True
+    # A training config turns it on through the tiny model's spec (model.tiny.vrt_deepstack).
+    assert tiny_model(backbone="qwen3_vl", hidden_size=64, vrt_deepstack=True).config.vrt_deepstack is True
+    with pytest.raises(ValueError, match="vrt_deepstack is a Qwen3-VL option"):
+        tiny_model(vrt_deepstack=True)
 
 
 # ------------------------------------------------------------------------------------------------ save, load, predict, eval

@@ -279,11 +279,15 @@ class TinyModelSpec:
     #: ``torch``: PyTorch's default init for the decoder's linear layers. At tiny widths the reference's
     #: N(0, 0.02) leaves the decoder's output almost independent of its input, and it then barely learns.
     decoder_init: Literal["reference", "torch"] = "reference"
+    #: Qwen3-VL only: a VRT fed back as input also gets the DeepStack features of its patch (docs/method.md §13).
+    vrt_deepstack: bool = False
     #: weight seed (a training config uses its own ``seed`` when this is left out).
     seed: int | None = None
 
     def __post_init__(self) -> None:
         get_backbone(self.backbone)  # a clear error for an unknown base
+        if self.vrt_deepstack and get_backbone(self.backbone).model_type != "qwen3_vl":
+            raise ValueError(f"vrt_deepstack is a Qwen3-VL option; backbone is {self.backbone!r}")
         for name in (
             "vocab_size",
             "hidden_size",
@@ -324,6 +328,7 @@ def tiny_config(spec: TinyModelSpec | None = None, **fields: Any) -> Any:
             },
             "image_position_code": spec.image_position_code,
         }
+        | ({"vrt_deepstack": True} if spec.vrt_deepstack else {})
     )
     padt_config._attn_implementation = "sdpa"
     return padt_config

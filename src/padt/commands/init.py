@@ -42,6 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--image-position-code", action="store_true", help="add the learned (x, y) code to the image features"
     )
     parser.add_argument(
+        "--vrt-deepstack",
+        action="store_true",
+        help="Qwen3-VL: a VRT fed back as input also gets the DeepStack features of its patch (docs/method.md "
+        "§13; off: its prototype alone)",
+    )
+    parser.add_argument(
         "--answer-format",
         choices=("vrt", "text"),
         default="vrt",
@@ -58,6 +64,7 @@ def init_from_base(
     image_position_code: bool = False,
     answer_format: str = "vrt",
     dtype: str = "fp32",
+    vrt_deepstack: bool = False,
 ) -> tuple[Any, Any]:
     """A PaDT model and processor made from a plain base checkpoint folder (see the module docstring)."""
     from padt.inference import DTYPES
@@ -77,6 +84,13 @@ def init_from_base(
     if raw.get("vl_decoder") is not None:
         raise PaDTError(f"{base} is already a PaDT checkpoint (its config has vl_decoder); train it directly")
     cls = padt_class_for(str(raw.get("model_type")))
+    extra: dict[str, Any] = {}
+    if vrt_deepstack:
+        if not hasattr(cls.config_class(), "vrt_deepstack"):
+            raise PaDTError(
+                f"--vrt-deepstack is for Qwen3-VL bases; {base} is a {raw.get('model_type')} model"
+            )
+        extra["vrt_deepstack"] = True
     decoder: dict[str, Any] = {}
     if decoder_size is not None:
         decoder["intermediate_size"] = decoder_size
@@ -89,6 +103,7 @@ def init_from_base(
             "image_position_code": image_position_code,
             "padt_answer_format": answer_format,
         }
+        | extra
     )
     model = cls.from_pretrained(base, config=config, init_padt_modules=True, dtype=DTYPES[dtype])
     processor = PaDTProcessor.from_pretrained(base, model.vocab_size)
@@ -108,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         image_position_code=args.image_position_code,
         answer_format=args.answer_format,
         dtype=args.dtype,
+        vrt_deepstack=args.vrt_deepstack,
     )
     model.save_pretrained(args.out)
     processor.save_pretrained(args.out)
