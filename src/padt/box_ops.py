@@ -90,3 +90,27 @@ def normalise_xyxy(box: Sequence[float], width: float, height: float, *, clip: b
     x1, y1, x2, y2 = (float(v) for v in box)
     out = [x1 / width, y1 / height, x2 / width, y2 / height]
     return [min(max(v, 0.0), 1.0) for v in out] if clip else out
+
+
+def checked_pixel_box(box: object, where: str, *, xywh: bool = False) -> list[float]:
+    """A box from outside (a file, a request) as pixel ``[x1, y1, x2, y2]``: four finite numbers, corners in
+    order (``xywh``: COCO's ``[x, y, w, h]`` with a non-negative size). Anything else is a one-line
+    :class:`~padt.errors.PaDTError` naming ``where``."""
+    import math
+
+    from padt.errors import PaDTError
+
+    form = "[x, y, width, height]" if xywh else "[x1, y1, x2, y2]"
+    try:
+        if isinstance(box, str | bytes) or len(box) != 4:  # type: ignore[arg-type]
+            raise TypeError
+        values = [float(v) for v in box]  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise PaDTError(f"{where}: 'bbox' must be {form} in pixels, got {box!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise PaDTError(f"{where}: 'bbox' {box!r} holds NaN or infinite values")
+    values = xywh_to_xyxy(values) if xywh else values
+    if values[2] < values[0] or values[3] < values[1]:
+        what = "has a negative width or height" if xywh else "is inverted"
+        raise PaDTError(f"{where}: 'bbox' {box!r} {what}; write {form} in pixels")
+    return values

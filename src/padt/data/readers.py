@@ -44,7 +44,6 @@ import dataclasses
 import io
 import json
 import logging
-import math
 import pickle
 import zlib
 from collections import Counter, defaultdict
@@ -54,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from padt.box_ops import normalise_xyxy, xywh_to_xyxy
+from padt.box_ops import checked_pixel_box, normalise_xyxy
 from padt.data.records import ObjectRecord, Record, iter_json_items, read_records
 from padt.errors import PaDTError
 from padt.masks import rle_area, segmentation_to_rle
@@ -125,19 +124,6 @@ def _coco_image_size(img: Mapping[str, Any]) -> tuple[int, int]:
     return int(h), int(w)  # type: ignore[arg-type]
 
 
-def _coco_box(bbox: Any, where: str) -> list[float]:
-    """A COCO ``[x, y, w, h]`` annotation box as pixel ``[x1, y1, x2, y2]``, checked."""
-    try:
-        if isinstance(bbox, str | bytes) or len(bbox) != 4:
-            raise TypeError
-        values = [float(v) for v in bbox]
-    except (TypeError, ValueError):
-        raise PaDTError(f"{where}: 'bbox' must be [x, y, width, height] in pixels, got {bbox!r}") from None
-    if not all(math.isfinite(v) for v in values) or values[2] < 0 or values[3] < 0:
-        raise PaDTError(f"{where}: 'bbox' {bbox!r} needs finite numbers and a non-negative width and height")
-    return xywh_to_xyxy(values)
-
-
 def _coco_object(
     ann: Mapping[str, Any],
     img: Mapping[str, Any],
@@ -152,7 +138,7 @@ def _coco_object(
     where = f"annotation {ann.get('id')}"
     seg = ann.get("segmentation")
     rle = segmentation_to_rle(seg, height, width, where) if seg else None
-    box = _coco_box(ann.get("bbox"), where)
+    box = checked_pixel_box(ann.get("bbox"), where, xywh=True)
     patches: list[int] = []
     if with_patches:
         patches = object_patches(rle, box, height, width, strict)

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from padt.box_ops import scale_xyxy, xywh_to_xyxy, xyxy_to_xywh
+from padt.box_ops import checked_pixel_box, scale_xyxy, xyxy_to_xywh
 from padt.commands import fraction, writable_file
 from padt.data.records import Record, iter_json_items, read_records
 from padt.errors import PaDTError
@@ -185,21 +185,9 @@ def _pixel_box(bbox: Sequence[float], hw: tuple[int, int]) -> list[float]:
 
 
 def _checked_box(box: Any, where: str, *, xywh: bool = False) -> list[float]:
-    """A predicted pixel box as ``[x1, y1, x2, y2]``: four finite numbers, corners in order (a box the model
-    cannot have meant is an error, not a silent miss)."""
-    form = "[x, y, w, h]" if xywh else "[x1, y1, x2, y2]"
-    try:
-        if isinstance(box, str | bytes) or len(box) != 4:
-            raise TypeError
-        values = [float(v) for v in box]
-    except (TypeError, ValueError):
-        raise PaDTError(f"{where}: 'bbox' must be {form} in pixels, got {box!r}") from None
-    if not all(math.isfinite(v) for v in values):
-        raise PaDTError(f"{where}: 'bbox' {box!r} holds NaN or infinite values")
-    values = xywh_to_xyxy(values) if xywh else values
-    if values[2] < values[0] or values[3] < values[1]:
-        raise PaDTError(f"{where}: 'bbox' {box!r} is inverted; write {form} in pixels")
-    return values
+    """A predicted pixel box as ``[x1, y1, x2, y2]`` (a box the model cannot have meant is an error, not a silent
+    miss)."""
+    return checked_pixel_box(box, where, xywh=xywh)
 
 
 def _pred_box(obj: Mapping[str, Any], where: str) -> list[float]:
