@@ -164,6 +164,10 @@ def build_model_and_processor(config: Mapping[str, Any]) -> tuple[nn.Module, PaD
         elif decoder_init != "reference":
             raise PaDTError(f"model.tiny.decoder_init must be reference or torch, got {decoder_init!r}")
         processor = PaDTProcessor(tiny_processor(**pixels), model.vocab_size)
+        if spec.get("vision_from"):  # a pretrained vision component (padt.training.vision_pretrain)
+            from padt.training.vision_pretrain import load_vision_from
+
+            load_vision_from(model, spec["vision_from"])
     else:
         path = spec["path"]
         if not Path(path).is_dir():

@@ -1,0 +1,236 @@
+"""Recipes in stages: vision pretraining's dense labels and learning, and one command that runs, resumes and skips
+stages (padt.training.vision_pretrain, padt.training.stages)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from padt.cli import main
+from padt.data.patches import foreground_patches
+from padt.data.synthetic import SHAPES, Scene, SceneObject, make_scene
+from padt.errors import PaDTError
+from padt.testing import tiny_processor
+from padt.training.stages import resolve_stages
+from padt.training.trainer import build_model_and_processor, component_of
+from padt.training.vision_pretrain import (
+    PretrainScenes,
+    VisionPretrainModel,
+    cell_targets,
+    collate,
+    evaluate_vision,
+    load_vision_from,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY = {"hidden_size": 64, "vision_hidden_size": 64, "vision_num_heads": 4, "decoder_ordering": "raster",
+        "decoder_absolute_position": True, "image_position_code": True, "seed": 0}
+PIXELS = 112 * 112
+
+
+def _object(shape: str, mask: np.ndarray, size: str = "large") -> SceneObject:
+    ys, xs = np.nonzero(mask)
+    box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    return SceneObject(shape, "red", size, mask, box, tuple(foreground_patches(mask)))
+
+
+# ------------------------------------------------------------------------------------------------ labels
+def test_cell_targets_by_hand():
+    """A 112-px scene (4x4 merged patches): a square over patches 5 and 6, a sliver of a star in patch 7."""
+    square = np.zeros((112, 112), dtype=bool)
+    square[28:56, 28:84] = True
+    star = np.zeros((112, 112), dtype=bool)
+    star[28:56, 84:90] = True  # 6 of 28 columns of patch 7
+    scene = Scene(Image.new("RGB", (112, 112)), (_object("square", square), _object("star", star, "small")), "noise")
+    t = cell_targets(scene, (4, 4))
+    expected = np.zeros(16, dtype=int)
+    expected[[5, 6]] = SHAPES.index("square") + 1
+    expected[7] = SHAPES.index("star") + 1
+    assert t["shape"].tolist() == expected.tolist()
+    assert t["size"][[5, 7]].tolist() == [2, 1] and t["colour"][0] == 0 and t["fg"].sum() == 3
+    # Patch 5 has its centre at (42, 42); the square spans x 28-84, y 28-56: distances in patches.
+    assert t["box"][5].tolist() == pytest.approx([0.5, 0.5, 1.5, 0.5])
+    assert t["box"][6].tolist() == pytest.approx([1.5, 0.5, 0.5, 0.5])
+    assert t["box"][0].tolist() == [0, 0, 0, 0]
+    # Sub-cells of 7 px: the square fills patches 5 and 6; the star covers 6 of the 7 columns of sub-cell 0 of
+    # each row of patch 7.
+    assert t["mask"][5].tolist() == [1.0] * 16 and t["mask"][0].tolist() == [0.0] * 16
+    assert t["mask"][7].reshape(4, 4)[:, 0].tolist() == pytest.approx([6 / 7] * 4)
+    assert t["mask"][7].reshape(4, 4)[:, 1:].max() == 0
+    assert t["object"].tolist() == [-1] * 5 + [0, 0, 1] + [-1] * 8
+    assert t["patches"] == [[5, 6], [7]]
+
+
+def test_cell_targets_follow_the_processor_grid_and_the_foreground_rule():
+    """A 120-px scene is resized to 112 px by the processor: labels live on that 4x4 grid, and each object's
+    patches are exactly the project's foreground patches there."""
+    for seed in range(5):
+        scene = make_scene(np.random.default_rng(seed), width=120, height=180, max_objects=6)
+        grid = (168 // 28, 112 // 28)
+        t = cell_targets(scene, grid)
+        assert len(t["shape"]) == grid[0] * grid[1]
+        for obj, patches in zip(scene.objects, t["patches"], strict=True):
+            assert patches == foreground_patches(obj.mask, grid)
+        owned = t["object"] >= 0
+        assert owned.tolist() == t["fg"].tolist()
+        for j in np.flatnonzero(owned):  # a patch is labelled with an object whose foreground patch it is
+            obj = scene.objects[t["object"][j]]
+            assert j in t["patches"][t["object"][j]] and t["shape"][j] == SHAPES.index(obj.shape) + 1
+
+
+def test_collate_makes_object_ids_unique_in_the_batch():
+    processor = tiny_processor(max_pixels=PIXELS).image_processor
+    scenes = PretrainScenes(processor, n=3, seed=5, min_size=112, max_size=112, progress=False)
+    batch = collate(scenes.items)
+    owner = batch["targets"]["object"]
+    assert batch["pixel_values"].shape[0] == 3 * 64 and owner.shape == (3 * 16,)
+    first, second = owner[:16], owner[16:32]
+    assert set(second[second >= 0].tolist()).isdisjoint(first[first >= 0].tolist())
+    assert int(owner.max()) < sum(item["num_objects"] for item in scenes.items)
+
+
+# ------------------------------------------------------------------------------------------------ learning
+def test_a_few_seconds_of_vision_pretraining_make_shape_readable():
+    """Stage 1 alone on a tiny tower: the held-out object probe of the shape goes far above chance (and above
+    the untrained tower)."""
+    torch.manual_seed(0)
+    model, processor = build_model_and_processor({"model": {"tiny": TINY}, "processor": {"max_pixels": PIXELS},
+                                                  "seed": 0})
+    for name, param in model.named_parameters():
+        param.requires_grad_(component_of(name) == "vision")
+    wrapper = VisionPretrainModel(model, {"object": 1.0})
+    scene_args = {"min_size": 112, "max_size": 112, "max_objects": 2}
+    train = PretrainScenes(processor.image_processor, n=256, seed=1, progress=False, **scene_args)
+    held_out = PretrainScenes(processor.image_processor, n=120, seed=2, progress=False, **scene_args)
+    before = evaluate_vision(wrapper, held_out)
+    optimizer = torch.optim.AdamW([p for p in wrapper.parameters() if p.requires_grad], lr=2e-3)
+    rng = np.random.default_rng(0)
+    for _ in range(STEPS):
+        batch = collate([train[int(i)] for i in rng.integers(len(train), size=16)])
+        loss = wrapper(**batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = evaluate_vision(wrapper, held_out)
+    assert after["colour"] > 0.9, after
+    assert after["probe"] > after["probe_chance"] + 0.3, (before, after)
+    assert after["probe"] > before["probe"] + 0.2, (before, after)
+
+
+STEPS = 150
+
+
+# ------------------------------------------------------------------------------------------------ stages
+def _recipe(tmp_path: Path) -> Path:
+    recipe = {
+        "output_dir": str(tmp_path / "run"),
+        "model": {"tiny": TINY},
+        "processor": {"max_pixels": PIXELS},
+        "seed": 0,
+        "stages": {
+            "vision": {"kind": "vision",
+                       "data": {"synthetic": {"n": 8, "seed": 3, "min_size": 112, "max_size": 112}},
+                       "vision": {"eval_scenes": 6, "loss_weights": {"object": 1.0}},
+                       "training": {"max_steps": 2, "per_device_train_batch_size": 4}},
+            "padt": {"model": {"vision_from": "vision"},
+                     "data": {"synthetic": {"task": "all", "n": 6, "seed": 4, "min_size": 112, "max_size": 112}},
+                     "padt": {"warmup_steps": 1},
+                     "training": {"max_steps": 2, "per_device_train_batch_size": 2},
+                     "generation": {"vrt_repeat_penalty": 3.0}},
+        },
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+COMMON = ["training.report_to=[]", "training.disable_tqdm=true", "training.save_steps=1", "training.logging_steps=1"]
+
+
+def test_stage_overrides_and_references(tmp_path):
+    recipe = _recipe(tmp_path)
+    root, stages = resolve_stages(recipe, ["training.max_steps=5", "stages.padt.training.learning_rate=3e-4",
+                                           "output_dir=elsewhere", "seed=9"])
+    assert root == Path("elsewhere")
+    (name1, kind1, vision), (name2, kind2, padt) = stages
+    assert (name1, kind1, name2, kind2) == ("vision", "vision", "padt", "padt")
+    assert vision["training"]["max_steps"] == padt["training"]["max_steps"] == 5  # everywhere
+    assert padt["training"]["learning_rate"] == pytest.approx(3e-4) and "learning_rate" not in vision["training"]
+    assert vision["training"]["output_dir"] == "elsewhere/vision" and padt["model"]["vision_from"] == "elsewhere/vision"
+    assert padt["model"]["tiny"] == TINY and vision["seed"] == padt["seed"] == 9  # shared sections, overridden
+    with pytest.raises(PaDTError, match=r"stages\.NAME"):
+        resolve_stages(recipe, ["stages.nope.training.max_steps=1"])
+    raw = yaml.safe_load(recipe.read_text())
+    raw["stages"] = {"padt": raw["stages"]["padt"], "vision": raw["stages"]["vision"]}
+    recipe.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(PaDTError, match="runs later"):
+        resolve_stages(recipe)
+    raw["stages"] = {"vision": raw["stages"]["vision"] | {"kind": "language"}, "padt": raw["stages"]["padt"]}
+    recipe.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(PaDTError, match="kind must be one of"):
+        resolve_stages(recipe)
+
+
+def test_one_command_runs_resumes_and_skips_stages(tmp_path, capsys):
+    recipe = _recipe(tmp_path)
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(recipe), *COMMON]) == 0
+    out = capsys.readouterr().out
+    assert "stage 1/2 'vision' (vision pretraining)" in out and "stage 2/2 'padt' (PaDT training)" in out
+    vision, padt = run / "vision", run / "padt"
+    summary = json.loads((vision / "train_summary.json").read_text())
+    assert summary["global_step"] == 2 and {"shape", "colour", "probe"} <= set(summary["held_out"])
+    assert (vision / "vision_heads.safetensors").is_file()
+    times = json.loads((run / "stages.json").read_text())
+    assert list(times) == ["vision", "padt"] and all(t["seconds"] > 0 and t["runs"] == 1 for t in times.values())
+    # The PaDT stage's resolved config is a plain padt train config naming the vision stage's folder.
+    stage = yaml.safe_load((padt / "stage_config.yaml").read_text())
+    assert stage["model"]["vision_from"] == str(vision) and "kind" not in stage
+
+    # Rerunning skips both finished stages and trains nothing.
+    assert main(["train", "--config", str(recipe), *COMMON]) == 0
+    out = capsys.readouterr().out
+    assert out.count("finished earlier") == 2 and json.loads((run / "stages.json").read_text()) == times
+
+    # An unfinished PaDT stage resumes at its checkpoint: drop the final summary, keep checkpoint-1.
+    (padt / "train_summary.json").unlink()
+    shutil.rmtree(padt / "checkpoint-2")
+    assert main(["train", "--config", str(recipe), *COMMON]) == 0
+    out = capsys.readouterr().out
+    assert "'vision' (vision pretraining): finished earlier" in out and "resuming from" in out
+    assert json.loads((padt / "train_summary.json").read_text())["global_step"] == 2
+    assert json.loads((run / "stages.json").read_text())["padt"]["runs"] == 2
+
+    # A finished stage trained with another config is refused, not silently reused.
+    assert main(["train", "--config", str(recipe), *COMMON, "stages.vision.training.learning_rate=0.1"]) == 2
+    assert "trained with another config" in capsys.readouterr().err
+
+
+def test_vision_from_copies_only_the_vision_component(tmp_path):
+    source, _ = build_model_and_processor({"model": {"tiny": TINY | {"seed": 1}}, "processor": {}, "seed": 0})
+    source.save_pretrained(tmp_path / "vision")
+    fresh, _ = build_model_and_processor({"model": {"tiny": TINY}, "processor": {}, "seed": 0})
+    loaded, _ = build_model_and_processor({"model": {"tiny": TINY, "vision_from": str(tmp_path / "vision")},
+                                           "processor": {}, "seed": 0})
+    theirs, before, after = source.state_dict(), fresh.state_dict(), loaded.state_dict()
+    vision = [k for k in after if component_of(k) == "vision"]
+    assert any(k.startswith("image_position.") for k in vision) and len(vision) > 10
+    for key, value in after.items():
+        expected = theirs[key] if component_of(key) == "vision" else before[key]
+        assert torch.equal(value, expected), key
+    assert not torch.equal(theirs["model.visual.patch_embed.proj.weight"], before["model.visual.patch_embed.proj.weight"])
+
+    with pytest.raises(PaDTError, match="not a folder"):
+        load_vision_from(fresh, tmp_path / "missing")
+    wide, _ = build_model_and_processor({"model": {"tiny": TINY | {"vision_hidden_size": 32}}, "processor": {},
+                                         "seed": 0})
+    with pytest.raises(PaDTError, match="does not match"):
+        load_vision_from(wide, tmp_path / "vision")
