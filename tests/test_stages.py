@@ -65,7 +65,7 @@ def test_cell_targets_by_hand():
     assert t["mask"][5].tolist() == [1.0] * 16 and t["mask"][0].tolist() == [0.0] * 16
     assert t["mask"][7].reshape(4, 4)[:, 0].tolist() == pytest.approx([6 / 7] * 4)
     assert t["mask"][7].reshape(4, 4)[:, 1:].max() == 0
-    assert t["object"].tolist() == [-1] * 5 + [0, 0, 1] + [-1] * 8
+    assert t["owner"].tolist() == [-1] * 5 + [0, 0, 1] + [-1] * 8
     assert t["patches"] == [[5, 6], [7]]
 
 
@@ -79,22 +79,29 @@ def test_cell_targets_follow_the_processor_grid_and_the_foreground_rule():
         assert len(t["shape"]) == grid[0] * grid[1]
         for obj, patches in zip(scene.objects, t["patches"], strict=True):
             assert patches == foreground_patches(obj.mask, grid)
-        owned = t["object"] >= 0
+        owned = t["owner"] >= 0
         assert owned.tolist() == t["fg"].tolist()
         for j in np.flatnonzero(owned):  # a patch is labelled with an object whose foreground patch it is
-            obj = scene.objects[t["object"][j]]
-            assert j in t["patches"][t["object"][j]] and t["shape"][j] == SHAPES.index(obj.shape) + 1
+            obj = scene.objects[t["owner"][j]]
+            assert j in t["patches"][t["owner"][j]] and t["shape"][j] == SHAPES.index(obj.shape) + 1
 
 
-def test_collate_makes_object_ids_unique_in_the_batch():
+def test_collate_lists_each_objects_patches_with_batch_wide_indices():
     processor = tiny_processor(max_pixels=PIXELS).image_processor
     scenes = PretrainScenes(processor, n=3, seed=5, min_size=112, max_size=112, progress=False)
     batch = collate(scenes.items)
-    owner = batch["targets"]["object"]
-    assert batch["pixel_values"].shape[0] == 3 * 64 and owner.shape == (3 * 16,)
-    first, second = owner[:16], owner[16:32]
-    assert set(second[second >= 0].tolist()).isdisjoint(first[first >= 0].tolist())
-    assert int(owner.max()) < sum(item["num_objects"] for item in scenes.items)
+    objects = batch["objects"]
+    assert batch["pixel_values"].shape[0] == 3 * 64 and batch["targets"]["shape"].shape == (3 * 16,)
+    expected_cells, expected_owner, shapes = [], [], []
+    for s, item in enumerate(scenes.items):
+        for (shape, _, _), patches in item["objects"]:
+            expected_cells += [16 * s + p for p in patches]
+            expected_owner += [len(shapes)] * len(patches)
+            shapes.append(shape)
+    assert objects["cell"].tolist() == expected_cells and objects["object"].tolist() == expected_owner
+    assert objects["shape"].tolist() == shapes and len(shapes) > 3
+    # Patches shared by two objects are listed for both.
+    assert len(expected_cells) >= int(batch["targets"]["fg"].sum())
 
 
 # ------------------------------------------------------------------------------------------------ learning
@@ -169,6 +176,13 @@ def test_stage_overrides_and_references(tmp_path):
     with pytest.raises(PaDTError, match=r"stages\.NAME"):
         resolve_stages(recipe, ["stages.nope.training.max_steps=1"])
     raw = yaml.safe_load(recipe.read_text())
+    # A stage that continues an earlier stage's model names it in model.path; the shared tiny spec is dropped.
+    raw["stages"]["tune"] = {"model": {"path": "padt"}, "components": {"vision": "train"}}
+    recipe.write_text(yaml.safe_dump(raw, sort_keys=False))
+    _, stages = resolve_stages(recipe)
+    tune = stages[2][2]
+    assert tune["model"] == {"path": str(tmp_path / "run" / "padt")} and tune["components"] == {"vision": "train"}
+    del raw["stages"]["tune"]
     raw["stages"] = {"padt": raw["stages"]["padt"], "vision": raw["stages"]["vision"]}
     recipe.write_text(yaml.safe_dump(raw, sort_keys=False))
     with pytest.raises(PaDTError, match="runs later"):

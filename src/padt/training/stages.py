@@ -18,7 +18,9 @@ written::
         training: {...}
 
 Each stage's sections are merged over the shared ones; its ``training.output_dir`` defaults to
-``OUTPUT_DIR/NAME``. ``model.vision_from`` may name an earlier stage (its output folder) or a folder. The
+``OUTPUT_DIR/NAME``. ``model.vision_from`` (start from that stage's vision tower) and ``model.path`` (continue
+from that stage's model; the shared ``model.tiny`` then does not apply) may name an earlier stage (its output
+folder) or a folder. The
 resolved config of each stage is written to ``NAME/stage_config.yaml`` before it runs (for a PaDT stage, a
 plain ``padt train`` config).
 
@@ -117,12 +119,15 @@ def resolve_stages(path: str | os.PathLike,
         config.setdefault("training", {})
         if not config["training"].get("output_dir"):
             config["training"]["output_dir"] = os.fspath(Path(root) / name)
-        source = (config.get("model") or {}).get("vision_from")
-        if source is not None:
+        for key in ("vision_from", "path"):  # an earlier stage's name stands for its output folder
+            source = (config.get("model") or {}).get(key)
             if source in outputs:
-                config["model"]["vision_from"] = outputs[source]
+                config["model"][key] = outputs[source]
             elif source in stages:
-                raise PaDTError(f"{path}: stages.{name}.model.vision_from names stage {source!r}, which runs later")
+                raise PaDTError(f"{path}: stages.{name}.model.{key} names stage {source!r}, which runs later")
+        if (config.get("model") or {}).get("path") and "tiny" in config["model"] and "tiny" not in stage.get(
+                "model", {}):
+            del config["model"]["tiny"]  # a stage that continues a checkpoint does not build a fresh model
         if kind == "vision":
             unknown = sorted(set(config) - set(VISION_SECTIONS))
             if unknown:

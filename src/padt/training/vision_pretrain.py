@@ -10,7 +10,9 @@ raster order), one prediction per merged patch:
 - ``shape``, ``colour``, ``size``: of the object that covers most of the patch, or background (class 0);
 - ``box``: the distances from the patch centre to that object's box edges (left, top, right, bottom, in
   patches), as FCOS regresses them, so that each patch knows its object's extent;
-- ``mask``: the object's coverage of the patch's 4x4 sub-cells (7 px each), a boundary-aware target.
+- ``mask``: the object's coverage of the patch's 4x4 sub-cells (7 px each), a boundary-aware target;
+- ``position``: the patch centre's normalised (x, y), which the image position code makes linearly readable
+  (the language model needs it for "the leftmost ...", the decoder for boxes).
 
 No language model or decoder runs, so a step costs a fraction of a PaDT step. Labels are computed on the
 grid the processor gives each image (its ``smart_resize``), with the foreground rule of
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +49,10 @@ HEADS: dict[str, int] = {  # output width of each head
     "size": 1 + len(SIZES),
     "box": 4,
     "mask": 16,
+    "position": 2,
 }
 CLASS_HEADS = ("shape", "colour", "size")
-# Per-object heads on the features averaged over the patches an object owns: name -> attribute.
+# Per-object heads on the object's features averaged over its foreground patches: name -> attribute.
 OBJECT_HEADS = {"object": "shape", "object_colour": "colour", "object_size": "size"}
 LOSS_TERMS = (*HEADS, *OBJECT_HEADS)
 DEFAULT_WEIGHTS = dict.fromkeys(HEADS, 1.0) | dict.fromkeys(OBJECT_HEADS, 0.0)
@@ -73,9 +76,11 @@ def cell_targets(scene: Scene, grid_hw: tuple[int, int]) -> dict[str, np.ndarray
     """Dense per-merged-patch targets of ``scene`` on a ``rows x cols`` grid of the resized image.
 
     Returns ``shape``/``colour``/``size`` ``(N,)`` int (0 = background), ``box`` ``(N, 4)`` float (patch
-    centre to the box edges, in patches), ``mask`` ``(N, 16)`` float (coverage of the 4x4 sub-cells, row-major)
-    and ``patches``: per object, its foreground patch indices on this grid. A patch belongs to the object that
-    covers most of it, if that object's coverage passes the foreground rule (>= 1/28 of the patch).
+    centre to the box edges, in patches), ``mask`` ``(N, 16)`` float (coverage of the 4x4 sub-cells, row-major),
+    ``position`` ``(N, 2)`` float (the patch centre's normalised x, y)
+    ``fg`` and ``owner`` (the object each patch is labelled with, -1 for background), and ``patches``: per object,
+    its foreground patch indices on this grid. A patch is labelled with the object that covers most of it, if
+    that object's coverage passes the foreground rule (>= 1/28 of the patch).
     """
     rows, cols = grid_hw
     n = rows * cols
@@ -106,34 +111,42 @@ def cell_targets(scene: Scene, grid_hw: tuple[int, int]) -> dict[str, np.ndarray
         x1, y1, x2, y2 = obj.box
         box[j] = [centres_x[j] - x1 * sx, centres_y[j] - y1 * sy, x2 * sx - centres_x[j], y2 * sy - centres_y[j]]
     mask = np.stack(subs)[best, np.arange(n)].astype(np.float32)
-    owner = np.where(fg, best, -1).astype(np.int64)
-    return targets | {"box": box / PATCH_SIZE, "mask": mask, "fg": fg, "object": owner, "patches": patches}
+    position = np.stack([centres_x / out_hw[1], centres_y / out_hw[0]], axis=1).astype(np.float32)
+    return targets | {"box": box / PATCH_SIZE, "mask": mask, "position": position, "fg": fg,
+                      "owner": np.where(fg, best, -1), "patches": patches}
 
 
 class PretrainScenes(torch.utils.data.Dataset):
-    """Synthetic scenes with their processor inputs and dense targets, built once in memory.
+    """Scenes with their processor inputs and dense targets, built once in memory.
 
-    Scene ``i`` is drawn from the random stream ``(seed, i)``, so the set is a pure function of its settings.
+    :meth:`generate` draws them from the synthetic world, scene ``i`` from the random stream ``(seed, i)``, so
+    the set is a pure function of its settings.
     """
 
-    def __init__(self, image_processor: Any, *, n: int, seed: int, min_size: int = 112, max_size: int = 196,
-                 max_objects: int = 6, progress: bool = True, desc: str = "pretraining scenes") -> None:
+    def __init__(self, image_processor: Any, scenes: Iterable[Scene], *, progress: bool = False,
+                 desc: str = "pretraining scenes", total: int | None = None) -> None:
         merge = int(image_processor.merge_size)
         self.items: list[dict[str, Any]] = []
-        for i in tqdm(range(n), desc=desc, unit="scene", disable=not progress):
-            scene = make_scene(np.random.default_rng([seed, _SCENE_STREAM, i]), min_size=min_size,
-                               max_size=max_size, max_objects=max_objects)
+        for scene in tqdm(scenes, desc=desc, unit="scene", total=total, disable=not progress):
             vision = image_processor(images=[scene.image], return_tensors="pt")
             grid = vision["image_grid_thw"][0]
             targets = cell_targets(scene, (int(grid[1]) // merge, int(grid[2]) // merge))
             self.items.append({
                 "pixel_values": vision["pixel_values"].to(torch.bfloat16),
                 "image_grid_thw": grid,
-                "targets": {k: torch.from_numpy(v) for k, v in targets.items() if k != "patches"},
-                "objects": [(SHAPES.index(o.shape), list(SIZES).index(o.size), p)
+                "targets": {k: torch.from_numpy(v) for k, v in targets.items() if k not in ("owner", "patches")},
+                # (shape, colour, size) class indices (0-based) and foreground patches of every object that has any
+                "objects": [((SHAPES.index(o.shape), list(COLOURS).index(o.colour), list(SIZES).index(o.size)), p)
                             for o, p in zip(scene.objects, targets["patches"], strict=True) if p],
-                "num_objects": len(scene.objects),
             })
+
+    @classmethod
+    def generate(cls, image_processor: Any, *, n: int, seed: int, min_size: int = 112, max_size: int = 196,
+                 max_objects: int = 6, progress: bool = True, desc: str = "pretraining scenes") -> PretrainScenes:
+        """``n`` synthetic scenes (:func:`padt.data.synthetic.make_scene`) of the stream ``seed``."""
+        scenes = (make_scene(np.random.default_rng([seed, _SCENE_STREAM, i]), min_size=min_size,
+                             max_size=max_size, max_objects=max_objects) for i in range(n))
+        return cls(image_processor, scenes, progress=progress, desc=desc, total=n)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -143,19 +156,26 @@ class PretrainScenes(torch.utils.data.Dataset):
 
 
 def collate(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Images concatenated as the processor batches them; targets concatenated over all merged patches (object
-    ids made unique in the batch)."""
-    targets = {k: torch.cat([it["targets"][k] for it in items]) for k in items[0]["targets"]}
-    offsets, total = [], 0
+    """Images concatenated as the processor batches them; targets concatenated over all merged patches; and
+    the objects: ``(cell, object)`` pairs of each object's foreground patches (batch-wide indices) and each
+    object's ``shape``/``colour``/``size`` class (0-based)."""
+    cells, owners, labels = [], [], []
+    offset = 0
     for it in items:
-        owner = it["targets"]["object"]
-        offsets.append(torch.where(owner >= 0, owner + total, owner))
-        total += it["num_objects"]
-    targets["object"] = torch.cat(offsets)
+        for attributes, patches in it["objects"]:
+            cells.append(torch.as_tensor(patches, dtype=torch.long) + offset)
+            owners.append(torch.full((len(patches),), len(labels), dtype=torch.long))
+            labels.append(attributes)
+        offset += len(it["targets"]["shape"])
+    labels = torch.tensor(labels, dtype=torch.long).view(-1, 3)
+    objects = {"cell": torch.cat(cells) if cells else torch.zeros(0, dtype=torch.long),
+               "object": torch.cat(owners) if owners else torch.zeros(0, dtype=torch.long),
+               **{attr: labels[:, k] for k, attr in enumerate(CLASS_HEADS)}}
     return {
         "pixel_values": torch.cat([it["pixel_values"] for it in items]).float(),
         "image_grid_thw": torch.stack([it["image_grid_thw"] for it in items]),
-        "targets": targets,
+        "targets": {k: torch.cat([it["targets"][k] for it in items]) for k in items[0]["targets"]},
+        "objects": objects,
     }
 
 
@@ -174,13 +194,12 @@ class VisionHeads(nn.Module):
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         return {name: head(features) for name, head in self.heads.items()}
 
-    def objects(self, features: torch.Tensor, owner: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per object head, ``O x classes`` logits, one row per object id ``0..O-1`` of ``owner`` (``-1`` =
-        background)."""
-        fg = owner >= 0
-        count = int(owner.max()) + 1 if bool(fg.any()) else 0
-        pooled = features.new_zeros(count, features.shape[-1]).index_add_(0, owner[fg], features[fg])
-        pooled = pooled / torch.bincount(owner[fg], minlength=count).clamp(min=1)[:, None].to(features.dtype)
+    def objects(self, features: torch.Tensor, cell: torch.Tensor, owner: torch.Tensor,
+                count: int) -> dict[str, torch.Tensor]:
+        """Per object head, ``count x classes`` logits from each object's features averaged over its patches,
+        given as ``(cell, owner)`` pairs (:func:`collate`)."""
+        pooled = features.new_zeros(count, features.shape[-1]).index_add_(0, owner, features[cell])
+        pooled = pooled / torch.bincount(owner, minlength=count).clamp(min=1)[:, None].to(features.dtype)
         return {name: head(pooled) for name, head in self.object_heads.items()}
 
 
@@ -206,36 +225,33 @@ class VisionPretrainModel(nn.Module):
         return self.encode_images(pixel_values, image_grid_thw).image_embeds
 
     def forward(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor,
-                targets: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+                targets: Mapping[str, torch.Tensor], objects: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         features = self.features(pixel_values, image_grid_thw).float()
         out = self.heads(features)
         if any(self.loss_weights[name] for name in OBJECT_HEADS):
-            out |= self.heads.objects(features, targets["object"])
-        terms = vision_losses(out, targets)
+            out |= self.heads.objects(features, objects["cell"], objects["object"], len(objects["shape"]))
+        terms = vision_losses(out, targets, objects)
         terms["loss"] = sum(self.loss_weights[name] * terms[f"loss_{name}"] for name in LOSS_TERMS if
                             f"loss_{name}" in terms)
         return terms
 
 
-def vision_losses(out: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def vision_losses(out: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
+                  objects: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Cross-entropy for the class heads (all patches, background included), smooth L1 for the box distances
-    (foreground patches), BCE against the sub-cell coverage for the mask (all patches)."""
+    (foreground patches), BCE against the sub-cell coverage for the mask (all patches), L1 for the position
+    (all patches), and cross-entropy for the object heads present in ``out``."""
     fn = nn.functional
     terms = {f"loss_{name}": fn.cross_entropy(out[name], targets[name]) for name in CLASS_HEADS}
     fg = targets["fg"]
     terms["loss_box"] = (fn.smooth_l1_loss(out["box"][fg], targets["box"][fg]) if bool(fg.any())
                          else out["box"].sum() * 0)
     terms["loss_mask"] = fn.binary_cross_entropy_with_logits(out["mask"], targets["mask"])
-    owner = targets["object"]
-    fg = owner >= 0
+    terms["loss_position"] = fn.l1_loss(out["position"], targets["position"])
     for name, attr in OBJECT_HEADS.items():
-        if name not in out:
-            continue
-        # An object's patches all carry its attributes; objects that own no patch have no row to score.
-        label = torch.full((out[name].shape[0],), -100, dtype=torch.long, device=owner.device)
-        label[owner[fg]] = targets[attr][fg] - 1
-        terms[f"loss_{name}"] = (fn.cross_entropy(out[name], label, ignore_index=-100) if bool(fg.any())
-                                 else out[name].sum() * 0)
+        if name in out:
+            terms[f"loss_{name}"] = (fn.cross_entropy(out[name], objects[attr]) if len(objects[attr])
+                                     else out[name].sum() * 0)
     return terms
 
 
@@ -247,9 +263,10 @@ def evaluate_vision(model: VisionPretrainModel, scenes: PretrainScenes, batch_si
     ``shape``/``colour``/``size`` accuracies are over foreground patches (``shape_small``/``shape_large`` by
     the size of the covering object), ``background`` is the share of background patches called background,
     ``box_l1`` the mean absolute error of the box distances in patches, ``mask_iou`` the IoU of the thresholded
-    sub-cell masks over all patches. ``probe`` is :func:`padt.evaluation.probe.linear_probe` of the shape on
-    each object's features averaged over its foreground patches (fitted on 70% of the scenes, scored on the
-    rest) and ``probe_chance`` the majority-class rate.
+    sub-cell masks over all patches, ``position_l1`` the mean absolute error of the normalised position.
+    ``probe`` is :func:`padt.evaluation.probe.linear_probe` of the shape on each object's features averaged
+    over its foreground patches (fitted on 70% of the scenes, scored on the rest) and ``probe_chance`` the
+    majority-class rate.
     """
     from padt.evaluation.probe import linear_probe, majority_rate, object_features
 
@@ -276,14 +293,15 @@ def evaluate_vision(model: VisionPretrainModel, scenes: PretrainScenes, batch_si
         metrics[f"shape_{size_name}"] = (pred["shape"].argmax(-1)[sel] == targets["shape"][sel]).float().mean().item()
     metrics["background"] = (pred["shape"].argmax(-1)[~fg] == 0).float().mean().item()
     metrics["box_l1"] = (pred["box"][fg] - targets["box"][fg]).abs().mean().item()
+    metrics["position_l1"] = (pred["position"] - targets["position"]).abs().mean().item()
     hit, truth = pred["mask"] > 0, targets["mask"] > 0.5
     metrics["mask_iou"] = ((hit & truth).sum() / (hit | truth).sum().clamp(min=1)).item()
 
     x, y, scene_of = [], [], []
     for s, (item, f) in enumerate(zip(scenes.items, per_scene, strict=True)):
         if item["objects"]:
-            x.append(object_features(f, [p for _, _, p in item["objects"]]))
-            y.extend(shape for shape, _, _ in item["objects"])
+            x.append(object_features(f, [p for _, p in item["objects"]]))
+            y.extend(attributes[0] for attributes, _ in item["objects"])
             scene_of.extend([s] * len(item["objects"]))
     if len(set(scene_of)) >= 2:
         train = torch.tensor(scene_of) < int(0.7 * len(scenes))
@@ -353,11 +371,11 @@ def pretrain_vision(config: Mapping[str, Any]) -> Path:
     wrapper = VisionPretrainModel(model, dict(vision_cfg.get("loss_weights") or {}))
     main = args.process_index == 0
     scene_args = {k: int(spec[k]) for k in ("min_size", "max_size", "max_objects")}
-    train_set = PretrainScenes(processor.image_processor, n=int(spec["n"]), seed=int(spec["seed"]),
-                               progress=main, **scene_args)
-    eval_set = PretrainScenes(processor.image_processor, n=int(vision_cfg["eval_scenes"]),
-                              seed=int(vision_cfg["eval_seed"]), progress=main, desc="held-out scenes",
-                              **scene_args)
+    train_set = PretrainScenes.generate(processor.image_processor, n=int(spec["n"]), seed=int(spec["seed"]),
+                                        progress=main, **scene_args)
+    eval_set = PretrainScenes.generate(processor.image_processor, n=int(vision_cfg["eval_scenes"]),
+                                       seed=int(vision_cfg["eval_seed"]), progress=main, desc="held-out scenes",
+                                       **scene_args)
     trainer = VisionPretrainer(model=wrapper, args=args, train_dataset=train_set, eval_dataset=eval_set,
                                data_collator=collate)
     out = Path(args.output_dir)
