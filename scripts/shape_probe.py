@@ -4,24 +4,28 @@
         --out runs/probe_data
     python scripts/shape_probe.py runs/probe_data [--model PATH]
 
-For every object of the OVD records it averages the model's post-merger image features (what the image tokens
-get) and its VRT prototypes over the object's foreground patches, fits a linear classifier of the shape name on
-70% of the objects and prints its accuracy on the other 30%, next to the majority-class rate. A high number says
-the vision tower encodes shape and the language model fails to use it; a number near chance says the vision
-tower does not encode it.
+``--model`` takes any PaDT checkpoint folder: a finished model, a checkpoint of a run, or the output of a
+vision pretraining stage (``runs/bundled/vision``). For every object of the OVD records it averages the model's
+post-merger image features (what the image tokens get) and its VRT prototypes over the object's foreground
+patches, fits a linear classifier of the shape name on 70% of the objects and prints its accuracy on the other
+30%, next to the majority-class rate. A high number says the vision tower encodes shape and the
+language model fails to use it; a number near chance says the vision tower does not encode it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
 
 def object_features(pipe, records, image_root: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Per object: its mean image features and prototypes, and its shape name."""
+    from padt.evaluation.probe import object_features as mean_over
+
     feats: dict[str, list[torch.Tensor]] = {"image features": [], "prototypes": []}
     labels = []
     for record in records:
@@ -31,29 +35,11 @@ def object_features(pipe, records, image_root: Path) -> tuple[dict[str, torch.Te
             vision = pipe.model.encode_images(
                 batch.inputs["pixel_values"].to(pipe.model.dtype), batch.inputs["image_grid_thw"]
             )
-        for obj in record.objects:
-            index = torch.tensor(obj.patches)
-            feats["image features"].append(vision.image_embeds[index].float().mean(0))
-            feats["prototypes"].append(vision.prototypes[index].float().mean(0))
-            labels.append(obj.label)
-    return {k: torch.stack(v) for k, v in feats.items()}, labels
-
-
-def probe(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, classes: int, steps: int = 500) -> float:
-    """Held-out accuracy of an L2-regularised linear softmax classifier fitted with Adam."""
-    x = (x - x[train].mean(0)) / (x[train].std(0) + 1e-6)
-    weight = torch.zeros(x.shape[1], classes, requires_grad=True)
-    bias = torch.zeros(classes, requires_grad=True)
-    optimizer = torch.optim.Adam([weight, bias], lr=1e-2)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        loss = (
-            torch.nn.functional.cross_entropy(x[train] @ weight + bias, y[train]) + 1e-3 * weight.pow(2).sum()
-        )
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        return ((x[~train] @ weight + bias).argmax(1) == y[~train]).float().mean().item()
+        patches = [obj.patches for obj in record.objects]
+        feats["image features"].append(mean_over(vision.image_embeds, patches))
+        feats["prototypes"].append(mean_over(vision.prototypes, patches))
+        labels.extend(obj.label for obj in record.objects)
+    return {k: torch.cat(v) for k, v in feats.items()}, labels
 
 
 def main() -> None:
@@ -62,9 +48,11 @@ def main() -> None:
     )
     parser.add_argument("data", type=Path, help="folder written by padt data synthetic --task ovd")
     parser.add_argument("--model", default=None, help="checkpoint folder (default: the bundled model)")
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
 
     from padt.data.records import read_records
+    from padt.evaluation.probe import linear_probe, majority_rate
     from padt.inference import PaDT, default_model
 
     torch.manual_seed(0)
@@ -74,10 +62,18 @@ def main() -> None:
     classes = sorted(set(labels))
     y = torch.tensor([classes.index(label) for label in labels])
     train = torch.arange(len(y)) < int(0.7 * len(y))
-    majority = np.bincount(y[~train].numpy()).max() / int((~train).sum())
-    print(f"{len(y)} objects, {len(classes)} shapes; majority class on the held-out 30%: {majority:.3f}")
+    result = {"objects": len(y), "shapes": len(classes), "majority": majority_rate(y, train)}
+    print(
+        f"{len(y)} objects, {len(classes)} shapes; majority class on the held-out 30%: {result['majority']:.3f}"
+    )
     for name, x in feats.items():
-        print(f"linear probe on {name}: {probe(x, y, train, len(classes)):.3f}")
+        if float(x.std()) == 0:  # e.g. the prototypes of a model whose prototype transform is still at zero
+            print(f"linear probe on {name}: n/a (all features equal)")
+            continue
+        result[name] = linear_probe(x, y, train, len(classes))
+        print(f"linear probe on {name}: {result[name]:.3f}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -141,11 +141,48 @@ def test_scene_objects_are_exact(rec_samples):
             assert all(j > k for j in obj.occluders)
             n_occluded += bool(obj.occluders)
             union += obj.mask
-            # The visible pixels are painted in the object's colour: the mask is what the image shows.
-            mean = pixels[obj.mask].mean(axis=0)
-            assert np.abs(mean - syn.COLOURS[obj.colour]).max() < 30
+            # The visible pixels are painted in the object's colour and its tint: the mask is what the image shows.
+            colours = np.array([syn.COLOURS[obj.colour], syn.tint(obj.colour)], dtype=float)
+            nearest = np.abs(pixels[obj.mask][:, None] - colours[None]).sum(-1).argmin(1)
+            for k2 in np.unique(nearest):
+                assert np.abs(pixels[obj.mask][nearest == k2].mean(axis=0) - colours[k2]).max() < 30
         assert union.max() <= 1  # visible masks never overlap
     assert n_occluded > 0 and len(backgrounds) >= 4 and len(seen_sizes) > 10
+
+
+def _agreement(kind: str, box: tuple[int, int, int, int], inside: np.ndarray, tinted: np.ndarray) -> float:
+    """How well the kind's pattern, at the best of its integer phases, explains which pixels are tinted."""
+    x1, y1, x2, y2 = box
+    period = syn.PATTERN_PERIOD
+    return max(
+        (syn.surface_pattern(kind, y2 - y1, x2 - x1, (x1 + dx, y1 + dy))[inside] == tinted).mean()
+        for dx in range(period)
+        for dy in range(period)
+    )
+
+
+def test_every_kind_shows_its_own_surface_pattern(rec_samples):
+    """Inside an object, the pixels in the tint colour are where its kind's pattern says (at the best of the
+    integer phases; an object's phase is random), better than any other kind's pattern explains them."""
+    patterns = {kind: syn.surface_pattern(kind, 64, 64) for kind in syn.SHAPES}
+    assert len({p.tobytes() for p in patterns.values()}) == len(syn.SHAPES)
+    assert not patterns["circle"].any()  # plain
+    assert patterns["triangle"][:, 0].tolist() == patterns["triangle"][:, 5].tolist()  # horizontal stripes
+    assert patterns["hexagon"][0].tolist() == patterns["hexagon"][5].tolist()  # vertical stripes
+    assert all(0.1 < patterns[k].mean() < 0.6 for k in syn.SHAPES if k != "circle")
+    checked = 0
+    for scene, _ in rec_samples[:8]:
+        pixels = np.asarray(scene.image, dtype=float)
+        for obj in scene.objects:
+            colours = np.array([syn.COLOURS[obj.colour], syn.tint(obj.colour)], dtype=float)
+            x1, y1, x2, y2 = obj.box
+            inside = obj.mask[y1:y2, x1:x2]
+            tinted = (np.abs(pixels[y1:y2, x1:x2, None] - colours).sum(-1).argmin(-1) == 1)[inside]
+
+            scores = {kind: _agreement(kind, obj.box, inside, tinted) for kind in syn.SHAPES}
+            assert max(scores, key=scores.get) == obj.shape and scores[obj.shape] > 0.9, (obj.shape, scores)
+            checked += 1
+    assert checked > 15
 
 
 def test_small_and_large_are_distinct(rec_samples):

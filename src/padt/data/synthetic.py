@@ -2,11 +2,16 @@
 
 It is small enough to train and evaluate a tiny PaDT model on a CPU, and every answer is known exactly.
 
-A :class:`Scene` holds 1 to 8 objects. Each object is a shape (:data:`SHAPES`) in a colour (:data:`COLOURS`)
+A :class:`Scene` holds 1 to 8 objects. Each object is a kind (:data:`SHAPES`) in a colour (:data:`COLOURS`)
 and a size (:data:`SIZES`), drawn at a random position on a noisy, textured background whose sides are drawn
-from :func:`image_sides`. Objects are painted in order, later ones on top, so they overlap and occlude each
-other; an object's ``mask`` holds its *visible* pixels, and an object left with too little visible area (or no
-foreground patch, docs/method.md §9.3 rule 4) is not painted at all. Masks are exact: the painted pixels are
+from :func:`image_sides`. A kind is an outline *and* a surface pattern of its own (:data:`SURFACES`: stripes,
+checks, dots, a grid or plain), drawn in the object's colour and a tint of it (:func:`tint`) with a period of
+8 px, so that every 14-px ViT patch of an object shows what kind it is: a vision tower trained from scratch
+at tiny scale learns colour and size from a single patch within minutes, but not the identity of a rotated
+20-px polygon, which is spread over several patches. Backgrounds are muted greys with low-contrast
+textures, so an object's saturated, high-contrast pattern never looks like background. Objects are painted in
+order, later ones on top, so they overlap and occlude each other; an object's ``mask`` holds its *visible*
+pixels, and an object left with too little visible area (or no foreground patch, docs/method.md §9.3 rule 4) is not painted at all. Masks are exact: the painted pixels are
 the rasterised polygon, without anti-aliasing.
 
 :func:`scene_records` writes the records of one scene in the reference schema (docs/method.md §9.1) with the
@@ -60,9 +65,23 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "purple": (140, 55, 190),
     "orange": (245, 135, 25),
 }
-# Circumradius in pixels. The ranges are far apart (diameters 18-26 vs 44-60) so that "small" and "large"
-# are unambiguous whatever the image size.
-SIZES: dict[str, tuple[float, float]] = {"small": (9.0, 13.0), "large": (22.0, 30.0)}
+# Circumradius in pixels. The ranges are far apart (diameters 24-32 vs 48-64) so that "small" and "large"
+# are unambiguous whatever the image size; a small object is about as wide as a merged 28-px patch, so its
+# surface pattern fills whole 14-px ViT patches.
+SIZES: dict[str, tuple[float, float]] = {"small": (12.0, 16.0), "large": (24.0, 32.0)}
+# The surface pattern of each kind, fixed in the image frame (it does not turn with the outline), so that
+# horizontal and vertical stripes stay distinct. See :func:`surface_pattern`.
+SURFACES: dict[str, str] = {
+    "circle": "plain",
+    "square": "checks",
+    "triangle": "horizontal stripes",
+    "star": "dots",
+    "diamond": "diagonal stripes",
+    "hexagon": "vertical stripes",
+    "cross": "grid",
+}
+# Period of the surface patterns in pixels: almost two periods in every 14-px ViT patch.
+PATTERN_PERIOD = 8
 BACKGROUNDS: dict[str, str] = {  # kind -> adjective used in captions
     "noise": "noisy",
     "stripes": "striped",
@@ -241,6 +260,43 @@ def _polygon_mask(
     return np.asarray(canvas, dtype=bool)
 
 
+def tint(colour: str) -> tuple[int, int, int]:
+    """The second colour of an object's surface pattern: the colour lightened halfway to white for dark colours,
+    darkened to 60% for light ones (yellow, orange), so that the pattern has strong contrast in brightness and
+    the hue stays the object's colour."""
+    rgb = np.array(COLOURS[colour], dtype=np.float64)
+    luminance = float(rgb @ [0.299, 0.587, 0.114])
+    out = rgb + 0.5 * (255 - rgb) if luminance < 140 else 0.6 * rgb
+    return tuple(round(float(v)) for v in out)
+
+
+def surface_pattern(kind: str, h: int, w: int, offset: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """``(H, W)`` bool: where the surface pattern of ``kind`` (:data:`SURFACES`) takes the tint colour.
+
+    The pattern tiles the whole image with period :data:`PATTERN_PERIOD`, shifted by ``offset`` (x, y) pixels;
+    an object shows it through its mask.
+    """
+    surface = SURFACES[kind]
+    p = float(PATTERN_PERIOD)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    xx, yy = (xx + 0.5 + offset[0]) % p, (yy + 0.5 + offset[1]) % p
+    if surface == "plain":
+        return np.zeros((h, w), dtype=bool)
+    if surface == "horizontal stripes":
+        return yy < p / 2
+    if surface == "vertical stripes":
+        return xx < p / 2
+    if surface == "diagonal stripes":  # the same 8-px period across the stripes
+        return (xx + yy) % p < p / 2
+    if surface == "checks":
+        return (xx < p / 2) ^ (yy < p / 2)
+    if surface == "dots":
+        return np.hypot(xx - p / 2, yy - p / 2) < 0.22 * p
+    if surface == "grid":
+        return (xx < 0.25 * p) | (yy < 0.25 * p)
+    raise ValueError(f"unknown surface {surface!r}")
+
+
 def _background(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, str]:
     """A low-saturation textured background, ``(H, W, 3)`` float, and its kind."""
     kind = list(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))]
@@ -376,11 +432,16 @@ def make_scene(
         )
     kept.reverse()
 
-    # Paint bottom to top; each object gets a slightly jittered, slightly noisy fill.
+    # Paint bottom to top: each object's surface pattern in its colour and tint, both slightly jittered, with
+    # a little noise; the pattern's phase is random.
     for i, _, _ in kept:
-        full = placed[i][3]
-        fill = np.array(COLOURS[placed[i][1]], dtype=np.float64) + rng.normal(0, 8, size=3)
-        image[full] = fill + rng.normal(0, 5, size=(int(full.sum()), 3))
+        shape, colour, full = placed[i][0], placed[i][1], placed[i][3]
+        jitter = rng.normal(0, 8, size=3)
+        base = np.array(COLOURS[colour], dtype=np.float64) + jitter
+        second = np.array(tint(colour), dtype=np.float64) + jitter
+        offset = tuple(float(v) for v in rng.uniform(0, PATTERN_PERIOD, size=2))
+        pattern = surface_pattern(shape, h, w, offset)[full]
+        image[full] = np.where(pattern[:, None], second, base) + rng.normal(0, 5, size=(int(full.sum()), 3))
     pixels = np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
     objects = []
@@ -871,7 +932,7 @@ def generate_dataset(
     out.mkdir(parents=True, exist_ok=True)
     settings = {
         "generator": "padt.data.synthetic",
-        "version": 1,
+        "version": 2,
         "task": task,
         "seed": seed,
         "min_size": min_size,

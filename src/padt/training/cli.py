@@ -1,8 +1,8 @@
 """``padt train --config FILE.yaml [section.key=value ...]``.
 
 Runs the same way alone and under ``accelerate launch`` / ``torchrun`` (several processes: transformers
-reads the launcher's environment). See :mod:`padt.training.config` for the file format and ``configs/`` for
-ready configs.
+reads the launcher's environment). See :mod:`padt.training.config` for the file format, :mod:`padt.training.stages`
+for recipes in stages (a config with ``stages:``), and ``configs/`` for ready configs.
 """
 
 from __future__ import annotations
@@ -36,6 +36,11 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"training.max_steps={args.max_steps}")
     if args.no_resume:
         overrides.append("resume=false")
+    from padt.training.stages import is_stage_list, run_stages
+
+    if args.config and is_stage_list(args.config):  # a recipe in stages (padt.training.stages)
+        run_stages(args.config, overrides, print_config=args.print_config)
+        return 0
     config = load_config(args.config, overrides)
     if args.print_config:
         print(config.to_yaml())

@@ -46,6 +46,7 @@ from pydantic import (
     model_validator,
 )
 
+from padt.data.synthetic import BUNDLED_SCENES
 from padt.errors import PaDTError
 from padt.tiny import TinyModelSpec
 from padt.training.batch import StepOptions
@@ -66,6 +67,9 @@ class ModelSection(_Section):
     init_padt_modules: bool = False
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    vision_from: str | None = (
+        None  # copy the vision component (ViT + image position code) from this checkpoint
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSection:
@@ -274,6 +278,54 @@ class TrainConfig(_Section):
 SECTIONS = tuple(TrainConfig.model_fields)
 
 
+# ------------------------------------------------------------------------------- vision pretraining stage
+class VisionScenes(_Section):
+    """The generated scenes of a vision stage (``padt.data.synthetic.make_scene``)."""
+
+    n: PositiveInt = 4000
+    seed: NonNegativeInt = 11
+    min_size: PositiveInt = BUNDLED_SCENES.min_size
+    max_size: PositiveInt = BUNDLED_SCENES.max_size
+    max_objects: PositiveInt = BUNDLED_SCENES.max_objects
+
+
+class VisionDataSection(_Section):
+    synthetic: VisionScenes = Field(default_factory=VisionScenes)
+
+
+class VisionSection(_Section):
+    #: per loss term of :data:`padt.training.vision_pretrain.LOSS_TERMS`; unset terms keep their default.
+    loss_weights: dict[str, NonNegativeFloat] = Field(default_factory=dict)
+    eval_scenes: PositiveInt = 200  # held-out scenes for the per-head accuracies and the object probe
+    eval_seed: NonNegativeInt = 12
+
+    @field_validator("loss_weights")
+    @classmethod
+    def _terms(cls, value: dict[str, float]) -> dict[str, float]:
+        from padt.training.vision_pretrain import LOSS_TERMS
+
+        for name in value:
+            if name not in LOSS_TERMS:
+                raise ValueError(f"unknown loss term {name!r}{_did_you_mean(name, LOSS_TERMS)}")
+        return value
+
+
+class VisionStageConfig(_Section):
+    """A vision pretraining stage (:mod:`padt.training.vision_pretrain`): the model and processor as for PaDT
+    training, the scenes, the heads' loss weights and ``TrainingArguments``."""
+
+    model: ModelSection
+    processor: ProcessorSection = Field(default_factory=ProcessorSection)
+    data: VisionDataSection = Field(default_factory=VisionDataSection)
+    vision: VisionSection = Field(default_factory=VisionSection)
+    training: TrainingSection
+    seed: int = 42
+    resume: Literal["auto", True, False] = "auto"
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+
 # ------------------------------------------------------------------------------------------------ loading
 _SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
@@ -313,7 +365,7 @@ def _first_message(error: ValidationError) -> str:
 _UNKNOWN_KEY = ("extra_forbidden", "unexpected_keyword_argument")
 
 
-def _describe(error: ValidationError) -> str:
+def _describe(error: ValidationError, root: type[BaseModel] | None = None) -> str:
     """One line for the first problem: the dotted key, then what is wrong. An unknown key comes first: it is
     usually the cause of the others (a typo'd required key is also reported missing)."""
     errors = error.errors()
@@ -322,7 +374,7 @@ def _describe(error: ValidationError) -> str:
     msg = str(first.get("msg", "")).removeprefix("Value error, ")
     key = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc).lstrip(".")
     if first.get("type") in _UNKNOWN_KEY and loc:
-        section = _section_fields(loc[:-1])
+        section = _section_fields(loc[:-1], root or TrainConfig)
         prefix = key[: len(key) - len(loc[-1])]  # the section, so the suggestion is a key one can paste
         return f"unknown key {key!r}{_did_you_mean(loc[-1], section, prefix)}"
     if first.get("type") == "missing":
@@ -336,8 +388,8 @@ def _describe(error: ValidationError) -> str:
     return f"{key}: {msg}, got {first.get('input')!r}"
 
 
-def _section_fields(path: Sequence[str]) -> list[str]:
-    model: Any = TrainConfig
+def _section_fields(path: Sequence[str], root: type[BaseModel]) -> list[str]:
+    model: Any = root
     for part in (p for p in path if not p.isdigit()):
         fields = _fields_of(model)
         if part not in fields:
@@ -372,12 +424,15 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), parsed
 
 
-def validate_config(raw: Mapping[str, Any], where: str = "config") -> TrainConfig:
-    """The typed config, or a one-line :class:`PaDTError` naming the first problem."""
+def validate_config(
+    raw: Mapping[str, Any], where: str = "config", schema: type[_Section] = TrainConfig
+) -> Any:
+    """The typed config (a ``schema``: :class:`TrainConfig` or :class:`VisionStageConfig`), or a one-line
+    :class:`PaDTError` naming the first problem."""
     try:
-        return TrainConfig.model_validate(_numbers(dict(raw)))
+        return schema.model_validate(_numbers(dict(raw)))
     except ValidationError as error:
-        raise PaDTError(f"{where}: {_describe(error)}") from None
+        raise PaDTError(f"{where}: {_describe(error, schema)}") from None
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:

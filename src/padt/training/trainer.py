@@ -185,6 +185,10 @@ def build_model_and_processor(config: TrainConfig) -> tuple[nn.Module, PaDTProce
             attn_implementation=spec.attn_implementation,
         )
         processor = PaDTProcessor.from_pretrained(path, model.vocab_size, **pixels)
+    if spec.vision_from:  # a pretrained vision component (padt.training.vision_pretrain)
+        from padt.training.vision_pretrain import load_vision_from
+
+        load_vision_from(model, spec.vision_from)
     model.config.use_cache = False
     return model, processor
 

@@ -1,0 +1,219 @@
+"""A training recipe in stages, run by one command: ``padt train --config RECIPE.yaml``.
+
+A stage-list config has a root ``output_dir``, sections shared by every stage (usually ``model``,
+``processor``, ``seed``), and ``stages``: a mapping from stage name to that stage's sections, run in the order
+written::
+
+    output_dir: runs/bundled
+    model: {tiny: {...}}
+    stages:
+      vision:                       # vision pretraining (padt.training.vision_pretrain)
+        kind: vision
+        data: {synthetic: {n: 4000, seed: 11}}
+        training: {max_steps: 1500, ...}
+      padt:                         # PaDT training (padt.training.trainer), from the vision stage's tower
+        kind: padt
+        model: {vision_from: vision}
+        data: {...}
+        training: {...}
+
+Each stage's sections are merged over the shared ones; its ``training.output_dir`` defaults to
+``OUTPUT_DIR/NAME``. ``model.vision_from`` (start from that stage's vision tower) and ``model.path`` (continue
+from that stage's model; the shared ``model.tiny`` then does not apply) may name an earlier stage (its output
+folder) or a folder. The
+resolved config of each stage is written to ``NAME/stage_config.yaml`` before it runs (for a PaDT stage, a
+plain ``padt train`` config).
+
+Rerunning the command resumes where it stopped: a finished stage (``train_summary.json`` written, same
+resolved config) is skipped with a message, an unfinished one resumes from its last checkpoint, and a stage
+whose folder was trained with another config is refused (``--no-resume`` starts every stage afresh). The wall
+time of each stage, summed over reruns, goes to ``OUTPUT_DIR/stages.json``.
+
+Overrides: ``stages.NAME.section.key=value`` sets one stage's key; ``section.key=value`` sets it in every
+stage (``training.max_steps=10`` shortens them all); ``output_dir=...`` (or ``--output-dir``) moves the
+recipe.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from padt.errors import PaDTError
+from padt.training.config import TrainConfig, VisionStageConfig, _merge, parse_override, validate_config
+
+KINDS = {"vision": "vision pretraining", "padt": "PaDT training"}
+SCHEMAS = {"vision": VisionStageConfig, "padt": TrainConfig}
+STAGE_CONFIG = "stage_config.yaml"
+SUMMARY = "train_summary.json"
+TIMES = "stages.json"
+
+
+def is_stage_list(path: str | os.PathLike) -> bool:
+    """Whether the YAML file at ``path`` is a stage-list config (it has a ``stages`` mapping)."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return False  # load_config reports the problem
+    return isinstance(raw, dict) and "stages" in raw
+
+
+def _set(node: dict[str, Any], keys: Sequence[str], value: Any, item: str) -> None:
+    for k in keys[:-1]:
+        if not isinstance(node.setdefault(k, {}), dict):
+            raise PaDTError(f"override {item!r}: {k!r} is not a section")
+        node = node[k]
+    node[keys[-1]] = value
+
+
+def resolve_stages(
+    path: str | os.PathLike, overrides: Sequence[str] = ()
+) -> tuple[Path, list[tuple[str, str, Any]]]:
+    """``(output_dir, [(name, kind, config), ...])``: the recipe's folder and every stage's resolved, checked
+    config (a :class:`~padt.training.config.VisionStageConfig` or :class:`~padt.training.config.TrainConfig`),
+    in order. Every stage is checked before any runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise PaDTError(f"config file not found: {path}; pass --config FILE.yaml (see configs/)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise PaDTError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    stages = raw.get("stages")
+    if not isinstance(stages, dict) or not stages:
+        raise PaDTError(f"{path}: stages must be a non-empty mapping of stage name to its sections")
+    shared = {k: v for k, v in raw.items() if k not in ("stages", "output_dir")}
+    root = raw.get("output_dir")
+    per_stage: dict[str, list[tuple[list[str], Any, str]]] = {name: [] for name in stages}
+    everywhere: list[tuple[list[str], Any, str]] = []
+    for item in overrides:
+        keys, value = parse_override(item)
+        if keys == ["output_dir"] or keys == ["training", "output_dir"]:
+            root = value
+        elif keys[0] == "stages":
+            if len(keys) < 3 or keys[1] not in stages:
+                raise PaDTError(
+                    f"override {item!r}: write stages.NAME.section.key=value with NAME one of "
+                    f"{', '.join(stages)}"
+                )
+            per_stage[keys[1]].append((keys[2:], value, item))
+        else:
+            everywhere.append((keys, value, item))
+    if not root:
+        raise PaDTError(f"{path}: set output_dir (each stage writes to OUTPUT_DIR/NAME)")
+    resolved = []
+    outputs: dict[str, str] = {}
+    for name, stage in stages.items():
+        if not isinstance(stage, dict):
+            raise PaDTError(f"{path}: stages.{name} must be a mapping of sections")
+        stage = copy.deepcopy(stage)
+        kind = stage.pop("kind", "padt")
+        if kind not in KINDS:
+            raise PaDTError(f"{path}: stages.{name}.kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        config = _merge(shared, stage)
+        for keys, value, item in everywhere + per_stage[name]:
+            _set(config, keys, value, item)
+        config.setdefault("training", {})
+        if not config["training"].get("output_dir"):
+            config["training"]["output_dir"] = os.fspath(Path(root) / name)
+        for key in ("vision_from", "path"):  # an earlier stage's name stands for its output folder
+            source = (config.get("model") or {}).get(key)
+            if source in outputs:
+                config["model"][key] = outputs[source]
+            elif source in stages:
+                raise PaDTError(f"{path}: stages.{name}.model.{key} names stage {source!r}, which runs later")
+        if (
+            (config.get("model") or {}).get("path")
+            and "tiny" in config["model"]
+            and "tiny" not in stage.get("model", {})
+        ):
+            del config["model"]["tiny"]  # a stage that continues a checkpoint does not build a fresh model
+        outputs[name] = config["training"]["output_dir"]
+        resolved.append((name, kind, validate_config(config, f"{path}: stages.{name}", SCHEMAS[kind])))
+    return Path(root), resolved
+
+
+def _run_stage(kind: str, config: Any) -> None:
+    if kind == "vision":
+        from padt.training.vision_pretrain import pretrain_vision
+
+        pretrain_vision(config)
+        return
+    from padt.training.trainer import train
+
+    train(config)
+
+
+def run_stages(
+    path: str | os.PathLike, overrides: Sequence[str] = (), *, print_config: bool = False
+) -> list[Path]:
+    """Run (or resume) every stage of the stage-list config at ``path``; returns their output folders."""
+    root, stages = resolve_stages(path, overrides)
+    if print_config:
+        print(
+            yaml.safe_dump(
+                {name: {"kind": kind, **_plain(config)} for name, kind, config in stages}, sort_keys=False
+            )
+        )
+        return []
+    from accelerate import PartialState
+
+    main = PartialState().is_main_process
+    folders = []
+    for number, (name, kind, config) in enumerate(stages, 1):
+        out = Path(config.training.output_dir)
+        folders.append(out)
+        stage_file = out / STAGE_CONFIG
+        # A PaDT stage's file is a plain padt train config; a vision stage's says what it is. The resume
+        # setting is not part of what was trained.
+        settings = {k: v for k, v in _plain(config).items() if k != "resume"}
+        text = yaml.safe_dump({"kind": kind, **settings} if kind == "vision" else settings, sort_keys=False)
+        fresh = config.resume is False
+        previous = stage_file.read_text() if stage_file.is_file() else None
+        if previous is not None and previous != text and not fresh:
+            raise PaDTError(
+                f"stage {name!r}: {out} was trained with another config ({stage_file}); use another "
+                "output_dir, or --no-resume to retrain every stage"
+            )
+        label = f"padt train: stage {number}/{len(stages)} {name!r} ({KINDS[kind]})"
+        if (out / SUMMARY).is_file() and not fresh:
+            if main:
+                print(f"{label}: finished earlier in {out}; skipped")
+            continue
+        if main:
+            print(f"{label} -> {out}")
+            out.mkdir(parents=True, exist_ok=True)
+            (out / SUMMARY).unlink(missing_ok=True)
+            stage_file.write_text(text)
+        PartialState().wait_for_everyone()
+        started = time.time()
+        _run_stage(kind, config)
+        if main:
+            _add_time(root, name, time.time() - started, config)
+    return folders
+
+
+def _plain(config: Any) -> dict[str, Any]:
+    return config.model_dump(mode="json", exclude_none=True)
+
+
+def _add_time(root: Path, name: str, seconds: float, config: Any) -> None:
+    """Add this run's wall time of stage ``name`` to ``ROOT/stages.json``."""
+    root.mkdir(parents=True, exist_ok=True)
+    file = root / TIMES
+    times = json.loads(file.read_text()) if file.is_file() else {}
+    entry = times.get(name, {"seconds": 0.0, "runs": 0})
+    entry = {
+        "seconds": round(entry["seconds"] + seconds, 1),
+        "runs": entry["runs"] + 1,
+        "output_dir": os.fspath(config.training.output_dir),
+    }
+    times[name] = entry
+    file.write_text(json.dumps(times, indent=2) + "\n")

@@ -1,0 +1,283 @@
+"""Recipes in stages: vision pretraining's dense labels and learning, and one command that runs, resumes and skips
+stages (padt.training.vision_pretrain, padt.training.stages)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from padt.cli import main
+from padt.data.patches import foreground_patches
+from padt.data.synthetic import SHAPES, Scene, SceneObject, make_scene
+from padt.errors import PaDTError
+from padt.tiny import tiny_processor
+from padt.training.config import VisionStageConfig
+from padt.training.stages import resolve_stages
+from padt.training.trainer import build_model_and_processor
+from padt.training.vision_pretrain import (
+    PretrainScenes,
+    VisionPretrainModel,
+    cell_targets,
+    collate,
+    evaluate_vision,
+    load_vision_from,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY = {
+    "hidden_size": 64,
+    "vision_hidden_size": 64,
+    "vision_num_heads": 4,
+    "decoder_ordering": "raster",
+    "decoder_absolute_position": True,
+    "image_position_code": True,
+    "seed": 0,
+}
+PIXELS = 112 * 112
+
+
+def _build(model: dict, processor: dict | None = None):
+    config = VisionStageConfig.model_validate(
+        {"model": model, "processor": processor or {}, "seed": 0, "training": {"output_dir": "unused"}}
+    )
+    return build_model_and_processor(config)
+
+
+def _object(shape: str, mask: np.ndarray, size: str = "large") -> SceneObject:
+    ys, xs = np.nonzero(mask)
+    box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    return SceneObject(shape, "red", size, mask, box, tuple(foreground_patches(mask)))
+
+
+# ------------------------------------------------------------------------------------------------ labels
+def test_cell_targets_by_hand():
+    """A 112-px scene (4x4 merged patches): a square over patches 5 and 6, a sliver of a star in patch 7."""
+    square = np.zeros((112, 112), dtype=bool)
+    square[28:56, 28:84] = True
+    star = np.zeros((112, 112), dtype=bool)
+    star[28:56, 84:90] = True  # 6 of 28 columns of patch 7
+    scene = Scene(
+        Image.new("RGB", (112, 112)), (_object("square", square), _object("star", star, "small")), "noise"
+    )
+    t = cell_targets(scene, (4, 4))
+    expected = np.zeros(16, dtype=int)
+    expected[[5, 6]] = SHAPES.index("square") + 1
+    expected[7] = SHAPES.index("star") + 1
+    assert t["shape"].tolist() == expected.tolist()
+    assert t["size"][[5, 7]].tolist() == [2, 1] and t["colour"][0] == 0 and t["fg"].sum() == 3
+    # Patch 5 has its centre at (42, 42); the square spans x 28-84, y 28-56: distances in patches.
+    assert t["box"][5].tolist() == pytest.approx([0.5, 0.5, 1.5, 0.5])
+    assert t["box"][6].tolist() == pytest.approx([1.5, 0.5, 0.5, 0.5])
+    assert t["box"][0].tolist() == [0, 0, 0, 0]
+    # Sub-cells of 7 px: the square fills patches 5 and 6; the star covers 6 of the 7 columns of sub-cell 0 of
+    # each row of patch 7.
+    assert t["mask"][5].tolist() == [1.0] * 16 and t["mask"][0].tolist() == [0.0] * 16
+    assert t["mask"][7].reshape(4, 4)[:, 0].tolist() == pytest.approx([6 / 7] * 4)
+    assert t["mask"][7].reshape(4, 4)[:, 1:].max() == 0
+    assert t["owner"].tolist() == [-1] * 5 + [0, 0, 1] + [-1] * 8
+    assert t["patches"] == [[5, 6], [7]]
+
+
+def test_cell_targets_follow_the_processor_grid_and_the_foreground_rule():
+    """A 120-px scene is resized to 112 px by the processor: labels live on that 4x4 grid, and each object's
+    patches are exactly the project's foreground patches there."""
+    for seed in range(5):
+        scene = make_scene(np.random.default_rng(seed), width=120, height=180, max_objects=6)
+        grid = (168 // 28, 112 // 28)
+        t = cell_targets(scene, grid)
+        assert len(t["shape"]) == grid[0] * grid[1]
+        for obj, patches in zip(scene.objects, t["patches"], strict=True):
+            assert patches == foreground_patches(obj.mask, grid)
+        owned = t["owner"] >= 0
+        assert owned.tolist() == t["fg"].tolist()
+        for j in np.flatnonzero(owned):  # a patch is labelled with an object whose foreground patch it is
+            obj = scene.objects[t["owner"][j]]
+            assert j in t["patches"][t["owner"][j]] and t["shape"][j] == SHAPES.index(obj.shape) + 1
+
+
+def test_collate_lists_each_objects_patches_with_batch_wide_indices():
+    processor = tiny_processor(max_pixels=PIXELS).image_processor
+    scenes = PretrainScenes.generate(processor, n=3, seed=5, min_size=112, max_size=112, progress=False)
+    batch = collate(scenes.items)
+    objects = batch["objects"]
+    assert batch["pixel_values"].shape[0] == 3 * 64 and batch["targets"]["shape"].shape == (3 * 16,)
+    expected_cells, expected_owner, shapes = [], [], []
+    for s, item in enumerate(scenes.items):
+        for (shape, _, _), patches in item["objects"]:
+            expected_cells += [16 * s + p for p in patches]
+            expected_owner += [len(shapes)] * len(patches)
+            shapes.append(shape)
+    assert objects["cell"].tolist() == expected_cells and objects["object"].tolist() == expected_owner
+    assert objects["shape"].tolist() == shapes and len(shapes) > 3
+    # Patches shared by two objects are listed for both.
+    assert len(expected_cells) >= int(batch["targets"]["fg"].sum())
+
+
+# ------------------------------------------------------------------------------------------------ learning
+def test_a_few_seconds_of_vision_pretraining_teach_the_tower():
+    """Stage 1 alone on a tiny tower, for seconds: the per-patch heads learn what one patch shows (colour) far
+    above the untrained tower. (Shape takes minutes: see test_bundled's probe of the shipped stage-1 tower.)"""
+    torch.manual_seed(0)
+    model, processor = _build({"tiny": TINY}, {"max_pixels": PIXELS})
+    for name, param in model.named_parameters():
+        param.requires_grad_(model.component_of(name) == "vision")
+    wrapper = VisionPretrainModel(model, {"object": 1.0})
+    scene_args = {"min_size": 112, "max_size": 112, "max_objects": 2}
+    train = PretrainScenes.generate(processor.image_processor, n=160, seed=1, progress=False, **scene_args)
+    held_out = PretrainScenes.generate(processor.image_processor, n=60, seed=2, progress=False, **scene_args)
+    before = evaluate_vision(wrapper, held_out)
+    optimizer = torch.optim.AdamW([p for p in wrapper.parameters() if p.requires_grad], lr=2e-3)
+    rng = np.random.default_rng(0)
+    losses = []
+    for _ in range(STEPS):
+        batch = collate([train[int(i)] for i in rng.integers(len(train), size=16)])
+        loss = wrapper(**batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    after = evaluate_vision(wrapper, held_out)
+    assert np.mean(losses[-20:]) < 0.7 * np.mean(losses[:20]), losses
+    assert after["colour"] > before["colour"] + 0.4, (before, after)
+    assert after["background"] > 0.9 and after["mask_iou"] > before["mask_iou"] + 0.2, (before, after)
+
+
+STEPS = 80
+
+
+# ------------------------------------------------------------------------------------------------ stages
+def _recipe(tmp_path: Path) -> Path:
+    recipe = {
+        "output_dir": str(tmp_path / "run"),
+        "model": {"tiny": TINY},
+        "processor": {"max_pixels": PIXELS},
+        "seed": 0,
+        "stages": {
+            "vision": {
+                "kind": "vision",
+                "data": {"synthetic": {"n": 8, "seed": 3, "min_size": 112, "max_size": 112}},
+                "vision": {"eval_scenes": 6, "loss_weights": {"object": 1.0}},
+                "training": {"max_steps": 2, "per_device_train_batch_size": 4},
+            },
+            "padt": {
+                "model": {"vision_from": "vision"},
+                "data": {"synthetic": {"task": "all", "n": 6, "seed": 4, "min_size": 112, "max_size": 112}},
+                "padt": {"warmup_steps": 1},
+                "training": {"max_steps": 2, "per_device_train_batch_size": 2},
+                "generation": {"vrt_repeat_penalty": 3.0},
+            },
+        },
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+COMMON = [
+    "training.report_to=[]",
+    "training.disable_tqdm=true",
+    "training.save_steps=1",
+    "training.logging_steps=1",
+]
+
+
+def test_stage_overrides_and_references(tmp_path):
+    recipe = _recipe(tmp_path)
+    root, stages = resolve_stages(
+        recipe,
+        ["training.max_steps=5", "stages.padt.training.learning_rate=3e-4", "output_dir=elsewhere", "seed=9"],
+    )
+    assert root == Path("elsewhere")
+    (name1, kind1, vision), (name2, kind2, padt) = stages
+    assert (name1, kind1, name2, kind2) == ("vision", "vision", "padt", "padt")
+    assert vision.training.max_steps == padt.training.max_steps == 5  # everywhere
+    assert padt.training.learning_rate == pytest.approx(3e-4) and vision.training.learning_rate != 3e-4
+    assert vision.training.output_dir == "elsewhere/vision" and padt.model.vision_from == "elsewhere/vision"
+    assert padt.model.tiny == vision.model.tiny and padt.model.tiny.hidden_size == TINY["hidden_size"]
+    assert vision.seed == padt.seed == 9  # shared sections, overridden
+    with pytest.raises(PaDTError, match=r"stages\.NAME"):
+        resolve_stages(recipe, ["stages.nope.training.max_steps=1"])
+    raw = yaml.safe_load(recipe.read_text())
+    # A stage that continues an earlier stage's model names it in model.path; the shared tiny spec is dropped.
+    raw["stages"]["tune"] = {"model": {"path": "padt"}, "components": {"vision": "train"}}
+    recipe.write_text(yaml.safe_dump(raw, sort_keys=False))
+    _, stages = resolve_stages(recipe)
+    tune = stages[2][2]
+    assert tune.model.path == str(tmp_path / "run" / "padt") and tune.model.tiny is None
+    assert tune.components.vision == "train"
+    del raw["stages"]["tune"]
+    raw["stages"] = {"padt": raw["stages"]["padt"], "vision": raw["stages"]["vision"]}
+    recipe.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(PaDTError, match="runs later"):
+        resolve_stages(recipe)
+    raw["stages"] = {"vision": raw["stages"]["vision"] | {"kind": "language"}, "padt": raw["stages"]["padt"]}
+    recipe.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(PaDTError, match="kind must be one of"):
+        resolve_stages(recipe)
+
+
+def test_one_command_runs_resumes_and_skips_stages(tmp_path, capsys):
+    recipe = _recipe(tmp_path)
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(recipe), *COMMON]) == 0
+    out = capsys.readouterr().out
+    assert "stage 1/2 'vision' (vision pretraining)" in out and "stage 2/2 'padt' (PaDT training)" in out
+    vision, padt = run / "vision", run / "padt"
+    summary = json.loads((vision / "train_summary.json").read_text())
+    assert summary["global_step"] == 2 and {"shape", "colour", "probe"} <= set(summary["held_out"])
+    assert (vision / "vision_heads.safetensors").is_file()
+    times = json.loads((run / "stages.json").read_text())
+    assert list(times) == ["vision", "padt"] and all(
+        t["seconds"] > 0 and t["runs"] == 1 for t in times.values()
+    )
+    # The PaDT stage's resolved config is a plain padt train config naming the vision stage's folder.
+    stage = yaml.safe_load((padt / "stage_config.yaml").read_text())
+    assert stage["model"]["vision_from"] == str(vision) and "kind" not in stage
+
+    # Rerunning skips both finished stages and trains nothing.
+    assert main(["train", "--config", str(recipe), *COMMON]) == 0
+    out = capsys.readouterr().out
+    assert out.count("finished earlier") == 2 and json.loads((run / "stages.json").read_text()) == times
+
+    # An unfinished PaDT stage resumes at its checkpoint: drop the final summary, keep checkpoint-1.
+    (padt / "train_summary.json").unlink()
+    shutil.rmtree(padt / "checkpoint-2")
+    assert main(["train", "--config", str(recipe), *COMMON]) == 0
+    out = capsys.readouterr().out
+    assert "'vision' (vision pretraining): finished earlier" in out and "resuming from" in out
+    assert json.loads((padt / "train_summary.json").read_text())["global_step"] == 2
+    assert json.loads((run / "stages.json").read_text())["padt"]["runs"] == 2
+
+    # A finished stage trained with another config is refused, not silently reused.
+    assert main(["train", "--config", str(recipe), *COMMON, "stages.vision.training.learning_rate=0.1"]) == 2
+    assert "trained with another config" in capsys.readouterr().err
+
+
+def test_vision_from_copies_only_the_vision_component(tmp_path):
+    source, _ = _build({"tiny": TINY | {"seed": 1}})
+    source.save_pretrained(tmp_path / "vision")
+    fresh, _ = _build({"tiny": TINY})
+    loaded, _ = _build({"tiny": TINY, "vision_from": str(tmp_path / "vision")})
+    theirs, before, after = source.state_dict(), fresh.state_dict(), loaded.state_dict()
+    vision = [k for k in after if loaded.component_of(k) == "vision"]
+    assert any(k.startswith("image_position.") for k in vision) and len(vision) > 10
+    for key, value in after.items():
+        expected = theirs[key] if loaded.component_of(key) == "vision" else before[key]
+        assert torch.equal(value, expected), key
+    assert not torch.equal(
+        theirs["model.visual.patch_embed.proj.weight"], before["model.visual.patch_embed.proj.weight"]
+    )
+
+    with pytest.raises(PaDTError, match="not a folder"):
+        load_vision_from(fresh, tmp_path / "missing")
+    wide, _ = _build({"tiny": TINY | {"vision_hidden_size": 32}})
+    with pytest.raises(PaDTError, match="does not match"):
+        load_vision_from(wide, tmp_path / "vision")
