@@ -190,3 +190,27 @@ def test_rebuilt_gt_from_records():
             ],
             official,
         )
+
+
+def test_score_ovd_leaves_a_caller_s_ground_truth_as_it_was_and_scores_a_file_the_same(tmp_path):
+    """A ground-truth dict from the caller is copied before the engine indexes it; one read from a file is
+    padt's own and indexed in place (no copy): both give the same numbers."""
+    import json
+
+    from padt.evaluation.score import score_ovd
+
+    gt, results = _random_coco(4)
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    preds = [
+        {"image_id": r["image_id"], "category": names[r["category_id"]], "bbox": r["bbox"], "score": r["score"]}
+        for r in results
+    ]
+    before = copy.deepcopy(gt)
+    from_dict = score_ovd(gt, preds)
+    assert gt == before
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(gt))
+    from_file = score_ovd(path, preds)
+    assert from_dict == from_file and 0 < from_file["map"] < 1
+    reference = _pycocotools_stats(gt, results)
+    np.testing.assert_allclose([from_file[k] for k in STAT_NAMES], reference, atol=1e-6)

@@ -378,7 +378,7 @@ def score_ovd(
             )
     results, dropped = results_from_named(named, gt.get("categories", []))
     # The ground truth dict is ours (read or rebuilt here): the engine may index it in place.
-    metrics = coco_bbox_map(gt, results, copy_gt=owned)
+    metrics = coco_bbox_map(gt, results, copy_gt=not owned)
     return {
         "task": "ovd",
         "ground_truth": ground_truth,
