@@ -20,15 +20,14 @@ SPEC = "synthetic:n={n},seed=4242," + ",".join(
     f"{k}={v}" for k, v in dataclasses.asdict(BUNDLED_SCENES).items()
 )
 SCENES = 24
-# Measured on 500 fresh scenes per task (README): REC acc@0.5 0.53, RES mIoU 0.47, OVD boxes on an object
-# 0.85 (mAP 0.009: the model rarely names the shape right), RIC greedy recall 0.72. The thresholds leave a
-# margin for 24 scenes (seed 4242 gave 0.33 / 0.35 / 0.82 / 0.76) and catch a broken or untrained model
-# (all of these are ~0 at random init).
+# Measured on 500 fresh scenes per task (README, seed 5150): REC acc@0.5 0.59, RES mIoU 0.53, OVD mAP 0.31, RIC
+# greedy recall 0.62. On these 24 scenes the model gives 0.50 / 0.43 / 0.35 / 0.67; the thresholds leave a margin
+# for another machine's arithmetic and catch a broken or untrained model (all of these are ~0 at random init).
 THRESHOLDS = {
-    "rec": ("acc@0.5", 0.2),
-    "res": ("miou", 0.25),
-    "ovd": ("box_precision@0.5", 0.6),
-    "ric": ("greedy_recall", 0.5),
+    "rec": ("acc@0.5", 0.35),
+    "res": ("miou", 0.33),
+    "ovd": ("map", 0.22),
+    "ric": ("greedy_recall", 0.55),
 }
 MAX_NEW_TOKENS = {"rec": 64, "res": 64, "ovd": 192, "ric": 192}
 
@@ -91,37 +90,34 @@ def test_bundled_model_reaches_its_targets_on_fresh_scenes(pipe, task, tmp_path)
         meteor=False,
         progress=False,
     )
-    if task == "ovd":
-        metrics[key] = _class_agnostic_precision(tmp_path)
     assert metrics[key] >= threshold, metrics
 
 
-def _class_agnostic_precision(out_dir) -> float:
-    """Share of predicted OVD boxes that overlap some ground-truth object with IoU >= 0.5."""
-    from padt.data.records import read_records
+@pytest.mark.slow
+def test_demo_answers_its_first_scenes(tmp_path, capsys):
+    """``make demo``'s first two scenes (its default seed): the referred object is found and every OVD box on an
+    object carries that object's kind. The scenes are rebuilt from the seed the way the demo draws them."""
+    import numpy as np
+
+    from padt.data.synthetic import make_scene, sample_referring_expression
     from padt.evaluation.metrics import box_iou_matrix
 
-    records = read_records(out_dir / "data" / "records.jsonl")
-    hits = []
-    for line in (out_dir / "predictions.jsonl").read_text().splitlines():
-        pred = json.loads(line)
-        w, h = pred["width"], pred["height"]
-        gt = [
-            [o.bbox[0] * w, o.bbox[1] * h, o.bbox[2] * w, o.bbox[3] * h]
-            for o in records[pred["index"]].objects
-        ]
-        hits += [bool(gt) and box_iou_matrix([o["bbox"]], gt).max() >= 0.5 for o in pred["objects"]]
-    assert hits, "the model detected nothing"
-    return sum(hits) / len(hits)
-
-
-@pytest.mark.slow
-def test_demo_uses_the_bundled_model(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--scenes", "1"]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--scenes", "2"]) == 0
     summary = json.loads((tmp_path / "demo.json").read_text())
-    assert [item["task"] for item in summary] == ["rec", "res", "ovd", "ric"]
-    rec = summary[0]
-    assert len(rec["objects"]) == 1 and rec["objects"][0]["score"] > 0.3
-    size = Image.open(tmp_path / "scene0.png").size
-    assert all(Image.open(tmp_path / f"scene0_{t}.png").size == size for t in ("rec", "res", "ovd", "ric"))
+    assert [item["task"] for item in summary] == ["rec", "res", "ovd", "ric"] * 2
     assert "bundled model" in capsys.readouterr().out
+    rng = np.random.default_rng(2026)
+    for s in range(2):
+        scene = make_scene(rng, **dataclasses.asdict(BUNDLED_SCENES))
+        target, _ = sample_referring_expression(scene, rng)
+        rec, ovd = summary[4 * s], summary[4 * s + 2]
+        assert len(rec["objects"]) == 1 and rec["objects"][0]["score"] > 0.3
+        assert box_iou_matrix([rec["objects"][0]["box_xyxy"]], [scene.objects[target].box])[0, 0] >= 0.5, s
+        boxes = [o.box for o in scene.objects]
+        for obj in ovd["objects"]:
+            iou = box_iou_matrix([obj["box_xyxy"]], boxes)[0]
+            assert iou.max() >= 0.5 and obj["label"] == scene.objects[int(iou.argmax())].shape, (s, obj)
+        size = Image.open(tmp_path / f"scene{s}.png").size
+        assert all(
+            Image.open(tmp_path / f"scene{s}_{t}.png").size == size for t in ("rec", "res", "ovd", "ric")
+        )

@@ -205,9 +205,22 @@ def test_stage_overrides_and_references(tmp_path):
     assert vision.seed == padt.seed == 9  # shared sections, overridden
     with pytest.raises(PaDTError, match=r"stages\.NAME"):
         resolve_stages(recipe, ["stages.nope.training.max_steps=1"])
+    # Every stage is checked against its kind's schema before any runs: a typo names the stage and the key.
+    with pytest.raises(
+        PaDTError,
+        match=r"stages\.vision: unknown key 'vision\.loss_weight'; did you mean 'vision\.loss_weights'",
+    ):
+        resolve_stages(recipe, ["stages.vision.vision.loss_weight={object: 1}"])
+    with pytest.raises(PaDTError, match=r"stages\.vision: vision\.loss_weights: unknown loss term 'objects'"):
+        resolve_stages(recipe, ["stages.vision.vision.loss_weights={objects: 1}"])
     raw = yaml.safe_load(recipe.read_text())
     # A stage that continues an earlier stage's model names it in model.path; the shared tiny spec is dropped.
-    raw["stages"]["tune"] = {"model": {"path": "padt"}, "components": {"vision": "train"}}
+    raw["stages"]["tune"] = {
+        "model": {"path": "padt"},
+        "components": {"vision": "train"},
+        "data": raw["stages"]["padt"]["data"],
+        "training": {"max_steps": 1},
+    }
     recipe.write_text(yaml.safe_dump(raw, sort_keys=False))
     _, stages = resolve_stages(recipe)
     tune = stages[2][2]

@@ -23,7 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"), help="folder for overlays and JSON")
     parser.add_argument("--scenes", type=positive_int, default=2)
     parser.add_argument("--seed", type=non_negative_int, default=2026)
-    parser.add_argument("--max-new-tokens", type=positive_int, default=40)
+    parser.add_argument(
+        "--max-new-tokens",
+        type=positive_int,
+        default=192,
+        help="per answer (default 192: a caption or class list of up to six objects; answers stop at their end)",
+    )
 
 
 def _pipeline(model: str | None) -> tuple[PaDT, str]:
