@@ -202,7 +202,12 @@ def test_score_ovd_leaves_a_caller_s_ground_truth_as_it_was_and_scores_a_file_th
     gt, results = _random_coco(4)
     names = {c["id"]: c["name"] for c in gt["categories"]}
     preds = [
-        {"image_id": r["image_id"], "category": names[r["category_id"]], "bbox": r["bbox"], "score": r["score"]}
+        {
+            "image_id": r["image_id"],
+            "category": names[r["category_id"]],
+            "bbox": r["bbox"],
+            "score": r["score"],
+        }
         for r in results
     ]
     before = copy.deepcopy(gt)
