@@ -14,7 +14,10 @@ evaluates each on fresh scenes from a seed never used in training:
     python scripts/ablation.py                       # configs/ablation.yaml, 500 scenes per task
     python scripts/ablation.py --n 100 --out runs/ablation_small
     python scripts/ablation.py --variants padt qwen3 qwen3_deepstack --ric --out runs/bases
-    python scripts/ablation.py --vision-from runs/bundled/vision --seeds 0 1 --out runs/ablation_staged
+    python scripts/ablation.py --vision-from runs/bundled/vision --seeds 0 1 --ric --out runs/ablation_staged
+    python scripts/ablation.py --variants text padt --vision-from runs/bundled/vision --tasks rec --n 300 \
+        --set data.synthetic.task=rec data.synthetic.max_objects=1 data.synthetic.out=runs/one_object/data \
+        --max-objects 1 --out runs/one_object          # the easiest setting: one object per scene
 
 ``--vision-from`` gives every variant the same stage-1 vision tower, frozen (the bundled recipe's stage 2);
 ``--seeds`` trains each variant once per seed and reports means with standard errors over seeds, and each
@@ -70,6 +73,17 @@ def main() -> None:
         "--variants", nargs="*", default=["padt", "text", "no_robust", "all_vrts"], choices=list(VARIANTS)
     )
     parser.add_argument("--ric", action="store_true", help="also evaluate RIC (greedy precision and recall)")
+    parser.add_argument(
+        "--tasks", nargs="*", choices=["rec", "res", "ovd", "ric"], help="evaluate only these"
+    )
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides for every variant, e.g. data.synthetic.max_objects=1 data.synthetic.task=rec",
+    )
+    parser.add_argument("--max-objects", type=int, default=4, help="objects per evaluation scene, at most")
     parser.add_argument("--n", type=int, default=500, help="fresh evaluation scenes per task")
     parser.add_argument("--seed", type=int, default=9001, help="evaluation seed (never used in training)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -93,8 +107,9 @@ def main() -> None:
     from padt.training.config import load_config
     from padt.training.trainer import train
 
-    columns = [c for c in COLUMNS if args.ric or c[0] != "ric"]
+    columns = [c for c in COLUMNS if (args.ric or c[0] != "ric") and (not args.tasks or c[0] in args.tasks)]
     shared = [f"model.vision_from={args.vision_from}", "components.vision=freeze"] if args.vision_from else []
+    shared += args.set
     torch.manual_seed(0)
     results: dict[str, dict] = {}
     for name in args.variants:
@@ -118,7 +133,10 @@ def main() -> None:
             for task in dict.fromkeys(t for t, _, _ in columns):
                 if name == "text" and task == "res":
                     continue  # text coordinates give no mask
-                spec = f"synthetic:task={task},n={args.n},seed={args.seed},min_size=112,max_size=140,max_objects=4"
+                spec = (
+                    f"synthetic:task={task},n={args.n},seed={args.seed},min_size=112,max_size=140,"
+                    f"max_objects={args.max_objects}"
+                )
                 scores = evaluate(
                     str(model_dir),
                     spec,

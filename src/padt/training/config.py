@@ -142,10 +142,7 @@ class PaDTSection(_Section):
     def _terms(cls, value: dict[str, float]) -> dict[str, float]:
         from padt.losses import LOSS_TERMS
 
-        for name in value:
-            if name not in LOSS_TERMS:
-                raise ValueError(f"unknown loss term {name!r}{_did_you_mean(name, LOSS_TERMS)}")
-        return value
+        return _known_terms(value, LOSS_TERMS)
 
 
 class ComponentsSection(_Section):
@@ -304,10 +301,7 @@ class VisionSection(_Section):
     def _terms(cls, value: dict[str, float]) -> dict[str, float]:
         from padt.training.vision_pretrain import LOSS_TERMS
 
-        for name in value:
-            if name not in LOSS_TERMS:
-                raise ValueError(f"unknown loss term {name!r}{_did_you_mean(name, LOSS_TERMS)}")
-        return value
+        return _known_terms(value, LOSS_TERMS)
 
 
 class VisionStageConfig(_Section):
@@ -347,6 +341,14 @@ def _training_argument_types() -> dict[str, Any]:
 
     hints = typing.get_type_hints(TrainingArguments)
     return {f.name: hints[f.name] for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+def _known_terms(weights: dict[str, float], known: Sequence[str]) -> dict[str, float]:
+    """``weights`` if every key is a loss term of ``known``, else a ``ValueError`` naming the first that is not."""
+    for name in weights:
+        if name not in known:
+            raise ValueError(f"unknown loss term {name!r}{_did_you_mean(name, known)}")
+    return weights
 
 
 def _did_you_mean(name: str, known: Any, prefix: str = "") -> str:
