@@ -86,16 +86,22 @@ def test_cell_targets_by_hand():
     assert t["patches"] == [[5, 6], [7]]
 
 
-def test_cell_targets_follow_the_processor_grid_and_the_foreground_rule():
-    """A 120-px scene is resized to 112 px by the processor: labels live on that 4x4 grid, and each object's
-    patches are exactly the project's foreground patches there."""
+@pytest.mark.parametrize("backbone", ["qwen2_5_vl", "qwen3_vl"])
+def test_cell_targets_follow_the_processor_grid_and_the_foreground_rule(backbone):
+    """A 120 x 180 scene on the processor's grid of the base (28-px cells: 6 x 4; Qwen3-VL's 32-px cells:
+    6 x 4 of 192 x 128 px): each object's patches are exactly the project's foreground patches there."""
+    from padt.backbones import get_backbone
+
+    base = get_backbone(backbone)
+    geometry = base.geometry
     for seed in range(5):
         scene = make_scene(np.random.default_rng(seed), width=120, height=180, max_objects=6)
-        grid = (168 // 28, 112 // 28)
-        t = cell_targets(scene, grid)
+        grid = geometry.vrt_grid(180, 120, base.min_pixels, base.max_pixels)
+        assert grid == (6, 4)
+        t = cell_targets(scene, grid, geometry)
         assert len(t["shape"]) == grid[0] * grid[1]
         for obj, patches in zip(scene.objects, t["patches"], strict=True):
-            assert patches == foreground_patches(obj.mask, grid)
+            assert patches == foreground_patches(obj.mask, grid, geometry=geometry)
         owned = t["owner"] >= 0
         assert owned.tolist() == t["fg"].tolist()
         for j in np.flatnonzero(owned):  # a patch is labelled with an object whose foreground patch it is
