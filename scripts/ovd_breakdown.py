@@ -3,11 +3,11 @@
     padt eval --data synthetic:task=ovd,n=500,seed=1001 --task ovd --out runs/eval_ovd --max-new-tokens 192
     python scripts/ovd_breakdown.py runs/eval_ovd
 
-Class-agnostic first: a predicted box is *on an object* when its IoU with some ground-truth object of the image
-is ≥ 0.5 (each ground-truth object matched once, greedily by score), and an object is *found* when a predicted
-box matches it. Then, of the boxes on an object, how many carry that object's kind (the label mAP scores). Also
-the confusion between kinds (rows: true kind, columns: predicted label) among matched boxes. Prints Markdown;
-``--json`` writes the numbers too.
+Class-agnostic first: a predicted box is *on an object* when it is matched to a ground-truth object of the image
+(IoU ≥ 0.5, one to one, greedily by IoU: :func:`padt.evaluation.metrics.greedy_match`), and an object is *found*
+when a predicted box matches it. Then, of the boxes on an object, how many carry that object's kind (the label
+mAP scores). Also the confusion between kinds (rows: true kind, columns: predicted label) among matched
+boxes. Prints Markdown; ``--json`` writes the numbers too.
 """
 
 from __future__ import annotations
@@ -17,18 +17,16 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-
 from padt.data.records import read_records
 from padt.data.synthetic import SHAPES
 from padt.evaluation.driver import read_prediction_lines
-from padt.evaluation.metrics import box_iou_matrix
+from padt.evaluation.metrics import greedy_match
 
 
 def breakdown(eval_dir: Path) -> dict:
     records = read_records(eval_dir / "data" / "records.jsonl")
     predictions = {p["index"]: p for p in read_prediction_lines(eval_dir / "predictions.jsonl")}
-    boxes = on_object = named = objects = found = 0
+    boxes = matched = named = objects = 0
     confusion: Counter[tuple[str, str]] = Counter()
     for index, record in enumerate(records):
         pred = predictions.get(index)
@@ -37,30 +35,24 @@ def breakdown(eval_dir: Path) -> dict:
         w, h = pred["width"], pred["height"]
         truth = [[o.bbox[0] * w, o.bbox[1] * h, o.bbox[2] * w, o.bbox[3] * h] for o in record.objects]
         kinds = [o.label for o in record.objects]
-        ours = sorted(pred["objects"], key=lambda o: -float(o.get("score", 0.0)))
+        ours = pred["objects"]
         boxes += len(ours)
         objects += len(truth)
         if not ours or not truth:
             continue
-        iou = box_iou_matrix([o["bbox"] for o in ours], truth)
-        taken: set[int] = set()
-        for i, obj in enumerate(ours):
-            order = [j for j in np.argsort(-iou[i]) if j not in taken and iou[i, j] >= 0.5]
-            if not order:
-                continue
-            j = int(order[0])
-            taken.add(j)
-            on_object += 1
-            named += obj.get("label", "") == kinds[j]
-            confusion[(kinds[j], obj.get("label", ""))] += 1
-        found += len(taken)
+        matches = greedy_match([o["bbox"] for o in ours], truth)
+        for i, j in matches:
+            label = ours[i].get("label", "")
+            named += label == kinds[j]
+            confusion[(kinds[j], label)] += 1
+        matched += len(matches)
     return {
         "images": len(predictions),
         "objects": objects,
         "boxes": boxes,
-        "boxes_on_an_object": on_object / max(boxes, 1),
-        "objects_found": found / max(objects, 1),
-        "kind_right_when_on_an_object": named / max(on_object, 1),
+        "boxes_on_an_object": matched / max(boxes, 1),
+        "objects_found": matched / max(objects, 1),
+        "kind_right_when_on_an_object": named / max(matched, 1),
         "confusion": {f"{t} -> {p}": n for (t, p), n in sorted(confusion.items())},
     }
 

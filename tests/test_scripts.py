@@ -1,0 +1,71 @@
+"""The analysis scripts the README quotes: the ablation's statistics and the OVD breakdown."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from padt.data.records import read_records
+from padt.data.synthetic import generate_dataset
+
+SCRIPTS = Path(__file__).parents[1] / "scripts"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"script_{name}", SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ablation_means_standard_errors_and_resolved_differences():
+    ablation = _script("ablation")
+    assert ablation.mean_and_se([0.2, 0.3]) == {"mean": pytest.approx(0.25), "se": pytest.approx(0.05)}
+    assert ablation.mean_and_se([0.4]) == {"mean": 0.4, "se": None}
+    assert ablation.mean_and_se([None]) is None
+    # Seed-paired: differences -0.30 and -0.20 -> mean -0.25, SE 0.05: resolved (same sign, 5 SE).
+    clear = ablation.difference([0.1, 0.2], [0.4, 0.4])
+    assert clear["mean"] == pytest.approx(-0.25) and clear["se"] == pytest.approx(0.05) and clear["resolved"]
+    # Differences +0.05 and -0.03: signs disagree -> not resolved whatever the size.
+    mixed = ablation.difference([0.45, 0.37], [0.4, 0.4])
+    assert mixed["per_seed"] == pytest.approx([0.05, -0.03]) and not mixed["resolved"]
+    # Same sign but within 2 SE: not resolved.
+    assert not ablation.difference([0.41, 0.5], [0.4, 0.4])["resolved"]
+    assert ablation.difference([0.5], [0.4]) is None  # one seed: no standard error
+
+
+def test_ovd_breakdown_counts_found_objects_and_right_kinds(tmp_path):
+    """Predictions made from the ground truth: every object found and named, except one box given the wrong
+    kind and one box on empty space."""
+    generate_dataset("ovd", 4, 3, tmp_path / "data", max_objects=3, progress=False)
+    records = read_records(tmp_path / "data" / "records.jsonl")
+    lines, total = [], 0
+    for index, record in enumerate(records):
+        w, h = Image.open(tmp_path / "data" / record.images[0]).size
+        objects = [
+            {
+                "bbox": [o.bbox[0] * w, o.bbox[1] * h, o.bbox[2] * w, o.bbox[3] * h],
+                "label": o.label,
+                "score": 0.9,
+            }
+            for o in record.objects
+        ]
+        total += len(objects)
+        if index == 0:
+            objects[0]["label"] = "cross" if objects[0]["label"] != "cross" else "circle"
+            objects.append({"bbox": [0, 0, 2, 2], "label": "circle", "score": 0.1})
+        lines.append(json.dumps({"index": index, "width": w, "height": h, "objects": objects}))
+    (tmp_path / "predictions.jsonl").write_text("\n".join(lines) + "\n")
+
+    table = _script("ovd_breakdown").breakdown(tmp_path)
+    assert (table["images"], table["objects"], table["boxes"]) == (4, total, total + 1)
+    assert table["objects_found"] == 1.0
+    assert table["boxes_on_an_object"] == pytest.approx(total / (total + 1))
+    assert table["kind_right_when_on_an_object"] == pytest.approx((total - 1) / total)
+    assert sum(table["confusion"].values()) == total
