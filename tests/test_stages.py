@@ -211,6 +211,8 @@ def test_stage_overrides_and_references(tmp_path):
     assert vision.seed == padt.seed == 9  # shared sections, overridden
     with pytest.raises(PaDTError, match=r"stages\.NAME"):
         resolve_stages(recipe, ["stages.nope.training.max_steps=1"])
+    with pytest.raises(PaDTError, match=r"override 'seed\.x=1': 'seed' is not a section"):
+        resolve_stages(recipe, ["seed.x=1"])
     # Every stage is checked against its kind's schema before any runs: a typo names the stage and the key.
     with pytest.raises(
         PaDTError,

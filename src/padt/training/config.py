@@ -426,6 +426,17 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), parsed
 
 
+def set_override(raw: dict[str, Any], keys: Sequence[str], value: Any, item: str) -> None:
+    """Set ``raw[k1][k2]...[kn] = value``, creating sections; ``item`` (the override's text) names a key that
+    is not a section."""
+    node = raw
+    for k in keys[:-1]:
+        if not isinstance(node.setdefault(k, {}), dict):
+            raise PaDTError(f"override {item!r}: {k!r} is not a section")
+        node = node[k]
+    node[keys[-1]] = value
+
+
 def validate_config(
     raw: Mapping[str, Any], where: str = "config", schema: type[_Section] = TrainConfig
 ) -> Any:
@@ -478,10 +489,5 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Train
         raw = _read_yaml(path)
     for item in overrides:
         keys, value = parse_override(item)
-        node = raw
-        for k in keys[:-1]:
-            if not isinstance(node.setdefault(k, {}), dict):
-                raise PaDTError(f"override {item!r}: {k!r} is not a section")
-            node = node[k]
-        node[keys[-1]] = value
+        set_override(raw, keys, value, item)
     return validate_config(raw, where=str(path) if path else "config")

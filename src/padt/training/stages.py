@@ -47,7 +47,14 @@ from typing import Any
 import yaml
 
 from padt.errors import PaDTError
-from padt.training.config import TrainConfig, VisionStageConfig, _merge, parse_override, validate_config
+from padt.training.config import (
+    TrainConfig,
+    VisionStageConfig,
+    _merge,
+    parse_override,
+    set_override,
+    validate_config,
+)
 
 KINDS = {"vision": "vision pretraining", "padt": "PaDT training"}
 SCHEMAS = {"vision": VisionStageConfig, "padt": TrainConfig}
@@ -63,14 +70,6 @@ def is_stage_list(path: str | os.PathLike) -> bool:
     except (OSError, yaml.YAMLError):
         return False  # load_config reports the problem
     return isinstance(raw, dict) and "stages" in raw
-
-
-def _set(node: dict[str, Any], keys: Sequence[str], value: Any, item: str) -> None:
-    for k in keys[:-1]:
-        if not isinstance(node.setdefault(k, {}), dict):
-            raise PaDTError(f"override {item!r}: {k!r} is not a section")
-        node = node[k]
-    node[keys[-1]] = value
 
 
 def resolve_stages(
@@ -119,7 +118,7 @@ def resolve_stages(
             raise PaDTError(f"{path}: stages.{name}.kind must be one of {', '.join(KINDS)}, got {kind!r}")
         config = _merge(shared, stage)
         for keys, value, item in everywhere + per_stage[name]:
-            _set(config, keys, value, item)
+            set_override(config, keys, value, item)
         config.setdefault("training", {})
         if not config["training"].get("output_dir"):
             config["training"]["output_dir"] = os.fspath(Path(root) / name)
