@@ -219,3 +219,40 @@ def test_score_ovd_leaves_a_caller_s_ground_truth_as_it_was_and_scores_a_file_th
     assert from_dict == from_file and 0 < from_file["map"] < 1
     reference = _pycocotools_stats(gt, results)
     np.testing.assert_allclose([from_file[k] for k in STAT_NAMES], reference, atol=1e-6)
+
+
+def test_lean_evaluate_equals_the_stock_engine_on_ties_and_crowded_images():
+    """The lean ``evaluate`` feeds faster-coco-eval's matcher the same IoUs as its own ``evaluate``: checked where
+    the ordering matters (tied scores, more than 100 detections on an image, crowd boxes, images without any)."""
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    from padt.evaluation.coco import _evaluator_class
+
+    gt, results = _random_coco(5, num_images=30)
+    rng = np.random.default_rng(5)
+    for r in results:
+        r["score"] = round(r["score"], 1)  # many ties
+    crowded = gt["images"][0]["id"]
+    results += [
+        {
+            "image_id": crowded,
+            "category_id": 1,
+            "bbox": [float(v) for v in rng.uniform(0, 100, size=4) + np.array([0, 0, 2, 2])],
+            "score": float(rng.integers(0, 3)) / 2,
+        }
+        for _ in range(150)
+    ]
+    gt["images"].append({"id": 10_000, "file_name": "empty.jpg", "width": 50, "height": 50})
+
+    stats = []
+    for cls in (COCOeval_faster, _evaluator_class()):
+        coco_gt = COCO(copy.deepcopy(gt))
+        ev = cls(
+            coco_gt, coco_gt.loadRes(copy.deepcopy(results)), iouType="bbox", print_function=lambda *a: None
+        )
+        with contextlib.redirect_stdout(io.StringIO()):
+            ev.run()
+        stats.append(np.asarray(ev.stats))
+    assert 0 < stats[0][0] < 1
+    np.testing.assert_array_equal(stats[1], stats[0])
+    np.testing.assert_allclose(stats[1], _pycocotools_stats(gt, results), atol=1e-6)

@@ -13,26 +13,36 @@ take and return one box as a list of floats (records, predictions, COCO files).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a tensor function runs: reading and scoring files need none of it
+    import torch
 
 
 def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
+    import torch
+
     cx, cy, w, h = boxes.unbind(-1)
     return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
 
 
 def box_xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
+    import torch
+
     x0, y0, x1, y1 = boxes.unbind(-1)
     return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)
 
 
 def box_xyxy_to_xywh(boxes: torch.Tensor) -> torch.Tensor:
+    import torch
+
     x0, y0, x1, y1 = boxes.unbind(-1)
     return torch.stack([x0, y0, x1 - x0, y1 - y0], dim=-1)
 
 
 def box_xywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
+    import torch
+
     x, y, w, h = boxes.unbind(-1)
     return torch.stack([x, y, x + w, y + h], dim=-1)
 
@@ -44,6 +54,8 @@ def box_area(boxes: torch.Tensor) -> torch.Tensor:
 
 def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Pairwise IoU of xyxy boxes ``(N, 4)`` x ``(M, 4)``; returns ``(iou, union)``, each ``(N, M)``."""
+    import torch
+
     area1 = box_area(boxes1)
     area2 = box_area(boxes2)
     lt = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
@@ -56,6 +68,8 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> tuple[torch.Tensor, t
 
 def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """Pairwise GIoU (DETR's formula) of xyxy boxes ``(N, 4)`` x ``(M, 4)`` -> ``(N, M)``."""
+    import torch
+
     iou, union = box_iou(boxes1, boxes2)
     lt = torch.min(boxes1[:, None, :2], boxes2[None, :, :2])
     rb = torch.max(boxes1[:, None, 2:], boxes2[None, :, 2:])
