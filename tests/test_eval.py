@@ -19,6 +19,7 @@ from padt.evaluation.driver import (
     read_prediction_lines,
     read_vlmr1_index,
     score_predictions,
+    weights_fingerprint,
 )
 from padt.evaluation.metrics import paper_key
 from padt.inference import PaDT
@@ -226,6 +227,25 @@ def checkpoint(pipe, tmp_path_factory):
     return folder
 
 
+def test_weights_retrained_into_the_same_folder_are_another_model(pipe, checkpoint, tmp_path):
+    """A resumed evaluation must not mix answers of old weights with new ones saved under the same path."""
+    import torch
+
+    folder = tmp_path / "model"
+    shutil.copytree(checkpoint, folder)
+    before = weights_fingerprint(folder)
+    assert before == weights_fingerprint(checkpoint) and weights_fingerprint(tmp_path / "nothing") is None
+    spec = "synthetic:n=2,seed=2,max_size=160"
+    evaluate(str(folder), spec, "rec", tmp_path / "out", device="cpu", dtype="fp32", **RUN)
+    model = tiny_model(seed=0)
+    with torch.no_grad():
+        next(model.vl_decoder.parameters()).add_(0.01)  # one tensor changes
+    model.save_pretrained(folder)
+    assert weights_fingerprint(folder) != before
+    with pytest.raises(PaDTError, match=r"other settings \(weights: '[0-9a-f]{16}' -> '[0-9a-f]{16}'\)"):
+        evaluate(str(folder), spec, "rec", tmp_path / "out", device="cpu", dtype="fp32", **RUN)
+
+
 def test_cli_eval_on_a_records_file(checkpoint, reference, tmp_path, capsys):
     data = tmp_path / "records.jsonl"
     write_jsonl(read_records(reference / "data" / "records.jsonl"), data)
@@ -264,6 +284,7 @@ def test_cli_eval_on_a_records_file(checkpoint, reference, tmp_path, capsys):
         "max_new_tokens": 10,
         "dtype": "fp32",  # auto on the CPU: recorded as resolved, so a bf16 rerun cannot mix into the file
         "masks": False,
+        "weights": weights_fingerprint(checkpoint),
     }
     # A checkpoint's answers are the in-memory pipeline's.
     texts = [json.loads(x)["text"] for x in _lines(tmp_path / "out")]

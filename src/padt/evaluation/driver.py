@@ -22,6 +22,7 @@ image are further reference captions). ``index`` is the record's position in the
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -62,6 +63,33 @@ METRICS_FILE = "metrics.json"
 
 
 # ----------------------------------------------------------------------------------------------- settings
+
+
+def weights_fingerprint(folder: str | os.PathLike) -> str | None:
+    """A short digest of a checkpoint folder's weight files, so that a resumed evaluation notices weights retrained
+    or re-exported into the same folder: every byte of files up to 256 MiB; of larger ones the size, the first and
+    last MiB and 64 KiB at 64 evenly spaced places (a second or so for any model size). None when ``folder`` is
+    not a folder holding ``*.safetensors`` or ``*.bin`` files."""
+    path = Path(folder)
+    if not str(folder) or not path.is_dir():
+        return None
+    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for f in files:
+        size = f.stat().st_size
+        digest.update(f"{f.name}:{size}:".encode())
+        with f.open("rb") as handle:
+            if size <= 256 << 20:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+                continue
+            places = [0, size - (1 << 20)] + [size * k // 65 for k in range(1, 65)]
+            for offset, length in zip(places, [1 << 20, 1 << 20] + [1 << 16] * 64, strict=True):
+                handle.seek(offset)
+                digest.update(handle.read(length))
+    return digest.hexdigest()[:16]
 
 
 def check_settings(out_dir: str | os.PathLike, settings: Mapping[str, Any], *, write: bool = True) -> None:
@@ -168,8 +196,10 @@ def evaluate(
 
     if isinstance(pipe, str | os.PathLike):
         model = model_name or str(Path(pipe).resolve())
+        weights = weights_fingerprint(pipe)
     else:
         model = model_name or getattr(pipe.model, "name_or_path", "") or "in-memory model"
+        weights = weights_fingerprint(getattr(pipe.model, "name_or_path", "") or "")
     if isinstance(data, str | os.PathLike):
         name = data_name or canonical_data_name(data, task)
     else:
@@ -193,6 +223,8 @@ def evaluate(
         "dtype": dtype_name,
         "masks": masks,
     }
+    if weights is not None:  # retrained or re-exported weights in the same folder are another model
+        settings["weights"] = weights
     if vrt_repeat_penalty is not None:
         settings["vrt_repeat_penalty"] = vrt_repeat_penalty
 
