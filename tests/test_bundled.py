@@ -72,8 +72,9 @@ def test_bundled_scene_options_are_the_recipe_s():
 
 
 def test_the_stage_1_tower_knows_each_object_s_kind(pipe):
-    """The shipped vision tower is stage 1's (frozen in stage 2, fine-tuned at a low rate in stage 3): a linear probe of the kind on each object's
-    image features, fitted on 70% of fresh scenes, names the kind of the rest far above the majority rate."""
+    """The shipped vision tower is stage 1's (frozen in stage 2, fine-tuned at a low rate in stage 3): a linear
+    probe of the kind on each object's image features, fitted on 70% of fresh scenes, names the kind of the rest
+    far above the majority rate."""
     from padt.training.vision_pretrain import PretrainScenes, VisionPretrainModel, evaluate_vision
 
     scenes = PretrainScenes.generate(

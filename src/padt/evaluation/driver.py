@@ -71,7 +71,7 @@ def weights_fingerprint(folder: str | os.PathLike) -> str | None:
     last MiB and 64 KiB at 64 evenly spaced places (a second or so for any model size). None when ``folder`` is
     not a folder holding ``*.safetensors`` or ``*.bin`` files."""
     path = Path(folder)
-    if not str(folder) or not path.is_dir():
+    if not path.is_dir():
         return None
     files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
     if not files:
@@ -198,8 +198,9 @@ def evaluate(
         model = model_name or str(Path(pipe).resolve())
         weights = weights_fingerprint(pipe)
     else:
-        model = model_name or getattr(pipe.model, "name_or_path", "") or "in-memory model"
-        weights = weights_fingerprint(getattr(pipe.model, "name_or_path", "") or "")
+        source = getattr(pipe.model, "name_or_path", "") or ""
+        model = model_name or source or "in-memory model"
+        weights = weights_fingerprint(source) if source else None
     if isinstance(data, str | os.PathLike):
         name = data_name or canonical_data_name(data, task)
     else:
