@@ -246,6 +246,37 @@ def test_weights_retrained_into_the_same_folder_are_another_model(pipe, checkpoi
         evaluate(str(folder), spec, "rec", tmp_path / "out", device="cpu", dtype="fp32", **RUN)
 
 
+def test_weights_fingerprint_of_a_large_file_reads_samples(tmp_path, monkeypatch):
+    """Above the whole-file limit (published checkpoints' shards are GBs) only the size, both ends and 64 spaced
+    samples are read: a changed byte there is another model, a changed byte between samples is not seen."""
+    import numpy as np
+
+    import padt.evaluation.driver as driver
+
+    monkeypatch.setattr(driver, "WHOLE_FILE_DIGEST_LIMIT", 1 << 20)
+    size = 32 << 20  # samples of 64 KiB every ~504 KiB, 1 MiB at each end
+    data = bytearray(np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes())
+    shard = tmp_path / "model-00001-of-00002.safetensors"
+
+    def fingerprint_with(offset: int | None = None, length: int = size) -> str | None:
+        changed = bytearray(data[:length])
+        if offset is not None:
+            changed[offset] ^= 0xFF
+        shard.write_bytes(changed)
+        return weights_fingerprint(tmp_path)
+
+    base = fingerprint_with()
+    assert base == fingerprint_with() and len(base) == 16
+    sampled = size * 10 // 65 + 100  # inside the 10th sample
+    between = size * 10 // 65 + (1 << 16) + 1000  # just after it, before the 11th
+    assert fingerprint_with(sampled) != base
+    assert fingerprint_with(size - 1) != base and fingerprint_with(0) != base
+    assert fingerprint_with(between) == base
+    assert fingerprint_with(length=size - 1) != base  # a truncated shard
+    monkeypatch.setattr(driver, "WHOLE_FILE_DIGEST_LIMIT", 256 << 20)
+    assert fingerprint_with(between) != fingerprint_with()  # small enough: every byte counts
+
+
 def test_cli_eval_on_a_records_file(checkpoint, reference, tmp_path, capsys):
     data = tmp_path / "records.jsonl"
     write_jsonl(read_records(reference / "data" / "records.jsonl"), data)

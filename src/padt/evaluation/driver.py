@@ -65,6 +65,11 @@ METRICS_FILE = "metrics.json"
 # ----------------------------------------------------------------------------------------------- settings
 
 
+#: weight files up to this size are digested whole; of larger ones, the size, both ends and evenly spaced samples
+WHOLE_FILE_DIGEST_LIMIT = 256 << 20
+_EDGE_BYTES, _SAMPLES, _SAMPLE_BYTES = 1 << 20, 64, 1 << 16
+
+
 def weights_fingerprint(folder: str | os.PathLike) -> str | None:
     """A short digest of a checkpoint folder's weight files, so that a resumed evaluation notices weights retrained
     or re-exported into the same folder: every byte of files up to 256 MiB; of larger ones the size, the first and
@@ -81,12 +86,13 @@ def weights_fingerprint(folder: str | os.PathLike) -> str | None:
         size = f.stat().st_size
         digest.update(f"{f.name}:{size}:".encode())
         with f.open("rb") as handle:
-            if size <= 256 << 20:
+            if size <= WHOLE_FILE_DIGEST_LIMIT:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
                 continue
-            places = [0, size - (1 << 20)] + [size * k // 65 for k in range(1, 65)]
-            for offset, length in zip(places, [1 << 20, 1 << 20] + [1 << 16] * 64, strict=True):
+            reads = [(0, _EDGE_BYTES), (max(size - _EDGE_BYTES, 0), _EDGE_BYTES)]
+            reads += [(size * k // (_SAMPLES + 1), _SAMPLE_BYTES) for k in range(1, _SAMPLES + 1)]
+            for offset, length in reads:
                 handle.seek(offset)
                 digest.update(handle.read(length))
     return digest.hexdigest()[:16]
