@@ -299,6 +299,74 @@ def test_res_equals_rec_and_several_refs_per_scene():
         assert evaluate_expression(r["objects"][0]["label"], scene) == [target]
 
 
+def _forms(recs: list[dict]) -> list[str]:
+    return [syn.expression_form(r["objects"][0]["label"]) for r in recs]
+
+
+def test_form_weights_change_the_expressions_only():
+    drawn = {}
+    for name, weights in {
+        "default": None,
+        "explicit": dict(syn.FORM_WEIGHTS),
+        "extreme": {"extreme": 5.0},
+        "attribute only": {"extreme": 0, "relation": 0},
+    }.items():
+        pairs = [syn.synthetic_sample("rec", 5, i, refs_per_scene=2, form_weights=weights) for i in range(12)]
+        drawn[name] = pairs
+    default = drawn["default"]
+    # The default mix is the one datasets were always generated with: passing it changes no byte.
+    assert [r for _, r in drawn["explicit"]] == [r for _, r in default]
+    for name in ("extreme", "attribute only"):
+        # Same scenes (the random stream draws the same numbers), other expressions.
+        assert all(
+            np.array_equal(np.asarray(a.image), np.asarray(b.image))
+            for (a, _), (b, _) in zip(drawn[name], default, strict=True)
+        )
+    count = {
+        name: sum(f == "extreme" for _, recs in pairs for f in _forms(recs)) for name, pairs in drawn.items()
+    }
+    assert count["extreme"] > 1.5 * count["default"] > 0
+    # Weight 0: a form is used only by an object that has no other.
+    for scene, recs in drawn["attribute only"]:
+        for r in recs:
+            if syn.expression_form(r["objects"][0]["label"]) != "attribute":
+                assert not syn.referring_expressions(scene, scene_index_of(scene, r["objects"][0]))[
+                    "attribute"
+                ]
+            assert evaluate_expression(r["objects"][0]["label"], scene) == [
+                scene_index_of(scene, r["objects"][0])
+            ]
+
+
+@pytest.mark.parametrize(
+    ("weights", "match"),
+    [
+        ({"extremes": 1.0}, "unknown expression form"),
+        ({"extreme": -1}, ">= 0"),
+        ({f: 0 for f in syn.FORM_WEIGHTS}, "not all 0"),
+    ],
+)
+def test_bad_form_weights_are_refused(weights, match):
+    with pytest.raises(PaDTError, match=match):
+        syn.check_form_weights(weights)
+
+
+def test_form_weights_are_kept_with_the_dataset(tmp_path, monkeypatch, capsys):
+    syn.generate_dataset("rec", 3, 1, tmp_path / "a", progress=False)
+    assert "form_weights" not in json.loads((tmp_path / "a" / "synthetic.json").read_text())
+    with pytest.raises(PaDTError, match="other settings"):
+        syn.generate_dataset("rec", 3, 1, tmp_path / "a", form_weights={"extreme": 1.0}, progress=False)
+    monkeypatch.setattr(sys, "argv", ["padt"])
+    args = ["data", "synthetic", "--task", "rec", "--n", "3", "--out", str(tmp_path / "b"), "--no-progress"]
+    assert cli_main([*args, "--form-weights", "extreme=0.6, relation=0.3"]) == 0
+    settings = json.loads((tmp_path / "b" / "synthetic.json").read_text())
+    assert settings["form_weights"] == {"attribute": 0.4, "extreme": 0.6, "relation": 0.3}
+    for bad, message in (("extreme", "not FORM=WEIGHT"), ("shape=1", "unknown expression form")):
+        with pytest.raises(SystemExit):
+            cli_main([*args, "--form-weights", bad])
+        assert message in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------- OVD
 OVD_GROUP = re.compile(r'(\d+) "([a-z]+)" \(((?:<\|Obj_\d+\|>(?:, )?)+)\)')
 

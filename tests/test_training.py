@@ -25,7 +25,7 @@ from transformers import TrainerCallback
 
 import padt.training.batch as batch_module
 from padt.cli import main
-from padt.data.synthetic import generate_dataset
+from padt.data.synthetic import expression_form, generate_dataset
 from padt.errors import PaDTError
 from padt.losses import PaDTCriterion
 from padt.modeling import PaDTForConditionalGeneration
@@ -141,6 +141,10 @@ def test_overrides_parse_types_and_nested_keys(tmp_path):
         ("padt.loss_weights={loss_tokn: 1}", "unknown loss term 'loss_tokn'; did you mean 'loss_token'?"),
         ("generation.vrt_repeat_penalty=-1", "vrt_repeat_penalty must be a number >= 0"),
         ("resume=maybe", "resume: Input should be 'auto', True or False, got 'maybe'"),
+        (
+            "data.synthetic={n: 3, form_weights: {extremes: 1}}",
+            "form_weights.extremes.[key]: Input should be 'attribute', 'extreme' or 'relation', got 'extremes'",
+        ),
     ],
 )
 def test_config_errors_are_one_line(tmp_path, override, message):
@@ -606,6 +610,22 @@ def test_fsdp_on_two_cpu_processes(scenes, tmp_path):
         ]
     )
     assert code == 0 and "text" in json.loads((tmp_path / "p.json").read_text())
+
+
+def test_synthetic_data_of_a_config_takes_its_form_weights(tmp_path):
+    config = make_config(
+        tmp_path / "unused.jsonl",
+        tmp_path / "run",
+        "data.train=[]",
+        f"data.synthetic={{task: rec, n: 4, seed: 2, max_size: 112, out: '{tmp_path / 'data'}', "
+        "form_weights: {attribute: 0, relation: 0}}",
+    )
+    dataset = build_dataset(config, tmp_path)
+    settings = json.loads((tmp_path / "data" / "synthetic.json").read_text())
+    assert settings["form_weights"] == {"attribute": 0.0, "extreme": 0.3, "relation": 0.0}
+    labels = [r.objects[0].label for r in dataset.records]
+    # (scene 0's target has no extreme form: the only cross is "the orange cross")
+    assert [expression_form(label) for label in labels] == ["attribute", "extreme", "extreme", "extreme"]
 
 
 @pytest.mark.slow

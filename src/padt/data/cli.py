@@ -60,7 +60,36 @@ def _add_synthetic(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="rec/res: referring expressions per scene, each about a different object (default 1)",
     )
+    parser.add_argument(
+        "--form-weights",
+        type=_form_weights,
+        default=None,
+        metavar="FORM=W,...",
+        help="rec/res: how often each expression form is drawn, e.g. extreme=0.5,relation=0.35 (forms: "
+        "attribute, extreme, relation; default attribute=0.4,extreme=0.3,relation=0.3)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+
+
+def _form_weights(text: str) -> dict[str, float]:
+    """``attribute=0.2,extreme=0.5`` as a dict, checked by :func:`padt.data.synthetic.check_form_weights`."""
+    from padt.data.synthetic import check_form_weights
+    from padt.errors import PaDTError
+
+    weights: dict[str, float] = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise argparse.ArgumentTypeError(f"{item!r} is not FORM=WEIGHT (e.g. extreme=0.5)")
+    try:
+        check_form_weights(weights)
+    except PaDTError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return weights
 
 
 def _run_synthetic(args: argparse.Namespace) -> int:
@@ -77,6 +106,7 @@ def _run_synthetic(args: argparse.Namespace) -> int:
         max_size=args.max_size,
         max_objects=args.max_objects,
         refs_per_scene=args.refs_per_scene,
+        form_weights=args.form_weights,
         progress=not args.no_progress,
     )
     skipped = summary.scenes - summary.new_scenes

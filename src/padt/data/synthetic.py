@@ -603,29 +603,51 @@ def referring_expressions(scene: Scene, index: int) -> dict[str, list[ReferringE
     return out
 
 
-_FORM_WEIGHTS = {"attribute": 0.4, "extreme": 0.3, "relation": 0.3}
+#: How often each expression form is drawn (among the forms an object has), unless a dataset says otherwise.
+FORM_WEIGHTS: dict[str, float] = {"attribute": 0.4, "extreme": 0.3, "relation": 0.3}
+
+
+def check_form_weights(weights: dict[str, float] | None) -> dict[str, float]:
+    """``weights`` checked and completed from :data:`FORM_WEIGHTS` (forms it leaves out keep their default)."""
+    if weights is None:
+        return dict(FORM_WEIGHTS)
+    unknown = sorted(set(weights) - set(FORM_WEIGHTS))
+    if unknown:
+        raise PaDTError(
+            f"unknown expression form(s) {', '.join(unknown)} in form_weights; use {', '.join(FORM_WEIGHTS)}"
+        )
+    out = {**FORM_WEIGHTS, **{k: float(v) for k, v in weights.items()}}
+    if any(not math.isfinite(v) or v < 0 for v in out.values()) or sum(out.values()) <= 0:
+        raise PaDTError(f"form_weights must be finite, >= 0 and not all 0, got {out}")
+    return out
 
 
 def sample_referring_expression(
-    scene: Scene, rng: np.random.Generator, candidates: Sequence[int] | None = None
+    scene: Scene,
+    rng: np.random.Generator,
+    candidates: Sequence[int] | None = None,
+    weights: dict[str, float] | None = None,
 ) -> tuple[int, ReferringExpression] | None:
     """Pick an object among ``candidates`` (default: all) that can be referred to, and one unique expression.
 
-    The object is drawn uniformly, its form with weights 0.4/0.3/0.3 (attribute/extreme/relation) among the
-    forms available for it, then the expression uniformly. Returns ``None`` if no candidate can be referred
-    to.
+    The object is drawn uniformly, its form with ``weights`` (default :data:`FORM_WEIGHTS`, 0.4/0.3/0.3 for
+    attribute/extreme/relation) among the forms available for it, then the expression uniformly. A form of
+    weight 0 is used only when the object has no other. Returns ``None`` if no candidate can be referred to.
     """
+    weights = FORM_WEIGHTS if weights is None else check_form_weights(weights)
     indices = sorted(range(len(scene.objects)) if candidates is None else candidates)
     # The first usable object of a random order is a uniform draw among the usable ones, and spares
     # enumerating the expressions of every object.
     for chosen in (indices[int(k)] for k in rng.permutation(len(indices))):
         options = referring_expressions(scene, chosen)
-        forms = [f for f in _FORM_WEIGHTS if options[f]]
+        forms = [f for f in FORM_WEIGHTS if options[f]]
         if forms:
             break
     else:
         return None
-    p = np.array([_FORM_WEIGHTS[f] for f in forms])
+    p = np.array([weights[f] for f in forms])
+    if p.sum() <= 0:
+        p = np.ones(len(forms))
     form = forms[int(rng.choice(len(forms), p=p / p.sum()))]
     expressions = options[form]
     return chosen, expressions[int(rng.integers(len(expressions)))]
@@ -726,18 +748,20 @@ def scene_records(
     image: str,
     image_id: int,
     refs_per_scene: int = 1,
+    form_weights: dict[str, float] | None = None,
 ) -> list[dict]:
     """The records of one scene for ``task`` (``rec``, ``res``, ``ovd`` or ``ric``) in the reference schema.
 
     REC/RES give up to ``refs_per_scene`` records, each about a different object (fewer if fewer objects can
-    be referred to, none if none can); OVD and RIC give one.
+    be referred to, none if none can), expression forms drawn with ``form_weights``
+    (:func:`sample_referring_expression`); OVD and RIC give one.
     """
     task = task.lower()
     if task in ("rec", "res"):
         records = []
         remaining = list(range(len(scene.objects)))
         while len(records) < refs_per_scene:
-            pick = sample_referring_expression(scene, rng, remaining)
+            pick = sample_referring_expression(scene, rng, remaining, form_weights)
             if pick is None:
                 break
             index, expr = pick
@@ -792,6 +816,7 @@ def synthetic_sample(
     max_size: int = DEFAULT_SCENES.max_size,
     max_objects: int = DEFAULT_SCENES.max_objects,
     refs_per_scene: int = 1,
+    form_weights: dict[str, float] | None = None,
 ) -> tuple[Scene, list[dict]]:
     """Scene ``index`` of the dataset ``(task, seed)`` and its records.
 
@@ -804,7 +829,13 @@ def synthetic_sample(
     for _ in range(100):
         scene = make_scene(rng, min_size=min_size, max_size=max_size, max_objects=max_objects)
         records = scene_records(
-            scene, this_task, rng, image=image_name(index), image_id=index, refs_per_scene=refs_per_scene
+            scene,
+            this_task,
+            rng,
+            image=image_name(index),
+            image_id=index,
+            refs_per_scene=refs_per_scene,
+            form_weights=form_weights,
         )
         if records:
             return scene, records
@@ -898,6 +929,7 @@ def generate_dataset(
     max_size: int = DEFAULT_SCENES.max_size,
     max_objects: int = DEFAULT_SCENES.max_objects,
     refs_per_scene: int = 1,
+    form_weights: dict[str, float] | None = None,
     progress: bool = True,
 ) -> GenerationSummary:
     """Write scenes ``0 .. n-1`` of the dataset ``(task, seed)`` to ``out_dir``: PNGs and ``records.jsonl``.
@@ -913,6 +945,9 @@ def generate_dataset(
             other settings is refused.
         min_size, max_size: bounds of the image sides (:func:`image_sides`).
         max_objects: most objects per scene (at least one).
+        form_weights: how often REC/RES draw each expression form (``attribute``, ``extreme``, ``relation``;
+            default :data:`FORM_WEIGHTS`); a form left out keeps its default weight. Only the expressions
+            change, not the scenes.
         progress: show a progress bar.
     """
     task = task.lower()
@@ -927,6 +962,7 @@ def generate_dataset(
         raise PaDTError(f"max_objects must be between 1 and {MAX_OBJECTS}, got {max_objects}")
     if refs_per_scene < 1:
         raise PaDTError(f"refs_per_scene must be >= 1, got {refs_per_scene}")
+    weights = check_form_weights(form_weights)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -940,6 +976,8 @@ def generate_dataset(
         "max_objects": max_objects,
         "refs_per_scene": refs_per_scene,
     }
+    if weights != FORM_WEIGHTS:  # folders written with the default mix keep their settings file as before
+        settings["form_weights"] = weights
     _check_settings(out, settings)
     records_path = out / RECORDS_FILE
     done = _completed_ids(records_path)
@@ -958,6 +996,7 @@ def generate_dataset(
                     max_size=max_size,
                     max_objects=max_objects,
                     refs_per_scene=refs_per_scene,
+                    form_weights=weights,
                 )
                 path = out / image_name(index)
                 if not path.exists():

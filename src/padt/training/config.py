@@ -101,6 +101,8 @@ class SyntheticData(_Section):
     max_size: PositiveInt | None = None
     max_objects: PositiveInt | None = None
     refs_per_scene: PositiveInt | None = None
+    #: REC/RES expression forms' weights, e.g. ``{extreme: 0.5}`` (padt.data.synthetic.FORM_WEIGHTS)
+    form_weights: dict[Literal["attribute", "extreme", "relation"], NonNegativeFloat] | None = None
 
 
 class DataSection(_Section):
