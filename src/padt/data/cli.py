@@ -78,13 +78,11 @@ def _form_weights(text: str) -> dict[str, float]:
 
     weights: dict[str, float] = {}
     for item in text.split(","):
-        name, sep, value = item.partition("=")
+        name, _, value = item.partition("=")  # no '=': value "" is not a number either
         try:
             weights[name.strip()] = float(value)
         except ValueError:
-            sep = ""
-        if not sep:
-            raise argparse.ArgumentTypeError(f"{item!r} is not FORM=WEIGHT (e.g. extreme=0.5)")
+            raise argparse.ArgumentTypeError(f"{item!r} is not FORM=WEIGHT (e.g. extreme=0.5)") from None
     try:
         check_form_weights(weights)
     except PaDTError as e:
