@@ -69,3 +69,42 @@ def test_ovd_breakdown_counts_found_objects_and_right_kinds(tmp_path):
     assert table["boxes_on_an_object"] == pytest.approx(total / (total + 1))
     assert table["kind_right_when_on_an_object"] == pytest.approx((total - 1) / total)
     assert sum(table["confusion"].values()) == total
+
+
+def test_spatial_words_tells_a_model_that_reads_the_word_from_one_that_ignores_it():
+    spatial = _script("spatial_words")
+    queries = spatial.extreme_queries(80, 77, max_objects=6, min_size=112, max_size=196)
+    assert len(queries) >= 5
+    for q in queries:
+        assert spatial.parse_extreme(q.text).text == q.text
+        assert q.target != q.opposite_target and {q.target, q.opposite_target} <= set(q.matching)
+        key = {"leftmost": 0, "rightmost": 0, "topmost": 1, "bottommost": 1}[q.expression.extreme]
+        centres = {i: q.scene.objects[i].centre[key] for i in q.matching}
+        low, high = min(centres, key=centres.get), max(centres, key=centres.get)
+        assert (q.target, q.opposite_target) in ((low, high), (high, low))
+
+    def free_patches(q, index):  # the object's patches that no object painted later covers
+        later = set().union(*(set(o.patches) for o in q.scene.objects[index + 1 :]))
+        return [p for p in q.scene.objects[index].patches if p not in later]
+
+    queries = [q for q in queries if all(free_patches(q, i) for i in q.matching)]
+    assert len(queries) >= 5
+
+    def patch_of(q, index):
+        return free_patches(q, index)[0]
+
+    def oracle(images, texts):
+        return [patch_of(q, spatial.parse_extreme(t).resolve(q.scene)[0]) for q, t in zip(queries, texts)]
+
+    def noun_phrase_only(images, texts):  # the first object the noun phrase matches, whatever the word
+        return [patch_of(q, q.matching[0]) for q in queries]
+
+    right = spatial.spatial_words(queries, oracle)
+    assert right["as written"]["target"] == 1.0 and right["opposite word"]["target"] == 1.0
+    assert right["same_object_both_ways"] == 0.0
+    deaf = spatial.spatial_words(queries, noun_phrase_only)
+    assert deaf["same_object_both_ways"] == 1.0
+    expected = sum(q.matching[0] == q.target for q in queries) / len(queries)
+    assert deaf["as written"]["target"] == pytest.approx(expected)
+    assert deaf["as written"]["target"] + deaf["as written"]["matching"] == pytest.approx(1.0)
+    assert spatial.place(queries[0].scene, None, queries[0].target, queries[0].matching) == "background"
