@@ -17,14 +17,13 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from padt.data.records import read_records
 from padt.data.synthetic import SHAPES
-from padt.evaluation.driver import read_prediction_lines
+from padt.evaluation.driver import evaluated_records, read_prediction_lines
 from padt.evaluation.metrics import greedy_match
 
 
 def breakdown(eval_dir: Path) -> dict:
-    records = read_records(eval_dir / "data" / "records.jsonl")
+    records = evaluated_records(eval_dir)
     predictions = {p["index"]: p for p in read_prediction_lines(eval_dir / "predictions.jsonl")}
     boxes = matched = named = objects = 0
     confusion: Counter[tuple[str, str]] = Counter()

@@ -17,14 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from padt.data.records import read_records
 from padt.data.synthetic import expression_form
-from padt.evaluation.driver import read_prediction_lines
+from padt.evaluation.driver import evaluated_records, read_prediction_lines
 from padt.evaluation.metrics import box_iou_matrix
 
 
 def breakdown(eval_dir: Path) -> dict[str, dict[str, float]]:
-    records = read_records(eval_dir / "data" / "records.jsonl")
+    records = evaluated_records(eval_dir)
     predictions = {p["index"]: p for p in read_prediction_lines(eval_dir / "predictions.jsonl")}
     rows: dict[str, list[tuple[bool, bool]]] = {}
     for index, record in enumerate(records):

@@ -13,6 +13,7 @@ from padt.errors import PaDTError
 from padt.evaluation.driver import (
     PREDICTIONS_FILE,
     evaluate,
+    evaluated_records,
     merge_predictions,
     ovd_official_from_records,
     predict_shard,
@@ -344,10 +345,32 @@ def _error(argv, capsys):
     return err[0]
 
 
+def test_cli_eval_on_a_dataset_folder_and_the_records_it_read(checkpoint, reference, tmp_path, capsys):
+    """--data takes the folder padt data synthetic writes; the breakdown scripts find its records again."""
+    records_file = reference / "data" / "records.jsonl"
+    out = tmp_path / "out"
+    argv = ["eval", "--model", str(checkpoint), "--data", str(reference / "data"), "--task", "rec"]
+    argv += ["--out", str(out), "--max-new-tokens", "10", "--limit", "2", "--no-progress", "--device", "cpu"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert json.loads((out / "eval.json").read_text())["data"] == str(records_file.resolve())
+    assert [json.loads(x)["text"] for x in _lines(out)] == [
+        json.loads(x)["text"] for x in _lines(reference)[:2]
+    ]
+    assert evaluated_records(out) == read_records(records_file)  # named by eval.json
+    assert evaluated_records(reference) == read_records(records_file)  # synthetic: its data/ folder
+    with pytest.raises(PaDTError, match=r"no readable eval\.json"):
+        evaluated_records(tmp_path)
+
+
 def test_cli_eval_bad_input(checkpoint, reference, tmp_path, capsys):
     base = ["eval", "--model", str(checkpoint), "--task", "rec", "--no-progress", "--max-new-tokens", "4"]
     assert "does not exist" in _error(
         [*base, "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "a")], capsys
+    )
+    (tmp_path / "empty").mkdir()
+    assert "is a folder without records.jsonl" in _error(
+        [*base, "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "a")], capsys
     )
     assert "unknown item 'colour=red'" in _error(
         [*base, "--data", "synthetic:n=2,colour=red", "--out", str(tmp_path / "b")], capsys

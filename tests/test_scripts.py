@@ -62,6 +62,7 @@ def test_ovd_breakdown_counts_found_objects_and_right_kinds(tmp_path):
             objects.append({"bbox": [0, 0, 2, 2], "label": "circle", "score": 0.1})
         lines.append(json.dumps({"index": index, "width": w, "height": h, "objects": objects}))
     (tmp_path / "predictions.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "eval.json").write_text(json.dumps({"data": "synthetic:task=ovd,n=4,seed=3", "task": "ovd"}))
 
     table = _script("ovd_breakdown").breakdown(tmp_path)
     assert (table["images"], table["objects"], table["boxes"]) == (4, total, total + 1)

@@ -43,7 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="checkpoint folder (model + processor files; default: the bundled model)",
     )
-    parser.add_argument("--data", required=True, help="records file or synthetic:... spec (below)")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="records file, a folder holding records.jsonl, or synthetic:... spec (below)",
+    )
     parser.add_argument("--task", required=True, choices=TASK_NAMES)
     parser.add_argument("--out", required=True, type=Path, help="output folder (below)")
     parser.add_argument("--image-root", type=Path, help="folder of the images (default: the records' folder)")

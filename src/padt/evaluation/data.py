@@ -78,7 +78,15 @@ def canonical_data_name(spec: str | os.PathLike, task: str) -> str:
     if text.startswith(SYNTHETIC_PREFIX):
         values = parse_synthetic_spec(text, task)
         return SYNTHETIC_PREFIX + ",".join(f"{k}={values[k]}" for k in SYNTHETIC_KEYS)
-    return str(Path(text).resolve())
+    return str(_records_file(text).resolve())
+
+
+def _records_file(text: str) -> Path:
+    """A records file given as itself or as the folder ``padt data synthetic`` wrote it in."""
+    from padt.data.synthetic import RECORDS_FILE
+
+    path = Path(text)
+    return path / RECORDS_FILE if path.is_dir() and (path / RECORDS_FILE).is_file() else path
 
 
 def load_data(
@@ -104,11 +112,12 @@ def load_data(
         )  # type: ignore[arg-type]
         records = read_records(folder / RECORDS_FILE)
         return EvalData(records, folder, canonical_data_name(text, task))
-    path = Path(text)
+    path = _records_file(text)
     if not path.is_file():
+        problem = "is a folder without records.jsonl" if path.is_dir() else "does not exist"
         raise PaDTError(
-            f"data file {text!r} does not exist; pass a PaDT records file (.json/.jsonl) or "
-            "synthetic:task=...,n=...,seed=... to --data"
+            f"data file {text!r} {problem}; pass a PaDT records file (.json/.jsonl), a folder holding "
+            "records.jsonl or synthetic:task=...,n=...,seed=... to --data"
         )
     records = read_records(path)
     root = Path(image_root) if image_root is not None else path.parent

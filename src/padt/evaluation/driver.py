@@ -129,6 +129,24 @@ def check_settings(out_dir: str | os.PathLike, settings: Mapping[str, Any], *, w
     os.replace(tmp, path)
 
 
+def evaluated_records(out_dir: str | os.PathLike) -> list[Record]:
+    """The records an evaluation folder was made from (its ``data/`` for synthetic data, else the records
+    file ``eval.json`` names), in the order of the predictions' ``index``."""
+    out = Path(out_dir)
+    try:
+        data = str(json.loads((out / SETTINGS_FILE).read_text(encoding="utf-8"))["data"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise PaDTError(
+            f"{out} has no readable {SETTINGS_FILE}; give a folder written by padt eval"
+        ) from None
+    from padt.data.records import read_records
+    from padt.data.synthetic import RECORDS_FILE
+
+    if data.startswith(SYNTHETIC_PREFIX):
+        return read_records(out / SYNTHETIC_FOLDER / RECORDS_FILE)
+    return read_records(data)
+
+
 # ----------------------------------------------------------------------------------------------- driver
 
 
@@ -316,6 +334,7 @@ __all__ = [
     "canonical_data_name",
     "check_settings",
     "evaluate",
+    "evaluated_records",
     "load_data",
     "merge_predictions",
     "ovd_official_from_records",
