@@ -6,7 +6,7 @@ Takes the REC queries of synthetic scenes ``(seed, n)`` (the bundled model's sce
 *extreme* and asks each twice: as written, and with the opposite word (leftmost <-> rightmost, topmost <->
 bottommost), which refers to another object of the scene. For both it reports where the first VRT of the answer
 lands: on the referred object, on another object the rest of the expression matches (another "small square"),
-on any other object, or on the background. A model that reads the word moves to the other object when the
+on any other object, on the background (or the answer has no VRT). A model that reads the word moves to the other object when the
 word flips; one that resolves only the noun phrase picks the same object twice (the last column). Prints a
 Markdown table; ``--json`` writes the numbers too.
 """
@@ -23,14 +23,10 @@ from PIL import Image
 
 from padt.data.synthetic import (
     BUNDLED_SCENES,
-    COLOURS,
-    EXTREMES,
-    SHAPES,
-    SIZES,
-    Descriptor,
     ReferringExpression,
     Scene,
     expression_form,
+    referring_expressions,
     synthetic_sample,
 )
 
@@ -40,7 +36,7 @@ OPPOSITE = {
     "topmost": "bottommost",
     "bottommost": "topmost",
 }
-PLACES = ("target", "matching", "other", "background")
+PLACES = ("target", "matching", "other", "background", "no VRT")
 
 
 @dataclass(frozen=True)
@@ -65,16 +61,13 @@ class Query:
         return [i for i, o in enumerate(self.scene.objects) if self.expression.target.matches(o)]
 
 
-def parse_extreme(text: str) -> ReferringExpression:
-    """``"the leftmost small red shape"`` -> its :class:`ReferringExpression`."""
-    words = text.split()
-    if len(words) < 3 or words[0] != "the" or words[1] not in EXTREMES:
-        raise ValueError(f"not an extreme expression: {text!r}")
-    rest = words[2:]
-    size = next((w for w in rest if w in SIZES), None)
-    colour = next((w for w in rest if w in COLOURS), None)
-    shape = next((w for w in rest if w in SHAPES), None)
-    return ReferringExpression(Descriptor(size, colour, shape), extreme=words[1])
+def extreme_of(scene: Scene, text: str) -> tuple[int, ReferringExpression]:
+    """The object and the generator's extreme expression behind a record's ``text``."""
+    for index in range(len(scene.objects)):
+        for expression in referring_expressions(scene, index)["extreme"]:
+            if expression.text == text:
+                return index, expression
+    raise ValueError(f"no extreme expression {text!r} in this scene")
 
 
 def extreme_queries(n: int, seed: int, **scene_options: int) -> list[Query]:
@@ -86,18 +79,17 @@ def extreme_queries(n: int, seed: int, **scene_options: int) -> list[Query]:
         text = records[0]["objects"][0]["label"]
         if expression_form(text) != "extreme":
             continue
-        expression = parse_extreme(text)
-        target = expression.resolve(scene)
+        target, expression = extreme_of(scene, text)
         opposite = ReferringExpression(expression.target, OPPOSITE[expression.extreme]).resolve(scene)
-        if len(target) == 1 and len(opposite) == 1 and opposite != target:
-            queries.append(Query(scene, expression, target[0], opposite[0]))
+        if len(opposite) == 1:
+            queries.append(Query(scene, expression, target, opposite[0]))
     return queries
 
 
 def place(scene: Scene, vrt: int | None, target: int, matching: Sequence[int]) -> str:
     """Where a first VRT (a merged-patch index, ``None`` if the answer has none) lands."""
     if vrt is None:
-        return "background"
+        return "no VRT"
     on = [i for i, o in enumerate(scene.objects) if vrt in o.patches]
     if target in on:
         return "target"
@@ -173,13 +165,15 @@ def main() -> None:
     table = spatial_words(queries, model_first_vrts(pipe))
     print(f"{table['queries']} extreme queries; first VRT of the answer:")
     print(
-        "| query | on the referred object | on another object the noun phrase matches | elsewhere | background |"
+        "| query | on the referred object | on another object the noun phrase matches | elsewhere | background "
+        "| no VRT |"
     )
-    print("|---|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|")
     for name in ("as written", "opposite word"):
         row = table[name]
         print(
-            f"| {name} | {row['target']:.3f} | {row['matching']:.3f} | {row['other']:.3f} | {row['background']:.3f} |"
+            f"| {name} | {row['target']:.3f} | {row['matching']:.3f} | {row['other']:.3f} "
+            f"| {row['background']:.3f} | {row['no VRT']:.3f} |"
         )
     print(f"same object both ways: {table['same_object_both_ways']:.3f}")
     if args.json:

@@ -77,7 +77,7 @@ def test_spatial_words_tells_a_model_that_reads_the_word_from_one_that_ignores_i
     queries = spatial.extreme_queries(80, 77, max_objects=6, min_size=112, max_size=196)
     assert len(queries) >= 5
     for q in queries:
-        assert spatial.parse_extreme(q.text).text == q.text
+        assert q.expression.resolve(q.scene) == [q.target]
         assert q.target != q.opposite_target and {q.target, q.opposite_target} <= set(q.matching)
         key = {"leftmost": 0, "rightmost": 0, "topmost": 1, "bottommost": 1}[q.expression.extreme]
         centres = {i: q.scene.objects[i].centre[key] for i in q.matching}
@@ -95,7 +95,7 @@ def test_spatial_words_tells_a_model_that_reads_the_word_from_one_that_ignores_i
         return free_patches(q, index)[0]
 
     def oracle(images, texts):
-        return [patch_of(q, spatial.parse_extreme(t).resolve(q.scene)[0]) for q, t in zip(queries, texts)]
+        return [patch_of(q, q.target if t == q.text else q.opposite_target) for q, t in zip(queries, texts)]
 
     def noun_phrase_only(images, texts):  # the first object the noun phrase matches, whatever the word
         return [patch_of(q, q.matching[0]) for q in queries]
@@ -108,4 +108,6 @@ def test_spatial_words_tells_a_model_that_reads_the_word_from_one_that_ignores_i
     expected = sum(q.matching[0] == q.target for q in queries) / len(queries)
     assert deaf["as written"]["target"] == pytest.approx(expected)
     assert deaf["as written"]["target"] + deaf["as written"]["matching"] == pytest.approx(1.0)
-    assert spatial.place(queries[0].scene, None, queries[0].target, queries[0].matching) == "background"
+    assert spatial.place(queries[0].scene, None, queries[0].target, queries[0].matching) == "no VRT"
+    silent = spatial.spatial_words(queries, lambda images, texts: [None] * len(texts))
+    assert silent["as written"]["no VRT"] == 1.0 and silent["same_object_both_ways"] == 0.0

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from padt.commands import writable_folder
-from padt.data.records import Record
+from padt.data.records import Record, read_records
 from padt.errors import PaDTError
 from padt.evaluation.data import (
     SYNTHETIC_FOLDER,
@@ -139,7 +139,6 @@ def evaluated_records(out_dir: str | os.PathLike) -> list[Record]:
         raise PaDTError(
             f"{out} has no readable {SETTINGS_FILE}; give a folder written by padt eval"
         ) from None
-    from padt.data.records import read_records
     from padt.data.synthetic import RECORDS_FILE
 
     if data.startswith(SYNTHETIC_PREFIX):
