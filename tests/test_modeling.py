@@ -374,3 +374,38 @@ def test_image_position_code_tells_identical_patches_apart():
     # Configs of the published layout are written as the reference writes them (the option only when on).
     assert "image_position_code" not in plain.config.to_diff_dict()
     assert coded.config.to_diff_dict()["image_position_code"] is True
+
+
+def test_prototype_position_code_is_a_random_position_term_in_the_prototypes_only(tmp_path):
+    """The prototype position term: the projection of each unit's (x, y) code, added to the prototypes and
+    nothing else, initialised at random (at zero it would never be used), part of the decoder component, and
+    turning it on leaves every other initial weight as it was."""
+    from padt.decoder import normalised_position_code
+    from padt.modeling import IMAGE_POSITION_CODE_DIM, PROTOTYPE_POSITION_INIT_STD
+
+    grid = torch.tensor([[1, 4, 6]])  # 2 x 3 merge units
+    pixels = torch.rand(24, 3 * 2 * 14 * 14, generator=torch.Generator().manual_seed(0))
+    plain = tiny_model(seed=0, random_prototypes=False, image_position_code=True)
+    posed = tiny_model(
+        seed=0, random_prototypes=False, image_position_code=True, prototype_position_code=True
+    )
+    ours, theirs = posed.state_dict(), plain.state_dict()
+    assert set(ours) - set(theirs) == {"prototype_position.weight"}
+    assert all(torch.equal(ours[k], v) for k, v in theirs.items())
+    weight = posed.prototype_position.weight
+    assert weight.shape == (posed.config.text_config.hidden_size, IMAGE_POSITION_CODE_DIM)
+    assert 0.7 * PROTOTYPE_POSITION_INIT_STD < weight.std().item() < 1.3 * PROTOTYPE_POSITION_INIT_STD
+    assert posed.component_of("prototype_position.weight") == "decoder"
+    assert "prototype_position" in posed.component_modules["decoder"]
+    with torch.no_grad():
+        a, b = plain.encode_images(pixels, grid), posed.encode_images(pixels, grid)
+    code = normalised_position_code(torch.arange(6), torch.tensor([[2, 3]]), IMAGE_POSITION_CODE_DIM)[0]
+    torch.testing.assert_close(b.image_embeds, a.image_embeds, rtol=0, atol=0)  # the image tokens: unchanged
+    torch.testing.assert_close(b.prototypes - a.prototypes, code @ weight.T, rtol=0, atol=1e-6)
+    assert a.prototypes.abs().max() == 0  # vis_norm starts at zero: only the position term tells units apart
+    # Saved only when on; a saved model loads with the same term.
+    assert "prototype_position_code" not in plain.config.to_diff_dict()
+    posed.save_pretrained(tmp_path / "m")
+    loaded = PaDTForConditionalGeneration.from_pretrained(tmp_path / "m")
+    assert loaded.config.prototype_position_code is True
+    torch.testing.assert_close(loaded.prototype_position.weight, weight, rtol=0, atol=0)

@@ -10,6 +10,7 @@ still reads as the base's and the reference's checkpoints load as they are):
 - ``use_visual_prototype_projection``: the prototype transform (``vis_norm`` + ``vis_proj``), on in every
   published checkpoint.
 - ``image_position_code``: padt's absolute position code for vision towers trained from scratch (off).
+- ``prototype_position_code``: padt's position term in the VRT prototypes, randomly initialised (off).
 - ``padt_answer_format``: how the model writes objects, ``vrt`` (PaDT) or ``text`` (the coordinate baseline).
 """
 
@@ -27,7 +28,12 @@ ANSWER_FORMATS = ("vrt", "text")
 ALWAYS_SAVED = ("vl_decoder", "use_visual_prototype_projection")
 #: padt's own fields and their defaults: written to config.json only when they differ, so that configs of the
 #: published layout stay as the reference wrote them.
-OPTIONAL_FIELDS = {"image_position_code": False, "padt_answer_format": "vrt", "vrt_deepstack": False}
+OPTIONAL_FIELDS = {
+    "image_position_code": False,
+    "prototype_position_code": False,
+    "padt_answer_format": "vrt",
+    "vrt_deepstack": False,
+}
 
 
 class PaDTConfigFields:
@@ -36,6 +42,7 @@ class PaDTConfigFields:
     vl_decoder: dict[str, Any] | None
     use_visual_prototype_projection: bool
     image_position_code: bool
+    prototype_position_code: bool
     padt_answer_format: str
 
     def _finish_padt_fields(self) -> None:
@@ -119,6 +126,7 @@ class PaDTQwen2_5_VLConfig(PaDTConfigFields, Qwen2_5_VLConfig):
     vl_decoder: dict | None = None
     use_visual_prototype_projection: bool = True
     image_position_code: bool = False
+    prototype_position_code: bool = False
     padt_answer_format: str = "vrt"
 
     def __post_init__(self, **kwargs: Any) -> None:
@@ -133,6 +141,7 @@ class PaDTQwen3VLConfig(PaDTConfigFields, Qwen3VLConfig):
     vl_decoder: dict | None = None
     use_visual_prototype_projection: bool = True
     image_position_code: bool = False
+    prototype_position_code: bool = False
     padt_answer_format: str = "vrt"
     vrt_deepstack: bool = False
 

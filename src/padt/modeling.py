@@ -14,6 +14,11 @@ Qwen2.5-VL), and what differs between bases is asked of its adapter (:mod:`padt.
   features. Qwen2.5-VL's ViT has only relative (RoPE) positions, so its features do not say *where* a patch is;
   a pretrained ViT picks that up from its data, a tiny one trained from scratch does not, and then neither the
   VRT logits (``h . prototype``) nor the image tokens can express "the leftmost ...".
+- ``prototype_position`` (only with ``config.prototype_position_code``, off for the published weights): a second
+  learned projection of the same code, added to the prototypes only (part of the prototype transform). The
+  image position code reaches the prototypes through ``vis_norm``, which starts at zero, so a spatial word
+  gets almost no gradient towards it: "leftmost" and "rightmost" pull the prototypes in opposite directions
+  and cancel. A randomly initialised term breaks that tie from the first step (README, "The bundled model").
 
 The image placeholder tokens of the prompt still get the merger features (plus the position code when it is
 on), exactly like the stock base model.
@@ -43,9 +48,11 @@ from padt.vrt import VRTLayout
 
 #: Parameter-name prefixes of the modules PaDT adds (trained as the "decoder" component, together with the
 #: prototype transform).
-PADT_MODULE_PREFIXES = ("vis_norm.", "vis_proj.", "vl_decoder.")
+PADT_MODULE_PREFIXES = ("vis_norm.", "vis_proj.", "vl_decoder.", "prototype_position.")
 PROTOTYPE_RANK = 64  # the reference's rank-64 bottleneck (``lora_r``)
 IMAGE_POSITION_CODE_DIM = 32  # 8 frequencies x (sin, cos) x (x, y) for ``config.image_position_code``
+#: std of ``prototype_position``'s random init. Not zero: at zero the term stays unused (measured, README).
+PROTOTYPE_POSITION_INIT_STD = 0.015
 WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -138,6 +145,13 @@ class PaDTMixin:
         self.image_position = (
             nn.Linear(IMAGE_POSITION_CODE_DIM, hidden, bias=False) if config.image_position_code else None
         )
+        # Built without drawing random numbers (it is initialised last, in _init_weights), so turning it on
+        # leaves every other initial weight as it was.
+        self.prototype_position = (
+            nn.utils.skip_init(nn.Linear, IMAGE_POSITION_CODE_DIM, hidden, bias=False)
+            if getattr(config, "prototype_position_code", False)
+            else None
+        )
         self.post_init()
 
     # ------------------------------------------------------------------------------------------ components
@@ -159,7 +173,7 @@ class PaDTMixin:
         return {
             "vision": (*base["vision"], "image_position"),
             "llm": tuple(base["llm"]),
-            "decoder": ("vl_decoder", "vis_norm", "vis_proj"),
+            "decoder": ("vl_decoder", "vis_norm", "vis_proj", "prototype_position"),
         }
 
     def component_of(self, name: str) -> str | None:
@@ -176,6 +190,8 @@ class PaDTMixin:
         if module is getattr(self, "vis_norm", None):
             nn.init.zeros_(module.weight)
             nn.init.zeros_(module.bias)
+        if module is getattr(self, "prototype_position", None):
+            nn.init.normal_(module.weight, std=PROTOTYPE_POSITION_INIT_STD)
 
     @classmethod
     def from_pretrained(
@@ -268,8 +284,12 @@ class PaDTMixin:
         x = self.vis_norm(image_embeds)
         return x + self.vis_proj(x)
 
-    def image_position_embeds(self, image_grid_thw: torch.Tensor) -> torch.Tensor:
-        """``ΣN x D`` learned embedding of each merged patch's normalised ``(x, y)`` centre, unit-raster order."""
+    def image_position_embeds(
+        self, image_grid_thw: torch.Tensor, projection: nn.Linear | None = None
+    ) -> torch.Tensor:
+        """``ΣN x D`` learned embedding of each merged patch's normalised ``(x, y)`` centre, unit-raster order,
+        through ``projection`` (default ``image_position``)."""
+        projection = self.image_position if projection is None else projection
         units_hw = image_grid_thw[:, 1:] // self.merge_size
         codes = [
             normalised_position_code(
@@ -277,8 +297,8 @@ class PaDTMixin:
             )[0].repeat(int(image_grid_thw[i, 0]), 1)
             for i, (h, w) in enumerate(units_hw.tolist())
         ]
-        weight = self.image_position.weight
-        return self.image_position(torch.cat(codes).to(device=weight.device, dtype=weight.dtype))
+        weight = projection.weight
+        return projection(torch.cat(codes).to(device=weight.device, dtype=weight.dtype))
 
     def encode_images(
         self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None
@@ -300,9 +320,13 @@ class PaDTMixin:
         image_embeds = features.merged
         if self.image_position is not None:
             image_embeds = image_embeds + self.image_position_embeds(grid).to(image_embeds.dtype)
+        prototypes = self.image_prototypes(image_embeds)
+        if self.prototype_position is not None:
+            position = self.image_position_embeds(grid, self.prototype_position)
+            prototypes = prototypes + position.to(prototypes.dtype)
         return PaDTVisionOutput(
             image_embeds=image_embeds,
-            prototypes=self.image_prototypes(image_embeds),
+            prototypes=prototypes,
             high_res_image_embeds=features.high_res,
             visual_pe=features.visual_pe,
             image_grid_thw=grid,

@@ -276,6 +276,8 @@ class TinyModelSpec:
     decoder_absolute_position: bool = False
     #: a learned (x, y) code added to the image features (:class:`~padt.modeling.PaDTMixin`).
     image_position_code: bool = False
+    #: a randomly initialised (x, y) term added to the VRT prototypes (:class:`~padt.modeling.PaDTMixin`).
+    prototype_position_code: bool = False
     #: ``torch``: PyTorch's default init for the decoder's linear layers. At tiny widths the reference's
     #: N(0, 0.02) leaves the decoder's output almost independent of its input, and it then barely learns.
     decoder_init: Literal["reference", "torch"] = "reference"
@@ -327,6 +329,7 @@ def tiny_config(spec: TinyModelSpec | None = None, **fields: Any) -> Any:
                 "absolute_position": spec.decoder_absolute_position,
             },
             "image_position_code": spec.image_position_code,
+            "prototype_position_code": spec.prototype_position_code,
         }
         | ({"vrt_deepstack": True} if spec.vrt_deepstack else {})
     )

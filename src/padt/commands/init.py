@@ -1,9 +1,9 @@
 """``padt init``: turn a plain Qwen2.5-VL or Qwen3-VL checkpoint into a PaDT checkpoint, ready for ``padt train``.
 
 The base model's weights, tokenizer, image processor, chat template and generation config are kept; PaDT's
-modules (``vis_norm``, ``vis_proj``, ``vl_decoder`` and, when asked, ``image_position``) are created and
-initialised as the reference initialises them before training (``vis_norm`` zero, so every prototype starts at
-0). On inputs without VRTs the result computes exactly the base model's text logits.
+modules (``vis_norm``, ``vis_proj``, ``vl_decoder`` and, when asked, ``image_position`` and
+``prototype_position``) are created and initialised as the reference initialises them before training
+(``vis_norm`` zero, so every prototype starts at 0, or at the small random position term when it is asked). On inputs without VRTs the result computes exactly the base model's text logits.
 """
 
 from __future__ import annotations
@@ -42,6 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--image-position-code", action="store_true", help="add the learned (x, y) code to the image features"
     )
     parser.add_argument(
+        "--prototype-position-code",
+        action="store_true",
+        help="add a randomly initialised (x, y) term to the VRT prototypes",
+    )
+    parser.add_argument(
         "--vrt-deepstack",
         action="store_true",
         help="Qwen3-VL: a VRT fed back as input also gets the DeepStack features of its patch (docs/method.md "
@@ -62,6 +67,7 @@ def init_from_base(
     decoder_size: int | None = None,
     ordering: str | None = None,
     image_position_code: bool = False,
+    prototype_position_code: bool = False,
     answer_format: str = "vrt",
     dtype: str = "fp32",
     vrt_deepstack: bool = False,
@@ -101,6 +107,7 @@ def init_from_base(
         | {
             "vl_decoder": decoder,
             "image_position_code": image_position_code,
+            "prototype_position_code": prototype_position_code,
             "padt_answer_format": answer_format,
         }
         | extra
@@ -121,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         decoder_size=args.decoder_size,
         ordering=args.ordering,
         image_position_code=args.image_position_code,
+        prototype_position_code=args.prototype_position_code,
         answer_format=args.answer_format,
         dtype=args.dtype,
         vrt_deepstack=args.vrt_deepstack,
