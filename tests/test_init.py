@@ -96,7 +96,10 @@ def test_cli_init_writes_a_loadable_padt_checkpoint(tmp_path, capsys, backbone):
         assert message in err and err.count("\n") == 1, err
 
 
-def test_init_prototype_position_code_starts_the_prototypes_at_the_position_term(tmp_path, capsys):
+def test_init_prototype_position_code_starts_the_prototypes_at_the_position_term(tmp_path):
+    from padt.decoder import normalised_position_code
+    from padt.modeling import IMAGE_POSITION_CODE_DIM
+
     plain_checkpoint("qwen2_5_vl", tmp_path / "base")
     out = tmp_path / "padt"
     argv = ["init", "--base", str(tmp_path / "base"), "--out", str(out), "--prototype-position-code"]
@@ -105,14 +108,14 @@ def test_init_prototype_position_code_starts_the_prototypes_at_the_position_term
     model = PaDTForConditionalGeneration.from_pretrained(out)
     weight = model.prototype_position.weight
     assert weight.abs().max() > 0  # random, not zero: a zero term is never used
-    pixels, grid = torch.rand(16, 3 * 2 * 14 * 14), torch.tensor([[1, 4, 4]])
+    pixels = torch.rand(16, 3 * 2 * 14 * 14, generator=torch.Generator().manual_seed(0))
+    grid = torch.tensor([[1, 4, 4]])  # 2 x 2 merge units
     with torch.no_grad():
         vision = model.encode_images(pixels, grid)
     # vis_norm is zero, so the prototypes are the position term alone: one distinct vector per merge unit.
     assert torch.cdist(vision.prototypes, vision.prototypes).fill_diagonal_(1).min() > 0
-    torch.testing.assert_close(
-        vision.prototypes, model.image_position_embeds(grid, model.prototype_position), rtol=0, atol=0
-    )
+    code = normalised_position_code(torch.arange(4), torch.tensor([[2, 2]]), IMAGE_POSITION_CODE_DIM)[0]
+    torch.testing.assert_close(vision.prototypes, code @ weight.T, rtol=0, atol=1e-6)
 
 
 def test_init_vrt_deepstack_is_a_qwen3_option(tmp_path):

@@ -149,7 +149,7 @@ class PaDTMixin:
         # leaves every other initial weight as it was.
         self.prototype_position = (
             nn.utils.skip_init(nn.Linear, IMAGE_POSITION_CODE_DIM, hidden, bias=False)
-            if getattr(config, "prototype_position_code", False)
+            if config.prototype_position_code
             else None
         )
         self.post_init()

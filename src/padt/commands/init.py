@@ -3,7 +3,8 @@
 The base model's weights, tokenizer, image processor, chat template and generation config are kept; PaDT's
 modules (``vis_norm``, ``vis_proj``, ``vl_decoder`` and, when asked, ``image_position`` and
 ``prototype_position``) are created and initialised as the reference initialises them before training
-(``vis_norm`` zero, so every prototype starts at 0, or at the small random position term when it is asked). On inputs without VRTs the result computes exactly the base model's text logits.
+(``vis_norm`` zero, so every prototype starts at 0, or at the small random position term when it is asked).
+On inputs without VRTs the result computes exactly the base model's text logits.
 """
 
 from __future__ import annotations
