@@ -118,6 +118,24 @@ def test_init_prototype_position_code_starts_the_prototypes_at_the_position_term
     torch.testing.assert_close(vision.prototypes, code @ weight.T, rtol=0, atol=1e-6)
 
 
+def test_init_prototype_position_init_std(tmp_path, capsys):
+    plain_checkpoint("qwen2_5_vl", tmp_path / "base")
+    base, out = str(tmp_path / "base"), tmp_path / "padt"
+    flags = ["--prototype-position-code", "--prototype-position-init-std", "0.5"]
+    assert main(["init", "--base", base, "--out", str(out), *flags]) == 0
+    assert json.loads((out / "config.json").read_text())["prototype_position_init_std"] == 0.5
+    weight = PaDTForConditionalGeneration.from_pretrained(out).prototype_position.weight
+    assert 0.4 < weight.std().item() < 0.6  # 0.015 by default
+    capsys.readouterr()
+    for argv, message in [
+        (flags[1:], "--prototype-position-init-std needs --prototype-position-code"),
+        ([flags[0], flags[1], "-1"], "prototype_position_init_std must be a number >= 0, got -1.0"),
+    ]:
+        assert main(["init", "--base", base, "--out", str(tmp_path / "x"), *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+
+
 def test_init_vrt_deepstack_is_a_qwen3_option(tmp_path):
     plain_checkpoint("qwen3_vl", tmp_path / "q3")
     plain_checkpoint("qwen2_5_vl", tmp_path / "q25")

@@ -380,8 +380,9 @@ def test_prototype_position_code_is_a_random_position_term_in_the_prototypes_onl
     """The prototype position term: the projection of each unit's (x, y) code, added to the prototypes and
     nothing else, initialised at random (at zero it would never be used), part of the decoder component, and
     turning it on leaves every other initial weight as it was."""
+    from padt.config import PROTOTYPE_POSITION_INIT_STD
     from padt.decoder import normalised_position_code
-    from padt.modeling import IMAGE_POSITION_CODE_DIM, PROTOTYPE_POSITION_INIT_STD
+    from padt.modeling import IMAGE_POSITION_CODE_DIM
 
     grid = torch.tensor([[1, 4, 6]])  # 2 x 3 merge units
     pixels = torch.rand(24, 3 * 2 * 14 * 14, generator=torch.Generator().manual_seed(0))
@@ -409,3 +410,37 @@ def test_prototype_position_code_is_a_random_position_term_in_the_prototypes_onl
     loaded = PaDTForConditionalGeneration.from_pretrained(tmp_path / "m")
     assert loaded.config.prototype_position_code is True
     torch.testing.assert_close(loaded.prototype_position.weight, weight, rtol=0, atol=0)
+
+
+def test_prototype_position_init_std_scales_the_same_draws(tmp_path):
+    """``prototype_position_init_std`` sets the term's init std (the same random draws, scaled: every other weight
+    is unchanged); 0 gives the zero-initialised control; it is saved when not the default; a bad value is a
+    one-line error."""
+    from padt.config import PROTOTYPE_POSITION_INIT_STD
+
+    def build(**fields):
+        return tiny_model(seed=0, image_position_code=True, prototype_position_code=True, **fields)
+
+    default, small, zero = (
+        build(),
+        build(prototype_position_init_std=0.005),
+        build(prototype_position_init_std=0.0),
+    )
+    torch.testing.assert_close(
+        small.prototype_position.weight,
+        default.prototype_position.weight * (0.005 / PROTOTYPE_POSITION_INIT_STD),
+        rtol=1e-5,
+        atol=1e-9,
+    )
+    assert zero.prototype_position.weight.abs().max() == 0
+    theirs = default.state_dict()
+    assert all(
+        torch.equal(v, theirs[k])
+        for k, v in small.state_dict().items()
+        if not k.startswith("prototype_position")
+    )
+    assert "prototype_position_init_std" not in default.config.to_diff_dict()
+    small.save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["prototype_position_init_std"] == 0.005
+    with pytest.raises(PaDTError, match="prototype_position_init_std must be a number >= 0, got -1"):
+        build(prototype_position_init_std=-1.0)

@@ -10,7 +10,8 @@ still reads as the base's and the reference's checkpoints load as they are):
 - ``use_visual_prototype_projection``: the prototype transform (``vis_norm`` + ``vis_proj``), on in every
   published checkpoint.
 - ``image_position_code``: padt's absolute position code for vision towers trained from scratch (off).
-- ``prototype_position_code``: padt's position term in the VRT prototypes, randomly initialised (off).
+- ``prototype_position_code``: padt's position term in the VRT prototypes, randomly initialised (off), and
+  ``prototype_position_init_std``: the std of that init (it shapes training only).
 - ``padt_answer_format``: how the model writes objects, ``vrt`` (PaDT) or ``text`` (the coordinate baseline).
 """
 
@@ -24,6 +25,8 @@ from padt.decoder import PaDTDecoderConfig
 from padt.errors import PaDTError
 
 ANSWER_FORMATS = ("vrt", "text")
+#: Default std of the prototype position term's random init (not zero: at zero the term stays unused).
+PROTOTYPE_POSITION_INIT_STD = 0.015
 #: Fields written to config.json even at their default value (the reference's loaders expect them).
 ALWAYS_SAVED = ("vl_decoder", "use_visual_prototype_projection")
 #: padt's own fields and their defaults: written to config.json only when they differ, so that configs of the
@@ -31,6 +34,7 @@ ALWAYS_SAVED = ("vl_decoder", "use_visual_prototype_projection")
 OPTIONAL_FIELDS = {
     "image_position_code": False,
     "prototype_position_code": False,
+    "prototype_position_init_std": PROTOTYPE_POSITION_INIT_STD,
     "padt_answer_format": "vrt",
     "vrt_deepstack": False,
 }
@@ -43,6 +47,7 @@ class PaDTConfigFields:
     use_visual_prototype_projection: bool
     image_position_code: bool
     prototype_position_code: bool
+    prototype_position_init_std: float
     padt_answer_format: str
 
     def _finish_padt_fields(self) -> None:
@@ -82,6 +87,9 @@ class PaDTConfigFields:
                 f"tower's ({vision.hidden_size}/{vision.num_heads}): the decoder adds raw ViT features and uses ViT RoPE"
             )
         self.vl_decoder = decoder.to_dict(reference_layout=True)
+        std = self.prototype_position_init_std
+        if isinstance(std, bool) or not isinstance(std, int | float) or not 0 <= std < float("inf"):
+            raise PaDTError(f"prototype_position_init_std must be a number >= 0, got {std!r}")
         if self.padt_answer_format not in ANSWER_FORMATS:
             raise PaDTError(
                 f"padt_answer_format must be one of {', '.join(ANSWER_FORMATS)}, got {self.padt_answer_format!r}"
@@ -127,6 +135,7 @@ class PaDTQwen2_5_VLConfig(PaDTConfigFields, Qwen2_5_VLConfig):
     use_visual_prototype_projection: bool = True
     image_position_code: bool = False
     prototype_position_code: bool = False
+    prototype_position_init_std: float = PROTOTYPE_POSITION_INIT_STD
     padt_answer_format: str = "vrt"
 
     def __post_init__(self, **kwargs: Any) -> None:
@@ -142,6 +151,7 @@ class PaDTQwen3VLConfig(PaDTConfigFields, Qwen3VLConfig):
     use_visual_prototype_projection: bool = True
     image_position_code: bool = False
     prototype_position_code: bool = False
+    prototype_position_init_std: float = PROTOTYPE_POSITION_INIT_STD
     padt_answer_format: str = "vrt"
     vrt_deepstack: bool = False
 
@@ -153,4 +163,11 @@ class PaDTQwen3VLConfig(PaDTConfigFields, Qwen3VLConfig):
 #: The config of the published checkpoints' base.
 PaDTConfig = PaDTQwen2_5_VLConfig
 
-__all__ = ["ANSWER_FORMATS", "PaDTConfig", "PaDTConfigFields", "PaDTQwen2_5_VLConfig", "PaDTQwen3VLConfig"]
+__all__ = [
+    "ANSWER_FORMATS",
+    "PROTOTYPE_POSITION_INIT_STD",
+    "PaDTConfig",
+    "PaDTConfigFields",
+    "PaDTQwen2_5_VLConfig",
+    "PaDTQwen3VLConfig",
+]

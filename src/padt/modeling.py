@@ -51,8 +51,6 @@ from padt.vrt import VRTLayout
 PADT_MODULE_PREFIXES = ("vis_norm.", "vis_proj.", "vl_decoder.", "prototype_position.")
 PROTOTYPE_RANK = 64  # the reference's rank-64 bottleneck (``lora_r``)
 IMAGE_POSITION_CODE_DIM = 32  # 8 frequencies x (sin, cos) x (x, y) for ``config.image_position_code``
-#: std of ``prototype_position``'s random init. Not zero: at zero the term stays unused (measured, README).
-PROTOTYPE_POSITION_INIT_STD = 0.015
 WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -191,7 +189,7 @@ class PaDTMixin:
             nn.init.zeros_(module.weight)
             nn.init.zeros_(module.bias)
         if module is getattr(self, "prototype_position", None):
-            nn.init.normal_(module.weight, std=PROTOTYPE_POSITION_INIT_STD)
+            nn.init.normal_(module.weight, std=self.config.prototype_position_init_std)
 
     @classmethod
     def from_pretrained(

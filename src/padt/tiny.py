@@ -278,6 +278,8 @@ class TinyModelSpec:
     image_position_code: bool = False
     #: a randomly initialised (x, y) term added to the VRT prototypes (:class:`~padt.modeling.PaDTMixin`).
     prototype_position_code: bool = False
+    #: std of that term's random init (default: the model config's, ``padt.config.PROTOTYPE_POSITION_INIT_STD``).
+    prototype_position_init_std: float | None = None
     #: ``torch``: PyTorch's default init for the decoder's linear layers. At tiny widths the reference's
     #: N(0, 0.02) leaves the decoder's output almost independent of its input, and it then barely learns.
     decoder_init: Literal["reference", "torch"] = "reference"
@@ -331,6 +333,11 @@ def tiny_config(spec: TinyModelSpec | None = None, **fields: Any) -> Any:
             "image_position_code": spec.image_position_code,
             "prototype_position_code": spec.prototype_position_code,
         }
+        | (
+            {"prototype_position_init_std": spec.prototype_position_init_std}
+            if spec.prototype_position_init_std is not None
+            else {}
+        )
         | ({"vrt_deepstack": True} if spec.vrt_deepstack else {})
     )
     padt_config._attn_implementation = "sdpa"

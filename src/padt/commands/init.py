@@ -48,6 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="add a randomly initialised (x, y) term to the VRT prototypes",
     )
     parser.add_argument(
+        "--prototype-position-init-std",
+        type=float,
+        default=None,
+        metavar="STD",
+        help="std of that term's random init (default: padt.config.PROTOTYPE_POSITION_INIT_STD)",
+    )
+    parser.add_argument(
         "--vrt-deepstack",
         action="store_true",
         help="Qwen3-VL: a VRT fed back as input also gets the DeepStack features of its patch (docs/method.md "
@@ -69,6 +76,7 @@ def init_from_base(
     ordering: str | None = None,
     image_position_code: bool = False,
     prototype_position_code: bool = False,
+    prototype_position_init_std: float | None = None,
     answer_format: str = "vrt",
     dtype: str = "fp32",
     vrt_deepstack: bool = False,
@@ -98,6 +106,10 @@ def init_from_base(
                 f"--vrt-deepstack is for Qwen3-VL bases; {base} is a {raw.get('model_type')} model"
             )
         extra["vrt_deepstack"] = True
+    if prototype_position_init_std is not None:
+        if not prototype_position_code:
+            raise PaDTError("--prototype-position-init-std needs --prototype-position-code")
+        extra["prototype_position_init_std"] = prototype_position_init_std
     decoder: dict[str, Any] = {}
     if decoder_size is not None:
         decoder["intermediate_size"] = decoder_size
@@ -130,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         ordering=args.ordering,
         image_position_code=args.image_position_code,
         prototype_position_code=args.prototype_position_code,
+        prototype_position_init_std=args.prototype_position_init_std,
         answer_format=args.answer_format,
         dtype=args.dtype,
         vrt_deepstack=args.vrt_deepstack,
