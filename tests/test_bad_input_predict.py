@@ -149,6 +149,7 @@ CASES = [
             ("max-side-text", ["--max-side", "big"], "argument --max-side"),
             ("max-new-tokens-0", ["--max-new-tokens", "0"], "argument --max-new-tokens: must be at least 1"),
             ("repeat-penalty-negative", ["--vrt-repeat-penalty", "-1"], "must be a number >= 0"),
+            ("reuse-penalty-text", ["--vrt-reuse-penalty", "high"], "argument --vrt-reuse-penalty"),
             ("task-unknown", ["--task", "vqa"], "argument --task: invalid choice: 'vqa'"),
             ("dtype-unknown", ["--dtype", "int4"], "argument --dtype: invalid choice"),
         ]

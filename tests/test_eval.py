@@ -322,7 +322,7 @@ def test_cli_eval_on_a_records_file(checkpoint, reference, tmp_path, capsys):
     texts = [json.loads(x)["text"] for x in _lines(tmp_path / "out")]
     assert texts == [json.loads(x)["text"] for x in _lines(reference)[:3]]
 
-    # --vrt-repeat-penalty reaches generation and is part of the settings.
+    # --vrt-repeat-penalty reaches generation; both penalties are part of the settings.
     def repeats(out):
         return [
             len(set(o["vrt_ids"])) < len(o["vrt_ids"]) for x in _lines(out) for o in json.loads(x)["objects"]
@@ -331,10 +331,15 @@ def test_cli_eval_on_a_records_file(checkpoint, reference, tmp_path, capsys):
     assert any(repeats(tmp_path / "out"))  # this tiny model repeats VRTs when decoding plainly
     out = str(tmp_path / "out")
     assert (
-        main([str(tmp_path / "inf") if a == out else a for a in argv] + ["--vrt-repeat-penalty", "inf"]) == 0
+        main(
+            [str(tmp_path / "inf") if a == out else a for a in argv]
+            + ["--vrt-repeat-penalty", "inf", "--vrt-reuse-penalty", "2.5"]
+        )
+        == 0
     )
     capsys.readouterr()
-    assert json.loads((tmp_path / "inf" / "eval.json").read_text())["vrt_repeat_penalty"] == float("inf")
+    written = json.loads((tmp_path / "inf" / "eval.json").read_text())
+    assert written["vrt_repeat_penalty"] == float("inf") and written["vrt_reuse_penalty"] == 2.5
     assert repeats(tmp_path / "inf") and not any(repeats(tmp_path / "inf"))
 
 

@@ -183,8 +183,38 @@ def test_vrt_repeat_penalty_lowers_the_current_run_only():
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
     banned = VRTRepeatPenaltyLogitsProcessor(vocab, float("inf"))(ids, scores.clone())
     assert [set(torch.isinf(row).nonzero().flatten().tolist()) for row in banned] == [{12, 13}, {15}, set()]
-    with pytest.raises(PaDTError, match=">= 0"):
+    with pytest.raises(PaDTError, match="vrt_repeat_penalty must be >= 0"):
         VRTRepeatPenaltyLogitsProcessor(vocab, -1.0)
+
+
+def test_vrt_reuse_penalty_lowers_the_earlier_runs_of_the_answer():
+    from padt.generation import VRTRepeatPenaltyLogitsProcessor
+
+    vocab = 10  # ids >= 10 are VRTs; scores have 10 text + 6 VRT columns
+    ids = torch.tensor(
+        [
+            [11, 2, 1, 12, 13, 12],  # 11 is in the prompt (first 2 positions): never lowered; run 12 13 12
+            [2, 1, 12, 14, 3, 15],  # earlier run 12 14, current run 15
+            [2, 1, 12, 13, 3, 13],  # 13 is in both: lowered once, by the larger penalty
+        ]
+    )
+    scores = torch.arange(48, dtype=torch.float32).reshape(3, 16)
+    out = VRTRepeatPenaltyLogitsProcessor(vocab, 2.5, 4.0, prompt_length=2)(ids, scores.clone())
+    expected = scores.clone()
+    expected[0, [12, 13]] -= 2.5
+    expected[1, [12, 14]] -= 4.0
+    expected[1, 15] -= 2.5
+    expected[2, [12, 13]] -= 4.0
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    # Reuse alone leaves the current run alone; inf forbids the earlier runs' patches.
+    alone = VRTRepeatPenaltyLogitsProcessor(vocab, 0.0, float("inf"), prompt_length=2)(ids, scores.clone())
+    assert [set(torch.isinf(row).nonzero().flatten().tolist()) for row in alone] == [
+        set(),
+        {12, 14},
+        {12, 13},
+    ]
+    with pytest.raises(PaDTError, match="vrt_reuse_penalty must be >= 0"):
+        VRTRepeatPenaltyLogitsProcessor(vocab, 0.0, -1.0)
 
 
 def test_vrt_repeat_penalty_in_generation(pipe):
@@ -205,3 +235,26 @@ def test_vrt_repeat_penalty_in_generation(pipe):
         assert runs() == distinct
     finally:
         del pipe.model.generation_config.vrt_repeat_penalty
+
+
+def test_vrt_reuse_penalty_in_generation(pipe):
+    img = image(5, 140, 112)
+
+    def runs(**kwargs):
+        [pred] = pipe(
+            [img], ["find the object"], max_new_tokens=40, vrt_repeat_penalty=float("inf"), **kwargs
+        )
+        return [obj.vrt_ids for obj in pred.objects]
+
+    plain = runs()
+    assert len(plain) > 1 and set(plain[0]) & set(plain[1]), "this seed's second object reuses patches"
+    assert runs(vrt_reuse_penalty=0.0) == plain
+    fresh = runs(vrt_reuse_penalty=float("inf"))
+    used = [i for run in fresh for i in run]
+    assert len(fresh) > 1 and len(used) == len(set(used))  # no patch in two objects
+    assert fresh[0] == plain[0]  # the first object has nothing earlier to avoid
+    pipe.model.generation_config.vrt_reuse_penalty = float("inf")
+    try:
+        assert runs() == fresh
+    finally:
+        del pipe.model.generation_config.vrt_reuse_penalty

@@ -140,6 +140,7 @@ def test_overrides_parse_types_and_nested_keys(tmp_path):
         ("padt.vrts_per_object=0", "padt.vrts_per_object: must be a positive number of VRTs, or -1"),
         ("padt.loss_weights={loss_tokn: 1}", "unknown loss term 'loss_tokn'; did you mean 'loss_token'?"),
         ("generation.vrt_repeat_penalty=-1", "vrt_repeat_penalty must be a number >= 0"),
+        ("generation.vrt_reuse_penalty=no", "vrt_reuse_penalty must be a number >= 0"),
         ("resume=maybe", "resume: Input should be 'auto', True or False, got 'maybe'"),
         (
             "data.synthetic={n: 3, form_weights: {extremes: 1}}",
@@ -381,11 +382,13 @@ def test_resume_reproduces_the_uninterrupted_run(scenes, tmp_path, monkeypatch):
         "training.save_steps=3",
         "padt.warmup_steps=4",
     )
-    whole = train(make_config(scenes, tmp_path / "whole", *settings, "generation.vrt_repeat_penalty=2.0"))
+    generation = ("generation.vrt_repeat_penalty=2.0", "generation.vrt_reuse_penalty=1.5")
+    whole = train(make_config(scenes, tmp_path / "whole", *settings, *generation))
     uninterrupted = list(drawn)
     assert len(uninterrupted) == 6
     # The config's generation section lands in the final model's generation_config.
-    assert PaDTForConditionalGeneration.from_pretrained(whole).generation_config.vrt_repeat_penalty == 2.0
+    written = PaDTForConditionalGeneration.from_pretrained(whole).generation_config
+    assert written.vrt_repeat_penalty == 2.0 and written.vrt_reuse_penalty == 1.5
 
     config = make_config(scenes, tmp_path / "resumed", *settings)
     trainer = build_trainer(config)

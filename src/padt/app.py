@@ -133,6 +133,7 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
     from padt.visualize import draw_prediction
 
     default_penalty = getattr(pipe.model.generation_config, "vrt_repeat_penalty", None)
+    default_reuse = getattr(pipe.model.generation_config, "vrt_reuse_penalty", None)
     device = next(pipe.model.parameters()).device
     outputs_dir = workdir / "outputs"
     outputs_dir.mkdir(parents=True, exist_ok=True)
@@ -143,7 +144,7 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
         )  # small images are drawn enlarged, for readable labels
         return draw_prediction(image, prediction, show_vrt=show_vrt, processor=pipe.processor, scale=scale)
 
-    def run(image, task_label, text, max_new, penalty, show_vrt, progress=gr.Progress()):  # noqa: B008 (gradio injects it)
+    def run(image, task_label, text, max_new, penalty, reuse, show_vrt, progress=gr.Progress()):  # noqa: B008 (gradio injects it)
         if image is None:
             raise gr.Error(
                 "No image yet: upload one, paste one, or press 'New scene'.", print_exception=False
@@ -157,8 +158,9 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
             raise gr.Error(
                 f"The text is empty: write {what.get(task, 'a prompt')} first.", print_exception=False
             )
-        if penalty is not None and not penalty >= 0:
-            raise gr.Error("The VRT repeat penalty must be 0 or more.", print_exception=False)
+        for name, value in (("repeat", penalty), ("reuse", reuse)):
+            if value is not None and not value >= 0:
+                raise gr.Error(f"The VRT {name} penalty must be 0 or more.", print_exception=False)
         max_new = int(max_new)
         progress((0, max_new), desc="generating", unit="tokens")
         try:
@@ -168,6 +170,7 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
                 task=task,
                 max_new_tokens=max_new,
                 vrt_repeat_penalty=penalty,
+                vrt_reuse_penalty=reuse,
                 streamer=_TokenProgress(progress, max_new),
             )
         except PaDTError as error:
@@ -245,6 +248,12 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
                         minimum=0,
                         elem_id="penalty",
                     )
+                    reuse = gr.Number(
+                        value=default_reuse,
+                        label="VRT reuse penalty, on earlier objects' patches (empty: the checkpoint's)",
+                        minimum=0,
+                        elem_id="reuse-penalty",
+                    )
                 show_vrt = gr.Checkbox(
                     value=False, label="Show the VRT cells of each object", elem_id="show-vrt"
                 )
@@ -276,7 +285,7 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
         )
         run_button.click(
             run,
-            [image, task, text, max_new, penalty, show_vrt],
+            [image, task, text, max_new, penalty, reuse, show_vrt],
             [annotated, answer, as_json, download, prediction_state, summary],
         )
         show_vrt.change(redraw, [image, prediction_state, show_vrt], annotated)

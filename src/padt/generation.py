@@ -13,7 +13,8 @@ What PaDT adds to stock ``generate`` (docs/method.md §6.1-§6.3, §12):
   drawn with replacement for a smaller one (§8.1). A small model decoding greedily tends to write its most
   likely patch five times even for a large object, which leaves the decoder one point of it instead of five;
   with the penalty the next-best patch wins when it is nearly as likely, while a small object's only patches
-  still repeat.
+  still repeat. ``vrt_reuse_penalty`` does the same for the VRTs of the answer's earlier runs: a small model
+  listing several objects tends to point at one it has already written.
 """
 
 from __future__ import annotations
@@ -101,26 +102,36 @@ class VRTStateRecorder:
 
 class VRTRepeatPenaltyLogitsProcessor(LogitsProcessor):
     """Lowers the logits of the VRTs of the run being written (the VRTs since the last text token) by
-    ``penalty``: a VRT repeats only when it is more than ``exp(penalty)`` times likelier than every other
-    token. ``penalty=inf`` forbids repeats.
+    ``penalty``, and those of the VRTs of earlier runs of the answer (earlier objects) by ``reuse_penalty``: a
+    VRT repeats only when it is more than ``exp(penalty)`` times likelier than every other token. ``inf``
+    forbids it; a VRT both in the run and in an earlier one gets the larger of the two.
 
     Works on global ids: ids ``>= vocab_size`` are VRTs, and ``scores`` holds the text logits followed by the
-    VRT logits (``V + ΣN`` columns). A run ends at any text token, so the next object may reuse a patch.
+    VRT logits (``V + ΣN`` columns). A run ends at any text token. Earlier runs are those after the first
+    ``prompt_length`` positions (the answer's): VRTs in a chat's earlier turns are not penalised.
     """
 
-    def __init__(self, vocab_size: int, penalty: float) -> None:
-        if not penalty >= 0:
-            raise PaDTError(f"vrt_repeat_penalty must be >= 0 (0: off, inf: no repeats), got {penalty}")
+    def __init__(
+        self, vocab_size: int, penalty: float, reuse_penalty: float = 0.0, prompt_length: int = 0
+    ) -> None:
+        for name, value in (("vrt_repeat_penalty", penalty), ("vrt_reuse_penalty", reuse_penalty)):
+            if not value >= 0:
+                raise PaDTError(f"{name} must be >= 0 (0: off, inf: never), got {value}")
         self.vocab_size = int(vocab_size)
         self.penalty = float(penalty)
+        self.reuse_penalty = float(reuse_penalty)
+        self.prompt_length = int(prompt_length)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         is_vrt = input_ids >= self.vocab_size
         in_run = is_vrt.flip(1).long().cumprod(1).flip(1).bool()  # the trailing VRTs of each row
-        if self.penalty == 0 or not bool(in_run.any()):
-            return scores
-        ids = torch.where(in_run, input_ids, torch.zeros_like(input_ids)).clamp(max=scores.shape[-1] - 1)
-        in_run_ids = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, ids, in_run)
-        if self.penalty == float("inf"):
-            return scores.masked_fill(in_run_ids, float("-inf"))
-        return scores - self.penalty * in_run_ids.to(scores.dtype)
+        earlier = is_vrt & ~in_run
+        earlier[:, : self.prompt_length] = False
+        lowered = torch.zeros_like(scores)
+        for which, by in ((in_run, self.penalty), (earlier, self.reuse_penalty)):
+            if by == 0 or not bool(which.any()):
+                continue
+            ids = torch.where(which, input_ids, torch.zeros_like(input_ids)).clamp(max=scores.shape[-1] - 1)
+            columns = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, ids, which)
+            lowered = torch.where(columns, lowered.clamp(min=by), lowered)
+        return scores - lowered

@@ -540,23 +540,34 @@ class PaDTMixin:
         *args: Any,
         vrt_recorder: VRTStateRecorder | None = None,
         vrt_repeat_penalty: float | None = None,
+        vrt_reuse_penalty: float | None = None,
         **kwargs: Any,
     ) -> Any:
         """transformers' ``generate`` with global VRT ids in and out.
 
         Pass a :class:`~padt.generation.VRTStateRecorder` as ``vrt_recorder`` to collect the hidden states the
-        decoder needs. ``vrt_repeat_penalty`` (default: the entry of that name in the checkpoint's
-        ``generation_config``, else 0 = off) adds :class:`~padt.generation.VRTRepeatPenaltyLogitsProcessor`.
+        decoder needs. ``vrt_repeat_penalty`` and ``vrt_reuse_penalty`` (default: the entries of those names in
+        the checkpoint's ``generation_config``, else 0 = off) add
+        :class:`~padt.generation.VRTRepeatPenaltyLogitsProcessor`.
         Everything else is stock: greedy, sampling, logits processors, the checkpoint's ``generation_config``,
         static caches and compilation.
         """
         if vrt_repeat_penalty is None:
             vrt_repeat_penalty = float(getattr(self.generation_config, "vrt_repeat_penalty", 0.0) or 0.0)
-        if vrt_repeat_penalty:
+        if vrt_reuse_penalty is None:
+            vrt_reuse_penalty = float(getattr(self.generation_config, "vrt_reuse_penalty", 0.0) or 0.0)
+        if vrt_repeat_penalty or vrt_reuse_penalty:
             from transformers import LogitsProcessorList
 
             processors = LogitsProcessorList(kwargs.pop("logits_processor", None) or [])
-            processors.append(VRTRepeatPenaltyLogitsProcessor(self.vocab_size, vrt_repeat_penalty))
+            processors.append(
+                VRTRepeatPenaltyLogitsProcessor(
+                    self.vocab_size,
+                    vrt_repeat_penalty,
+                    vrt_reuse_penalty,
+                    prompt_length=0 if input_ids is None else input_ids.shape[-1],
+                )
+            )
             kwargs["logits_processor"] = processors
         if (
             input_ids is not None

@@ -77,8 +77,8 @@ def probability(text: str) -> float:
     return value
 
 
-def add_vrt_repeat_penalty_argument(parser: argparse.ArgumentParser) -> None:
-    """``--vrt-repeat-penalty`` (predict, eval, app, serve)."""
+def add_vrt_penalty_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--vrt-repeat-penalty`` and ``--vrt-reuse-penalty`` (predict, eval)."""
     parser.add_argument(
         "--vrt-repeat-penalty",
         type=non_negative_float,
@@ -86,6 +86,14 @@ def add_vrt_repeat_penalty_argument(parser: argparse.ArgumentParser) -> None:
         metavar="P",
         help="lower the logits of the VRTs already in an object's run by P (0: plain greedy, inf: "
         "never repeat; default: the checkpoint's generation_config)",
+    )
+    parser.add_argument(
+        "--vrt-reuse-penalty",
+        type=non_negative_float,
+        default=None,
+        metavar="P",
+        help="lower the logits of the VRTs of the answer's earlier objects by P (0: off, inf: never reuse a "
+        "patch; default: the checkpoint's generation_config)",
     )
 
 

@@ -5,7 +5,8 @@ every query in batches (:func:`~padt.evaluation.predictions.predict_shard`), mer
 (:func:`~padt.evaluation.predictions.merge_predictions`) and scores them with the task's scorer
 (:func:`~padt.evaluation.protocols.score_predictions`). The output folder holds:
 
-- ``eval.json``: what is evaluated (model, data, task, ``max_new_tokens``, ``vrt_repeat_penalty`` when given).
+- ``eval.json``: what is evaluated (model, data, task, ``max_new_tokens``, ``vrt_repeat_penalty`` and
+  ``vrt_reuse_penalty`` when given).
   A folder evaluated with other settings is refused, so that a resumed run never mixes two evaluations.
 - ``predictions.jsonl``: one line per query in the per-query format of ``padt score`` (``index``, ``objects``
   with pixel xyxy ``bbox``, ``score``, ``label``, ``mask`` RLE, ``width``, ``height``, ``caption`` for RIC) plus
@@ -191,6 +192,7 @@ def evaluate(
     data_name: str | None = None,
     progress: bool = True,
     vrt_repeat_penalty: float | None = None,
+    vrt_reuse_penalty: float | None = None,
 ) -> dict[str, Any] | None:
     """Predict every query of ``data`` with ``pipe``, resumably, and score the predictions.
 
@@ -207,6 +209,7 @@ def evaluate(
         model_name, data_name: how ``eval.json`` names the model and the data when they are objects.
         vrt_repeat_penalty: penalty on the VRTs already in an object's run (0: off, inf: no repeats); None:
             the checkpoint's ``generation_config`` decides.
+        vrt_reuse_penalty: penalty on the VRTs of the answer's earlier objects, likewise.
     Returns:
         The metrics (also in ``metrics.json``), or None in a non-main process of a distributed run.
     """
@@ -251,6 +254,8 @@ def evaluate(
         settings["weights"] = weights
     if vrt_repeat_penalty is not None:
         settings["vrt_repeat_penalty"] = vrt_repeat_penalty
+    if vrt_reuse_penalty is not None:
+        settings["vrt_reuse_penalty"] = vrt_reuse_penalty
 
     with state.main_process_first() if state is not None else contextlib.nullcontext():
         check_settings(out, settings, write=False)
@@ -294,6 +299,7 @@ def evaluate(
         world_size=world_size,
         progress=progress,
         vrt_repeat_penalty=vrt_repeat_penalty,
+        vrt_reuse_penalty=vrt_reuse_penalty,
     )
     if state is not None:
         state.wait_for_everyone()

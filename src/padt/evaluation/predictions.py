@@ -169,11 +169,12 @@ def predict_shard(
     world_size: int = 1,
     progress: bool = True,
     vrt_repeat_penalty: float | None = None,
+    vrt_reuse_penalty: float | None = None,
 ) -> int:
     """Predict this process's share of the queries (every ``world_size``-th, from ``rank``) and append their
     lines to :func:`shard_file`, flushed after every batch. Indices already in any prediction file of
     ``out_dir`` are skipped. ``masks`` (default: RES only) stores each object's RLE mask. Returns the number
-    of new predictions. ``vrt_repeat_penalty`` overrides the checkpoint's setting
+    of new predictions. ``vrt_repeat_penalty`` and ``vrt_reuse_penalty`` override the checkpoint's settings
     (:meth:`~padt.modeling.PaDTForConditionalGeneration.generate`)."""
     from tqdm import tqdm
 
@@ -213,6 +214,7 @@ def predict_shard(
                 max_new_tokens=max_new_tokens,
                 decode_masks=masks,
                 vrt_repeat_penalty=vrt_repeat_penalty,
+                vrt_reuse_penalty=vrt_reuse_penalty,
             )
             lines = [
                 prediction_line(i, records[i], task, p, size, masks=masks)

@@ -103,6 +103,7 @@ class DecodeOptions:
 
     max_new_tokens: int
     vrt_repeat_penalty: float | None
+    vrt_reuse_penalty: float | None
     masks: bool
 
 
@@ -124,6 +125,7 @@ class PredictOptions(BaseModel):
     prompt: str = ""
     max_new_tokens: int | None = Field(default=None, ge=1)
     vrt_repeat_penalty: float | None = Field(default=None, ge=0)
+    vrt_reuse_penalty: float | None = Field(default=None, ge=0)
     masks: bool = True
 
 
@@ -164,6 +166,7 @@ class ChatRequest(BaseModel):
     # padt's own fields (``extra_body`` in the openai client)
     task: str | None = None
     vrt_repeat_penalty: float | None = Field(default=None, ge=0)
+    vrt_reuse_penalty: float | None = Field(default=None, ge=0)
     masks: bool = True
 
 
@@ -286,6 +289,7 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
             task=[job.task for job in jobs],
             max_new_tokens=options.max_new_tokens,
             vrt_repeat_penalty=options.vrt_repeat_penalty,
+            vrt_reuse_penalty=options.vrt_reuse_penalty,
             decode_masks=options.masks,
         )
 
@@ -376,7 +380,10 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
 
     # ------------------------------------------------------------------ inference
     def options_for(
-        max_new_tokens: int | None, vrt_repeat_penalty: float | None, masks: bool
+        max_new_tokens: int | None,
+        vrt_repeat_penalty: float | None,
+        vrt_reuse_penalty: float | None,
+        masks: bool,
     ) -> DecodeOptions:
         limit = settings.max_new_tokens
         if max_new_tokens is not None and max_new_tokens > limit:
@@ -385,7 +392,7 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
                 "invalid_parameter",
                 f"max_new_tokens {max_new_tokens} is over this server's limit of {limit}",
             )
-        return DecodeOptions(max_new_tokens or limit, vrt_repeat_penalty, masks)
+        return DecodeOptions(max_new_tokens or limit, vrt_repeat_penalty, vrt_reuse_penalty, masks)
 
     def check_text(prompt: str, task: str | None) -> str | None:
         """The normalised task; 422 for an unknown task or a prompt the task cannot use."""
@@ -513,7 +520,7 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
         """One image (or several) and a prompt -> ``padt predict``'s JSON, plus ``images`` sizes and ``timing``.
 
         Send multipart/form-data (file field ``image``, repeatable; fields ``task``, ``prompt``,
-        ``max_new_tokens``, ``vrt_repeat_penalty``, ``masks``) or JSON (``image``: base64 or a data: URL, or
+        ``max_new_tokens``, ``vrt_repeat_penalty``, ``vrt_reuse_penalty``, ``masks``) or JSON (``image``: base64 or a data: URL, or
         ``images``: a list of them, and the same fields)."""
         check_key(request)
         fields, sources = await _predict_body(request)
@@ -521,7 +528,9 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
             options = PredictOptions.model_validate(fields)
         except ValidationError as error:
             raise APIError(422, "invalid_parameter", _validation_message(error)) from None
-        decode = options_for(options.max_new_tokens, options.vrt_repeat_penalty, options.masks)
+        decode = options_for(
+            options.max_new_tokens, options.vrt_repeat_penalty, options.vrt_reuse_penalty, options.masks
+        )
         task = check_text(options.prompt, options.task)
         check_image_count(sources)
         images = await decode_all(sources)
@@ -550,7 +559,7 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
         _check_chat_decoding(chat)
         text, sources = _chat_inputs(chat)
         max_new = chat.max_completion_tokens or chat.max_tokens
-        decode = options_for(max_new, chat.vrt_repeat_penalty, chat.masks)
+        decode = options_for(max_new, chat.vrt_repeat_penalty, chat.vrt_reuse_penalty, chat.masks)
         task = check_text(text, chat.task)
         check_image_count(sources)
         images = await decode_all(sources)

@@ -261,13 +261,16 @@ class TrainConfig(_Section):
     def _generation(cls, value: dict[str, Any]) -> dict[str, Any]:
         from transformers import GenerationConfig
 
-        known = set(GenerationConfig().to_dict()) | {"vrt_repeat_penalty"}
+        penalties = ("vrt_repeat_penalty", "vrt_reuse_penalty")
+        known = set(GenerationConfig().to_dict()) | set(penalties)
         for name in value:
             if name not in known:
                 raise ValueError(f"unknown generation_config field {name!r}{_did_you_mean(name, known)}")
-        penalty = value.get("vrt_repeat_penalty")
-        if penalty is not None and not (isinstance(penalty, (int, float)) and penalty >= 0):
-            raise ValueError(f"vrt_repeat_penalty must be a number >= 0 (0: off), got {penalty!r}")
+        for name in penalties:
+            penalty = value.get(name)
+            number = isinstance(penalty, int | float) and not isinstance(penalty, bool)
+            if penalty is not None and not (number and penalty >= 0):
+                raise ValueError(f"{name} must be a number >= 0 (0: off), got {penalty!r}")
         return value
 
     def to_yaml(self) -> str:
