@@ -278,7 +278,7 @@ def test_weights_fingerprint_of_a_large_file_reads_samples(tmp_path, monkeypatch
     assert fingerprint_with(between) != fingerprint_with()  # small enough: every byte counts
 
 
-def test_cli_eval_on_a_records_file(checkpoint, reference, tmp_path, capsys):
+def test_cli_eval_on_a_records_file(checkpoint, reference, tmp_path, capsys, monkeypatch):
     data = tmp_path / "records.jsonl"
     write_jsonl(read_records(reference / "data" / "records.jsonl"), data)
     argv = [
@@ -330,6 +330,10 @@ def test_cli_eval_on_a_records_file(checkpoint, reference, tmp_path, capsys):
 
     assert any(repeats(tmp_path / "out"))  # this tiny model repeats VRTs when decoding plainly
     out = str(tmp_path / "out")
+    from padt.inference import PaDT
+
+    calls, call = [], PaDT.__call__
+    monkeypatch.setattr(PaDT, "__call__", lambda self, *a, **kw: calls.append(kw) or call(self, *a, **kw))
     assert (
         main(
             [str(tmp_path / "inf") if a == out else a for a in argv]
@@ -340,6 +344,9 @@ def test_cli_eval_on_a_records_file(checkpoint, reference, tmp_path, capsys):
     capsys.readouterr()
     written = json.loads((tmp_path / "inf" / "eval.json").read_text())
     assert written["vrt_repeat_penalty"] == float("inf") and written["vrt_reuse_penalty"] == 2.5
+    assert calls and all(
+        (c["vrt_repeat_penalty"], c["vrt_reuse_penalty"]) == (float("inf"), 2.5) for c in calls
+    )  # both reach generation (one answer of REC holds one object, so the reuse penalty shows only here)
     assert repeats(tmp_path / "inf") and not any(repeats(tmp_path / "inf"))
 
 

@@ -185,6 +185,35 @@ def test_chat_completions_follow_openais_schema(client, scene):
     assert (choice["finish_reason"] == "stop") == same["finished"]
 
 
+def test_decoding_penalties_reach_generation(client):
+    """``vrt_reuse_penalty`` (and ``vrt_repeat_penalty``) in a request decode as the pipeline does with them: on this
+    scene the bundled model's caption points at an earlier object again without the reuse penalty."""
+    from padt.inference import PaDT, default_model
+
+    png, sc = scene_png(0)
+    pipe = PaDT.from_pretrained(default_model())
+    fields = {"image": data_url(png), "task": "ric", "max_new_tokens": 96}
+    default = client.post("/v1/predict", json=fields).json()
+    for options in ({"vrt_reuse_penalty": 0.0}, {"vrt_reuse_penalty": 0.0, "vrt_repeat_penalty": 0.0}):
+        [alone] = pipe([sc.image], [""], task="ric", max_new_tokens=96, **options)
+        got = client.post("/v1/predict", json=fields | options).json()
+        assert_same_prediction(got, alone.to_json(), [(sc.width, sc.height)])
+        assert got["text"] != default["text"]
+        chat = client.post(
+            "/v1/chat/completions",
+            json={
+                "model": MODEL,
+                "messages": [
+                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(png)}}]}
+                ],
+                "task": "ric",
+                "max_tokens": 96,
+            }
+            | options,
+        ).json()
+        assert chat["choices"][0]["message"]["content"] == alone.text
+
+
 def test_the_openai_client_works_unchanged(server, scene):
     openai = pytest.importorskip("openai", reason="the dev extra is not installed: pip install 'padt[dev]'")
     png, sc = scene

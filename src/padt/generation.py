@@ -28,6 +28,8 @@ from transformers import LogitsProcessor
 from padt.errors import PaDTError
 
 FLUSH_EVERY = 16  # steps between the recorder's (only) host synchronisations
+#: padt's own generation_config fields (:class:`VRTRepeatPenaltyLogitsProcessor`).
+VRT_PENALTIES = ("vrt_repeat_penalty", "vrt_reuse_penalty")
 
 
 @dataclass

@@ -261,12 +261,13 @@ class TrainConfig(_Section):
     def _generation(cls, value: dict[str, Any]) -> dict[str, Any]:
         from transformers import GenerationConfig
 
-        penalties = ("vrt_repeat_penalty", "vrt_reuse_penalty")
-        known = set(GenerationConfig().to_dict()) | set(penalties)
+        from padt.generation import VRT_PENALTIES
+
+        known = set(GenerationConfig().to_dict()) | set(VRT_PENALTIES)
         for name in value:
             if name not in known:
                 raise ValueError(f"unknown generation_config field {name!r}{_did_you_mean(name, known)}")
-        for name in penalties:
+        for name in VRT_PENALTIES:
             penalty = value.get(name)
             number = isinstance(penalty, int | float) and not isinstance(penalty, bool)
             if penalty is not None and not (number and penalty >= 0):
