@@ -7,7 +7,9 @@ Class-agnostic first: a predicted box is *on an object* when it is matched to a 
 (IoU ≥ 0.5, one to one, greedily by IoU: :func:`padt.evaluation.metrics.greedy_match`), and an object is *found*
 when a predicted box matches it. Then, of the boxes on an object, how many carry that object's kind (the label
 mAP scores). Also the confusion between kinds (rows: true kind, columns: predicted label) among matched
-boxes. Prints Markdown; ``--json`` writes the numbers too.
+boxes, and the counts the answers state (``2 "star" (...)``) against the objects of each kind in the image:
+right, lower, higher, or the kind not named; and how many answers name a kind twice (the answer format names
+each kind once, with its count). Prints Markdown; ``--json`` writes the numbers too.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from pathlib import Path
 from padt.data.synthetic import SHAPES
 from padt.evaluation.driver import evaluated_records, read_prediction_lines
 from padt.evaluation.metrics import greedy_match
+from padt.prompts import ovd_answer_counts
+
+COUNT_ROWS = ("1", "2", "3+")
+COUNT_OUTCOMES = ("right", "lower", "higher", "not named")
 
 
 def breakdown(eval_dir: Path) -> dict:
@@ -27,10 +33,25 @@ def breakdown(eval_dir: Path) -> dict:
     predictions = {p["index"]: p for p in read_prediction_lines(eval_dir / "predictions.jsonl")}
     boxes = matched = named = objects = 0
     confusion: Counter[tuple[str, str]] = Counter()
+    stated = {row: Counter() for row in COUNT_ROWS}
+    answers = entries = several = repeating = 0
     for index, record in enumerate(records):
         pred = predictions.get(index)
         if pred is None:
             continue
+        if "text" in pred:
+            said = ovd_answer_counts(pred["text"])
+            answers += 1
+            entries += len(said)
+            several += sum(n > 1 for _, n in said)
+            repeating += len({name for name, _ in said}) < len(said)
+            first: dict[str, int] = {}
+            for name, n in said:
+                first.setdefault(name, n)
+            for kind, k in Counter(o.label for o in record.objects).items():
+                n = first.get(kind)
+                outcome = "not named" if n is None else "right" if n == k else "lower" if n < k else "higher"
+                stated[COUNT_ROWS[min(k, 3) - 1]][outcome] += 1
         w, h = pred["width"], pred["height"]
         truth = [[o.bbox[0] * w, o.bbox[1] * h, o.bbox[2] * w, o.bbox[3] * h] for o in record.objects]
         kinds = [o.label for o in record.objects]
@@ -53,6 +74,15 @@ def breakdown(eval_dir: Path) -> dict:
         "objects_found": matched / max(objects, 1),
         "kind_right_when_on_an_object": named / max(matched, 1),
         "confusion": {f"{t} -> {p}": n for (t, p), n in sorted(confusion.items())},
+        "counts": {
+            "answers": answers,
+            "kinds_named": entries,
+            "kinds_named_with_a_count_above_1": several,
+            "answers_naming_a_kind_twice": repeating,
+            "by_objects_of_the_kind": {
+                row: {o: stated[row][o] for o in COUNT_OUTCOMES} for row in COUNT_ROWS
+            },
+        },
     }
 
 
@@ -81,6 +111,18 @@ def main() -> None:
     print("|---" * (len(predicted) + 1) + "|")
     for kind in SHAPES:
         print(f"| {kind} | " + " | ".join(str(pairs.get((kind, p), 0)) for p in predicted) + " |")
+    counts = table["counts"]
+    if counts["answers"]:
+        print(
+            f"\nCounts stated in the {counts['answers']} answers: {counts['kinds_named']} kinds named, "
+            f"{counts['kinds_named_with_a_count_above_1']} of them with a count above 1; "
+            f"{counts['answers_naming_a_kind_twice']} answers name a kind twice.\n"
+        )
+        print("| objects of the kind | kinds | count right | lower | higher | kind not named |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for row, outcomes in counts["by_objects_of_the_kind"].items():
+            total = sum(outcomes.values())
+            print(f"| {row} | {total} | " + " | ".join(str(outcomes[o]) for o in COUNT_OUTCOMES) + " |")
     if args.json:
         args.json.write_text(json.dumps(table, indent=2) + "\n")
 

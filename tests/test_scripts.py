@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -57,10 +58,16 @@ def test_ovd_breakdown_counts_found_objects_and_right_kinds(tmp_path):
             for o in record.objects
         ]
         total += len(objects)
+        text = record.answer_template  # every count right
         if index == 0:
             objects[0]["label"] = "cross" if objects[0]["label"] != "cross" else "circle"
             objects.append({"bbox": [0, 0, 2, 2], "label": "circle", "score": 0.1})
-        lines.append(json.dumps({"index": index, "width": w, "height": h, "objects": objects}))
+            # one kind named twice with a count of 1 each, the other kinds left out
+            kind = record.objects[0].label
+            text = f'In this image, there are 1 "{kind}" (<|Obj_0|>), 1 "{kind}" (<|Obj_1|>).'
+            first_kinds = Counter(o.label for o in record.objects)
+        line = {"index": index, "width": w, "height": h, "objects": objects, "text": text}
+        lines.append(json.dumps(line))
     (tmp_path / "predictions.jsonl").write_text("\n".join(lines) + "\n")
     (tmp_path / "eval.json").write_text(json.dumps({"data": "synthetic:task=ovd,n=4,seed=3", "task": "ovd"}))
 
@@ -70,6 +77,19 @@ def test_ovd_breakdown_counts_found_objects_and_right_kinds(tmp_path):
     assert table["boxes_on_an_object"] == pytest.approx(total / (total + 1))
     assert table["kind_right_when_on_an_object"] == pytest.approx((total - 1) / total)
     assert sum(table["confusion"].values()) == total
+
+    counts = table["counts"]
+    kinds = [Counter(o.label for o in r.objects) for r in records]
+    assert counts["answers"] == 4 and counts["answers_naming_a_kind_twice"] == 1
+    assert counts["kinds_named"] == 2 + sum(len(k) for k in kinds[1:])
+    assert counts["kinds_named_with_a_count_above_1"] == sum(n > 1 for k in kinds[1:] for n in k.values())
+    rows = counts["by_objects_of_the_kind"]
+    assert sum(sum(row.values()) for row in rows.values()) == sum(len(k) for k in kinds)
+    assert sum(row["not named"] for row in rows.values()) == len(first_kinds) - 1
+    assert sum(row["higher"] for row in rows.values()) == 0
+    n = first_kinds[records[0].objects[0].label]  # stated as 1: right for one object, lower for several
+    assert sum(row["lower"] for row in rows.values()) == (n > 1)
+    assert sum(row["right"] for row in rows.values()) == sum(len(k) for k in kinds[1:]) + (n == 1)
 
 
 def test_spatial_words_tells_a_model_that_reads_the_word_from_one_that_ignores_it():

@@ -14,7 +14,7 @@ from pycocotools import mask as mask_utils
 from padt.cli import main as cli_main
 from padt.data import synthetic as syn
 from padt.errors import PaDTError
-from padt.prompts import OVD_ANSWER_NONE, RIC_PROMPT
+from padt.prompts import OVD_ANSWER_NONE, RIC_PROMPT, ovd_answer_counts, ovd_answer_template
 
 foreground_patches = pytest.importorskip(
     "padt.data.patches", reason="padt.data.patches (the patch-assignment rule) is not available"
@@ -368,6 +368,20 @@ def test_form_weights_are_kept_with_the_dataset(tmp_path, monkeypatch, capsys):
 
 
 # ---------------------------------------------------------------------------------------------- OVD
+def test_ovd_answer_counts_read_the_template_back():
+    for names, counts in (
+        (["star"], [1]),
+        (["star"], [3]),
+        (["a b", "circle", "x"], [2, 0, 1]),
+        (["x"], [0]),
+    ):
+        answer = ovd_answer_template(names, counts)
+        assert ovd_answer_counts(answer) == [(n, c) for n, c in zip(names, counts) if c]
+    # what a small model writes: a name twice, with VRTs in place of the placeholders
+    text = 'In this image, there are 1 "star" (<|VRT_3|><|VRT_4|>), 1 "star" (<|VRT_9|>), 12 "cross" ().'
+    assert ovd_answer_counts(text) == [("star", 1), ("star", 1), ("cross", 12)]
+
+
 OVD_GROUP = re.compile(r'(\d+) "([a-z]+)" \(((?:<\|Obj_\d+\|>(?:, )?)+)\)')
 
 

@@ -7,6 +7,7 @@ is replaced by a run of VRT strings, at inference the model writes the runs itse
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 
 REC_PROMPT = 'Please carefully check the image and detect the object this sentence describes: "{}".'
@@ -14,6 +15,8 @@ REC_ANSWER = 'The "{}" refers to {} in this image.'
 OVD_PROMPT = "Please carefully check the image and detect the following objects: {}."
 OVD_ANSWER_NONE = "No objects from the list are present in the image."
 RIC_PROMPT = "Please describe this image."
+#: A class of an OVD answer: its stated count and quoted name (``3 "person"``).
+OVD_COUNT_PATTERN = re.compile(r'(\d+) "([^"]*)"')
 
 
 def object_placeholder(k: int) -> str:
@@ -58,6 +61,13 @@ def ovd_answer_template(class_names: Sequence[str], counts: Sequence[int]) -> st
         return f'There {verb} {n} "{name}" ({runs(n)}) in this image.'
     parts = [f'{n} "{name}" ({runs(n)})' for name, n in present]
     return "In this image, there are " + ", ".join(parts) + "."
+
+
+def ovd_answer_counts(answer: str) -> list[tuple[str, int]]:
+    """The ``(class name, stated count)`` of each class of an OVD answer, in the answer's order; the inverse of
+    :func:`ovd_answer_template` for what a model writes (a name may come more than once, which the template
+    never does)."""
+    return [(name, int(n)) for n, name in OVD_COUNT_PATTERN.findall(answer)]
 
 
 def ric_prompt() -> str:
