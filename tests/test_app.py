@@ -1,5 +1,5 @@
 """``padt app``: the answer's coloured spans, synthetic scenes, and the page driven in a real browser (Debian's
-chromium through Playwright): upload, run, overlay, answer, JSON, errors, offline."""
+chromium through Playwright): upload, run, overlay, answer, JSON, decoding options, errors, offline."""
 
 from __future__ import annotations
 
@@ -130,11 +130,36 @@ def test_the_page_in_a_real_browser(tmp_path):
         page.wait_for_function(
             "before => document.querySelector('#annotated img').src !== before", arg=before
         )
+
+        # the Decoding panel shows the checkpoint's penalties, and a changed one is what the model decodes with
+        page.get_by_label("RIC").check()
+        page.get_by_text("Decoding", exact=True).click()
+        reuse = page.locator("#reuse-penalty input")
+        reuse.wait_for()
+        shown_repeat = float(page.locator("#penalty input").input_value())
+        shown_reuse = float(reuse.input_value())
+        reuse.fill("0")
+        before = overlay.get_attribute("src")
+        page.click("#run")
+        page.wait_for_function(
+            "before => document.querySelector('#annotated img').src !== before", arg=before
+        )
+        with page.expect_download() as download:
+            page.click("#download")
+        shown_ric = json.loads(Path(download.value.path()).read_text())
         browser.close()
         outside = app.outside_connections()
 
-    [alone] = PaDT.from_pretrained(default_model())([scene.image], [prompt], task="ovd", max_new_tokens=96)
+    pipe = PaDT.from_pretrained(default_model())
+    [alone] = pipe([scene.image], [prompt], task="ovd", max_new_tokens=96)
     assert_same_prediction(shown, alone.to_json(), [(scene.width, scene.height)])
+    config = pipe.model.generation_config
+    assert (shown_repeat, shown_reuse) == (config.vrt_repeat_penalty, config.vrt_reuse_penalty)
+    [ric] = pipe([scene.image], [""], task="ric", max_new_tokens=96, vrt_reuse_penalty=0.0)
+    assert_same_prediction(shown_ric, ric.to_json(), [(scene.width, scene.height)])
+    # on this scene the reuse penalty changes the caption, so the field really reached generation
+    [ric_default] = pipe([scene.image], [""], task="ric", max_new_tokens=96)
+    assert ric.text != ric_default.text
     assert not [u for u in requested if not u.startswith(app.url) and not u.startswith(("data:", "blob:"))]
     assert outside == []
     if os.environ.get(SCREENSHOT_ENV):
