@@ -39,6 +39,7 @@ def breakdown(eval_dir: Path) -> dict:
         pred = predictions.get(index)
         if pred is None:
             continue
+        kinds = [o.label for o in record.objects]
         if "text" in pred:
             said = ovd_answer_counts(pred["text"])
             answers += 1
@@ -48,13 +49,12 @@ def breakdown(eval_dir: Path) -> dict:
             first: dict[str, int] = {}
             for name, n in said:
                 first.setdefault(name, n)
-            for kind, k in Counter(o.label for o in record.objects).items():
+            for kind, k in Counter(kinds).items():
                 n = first.get(kind)
                 outcome = "not named" if n is None else "right" if n == k else "lower" if n < k else "higher"
                 stated[COUNT_ROWS[min(k, 3) - 1]][outcome] += 1
         w, h = pred["width"], pred["height"]
         truth = [[o.bbox[0] * w, o.bbox[1] * h, o.bbox[2] * w, o.bbox[3] * h] for o in record.objects]
-        kinds = [o.label for o in record.objects]
         ours = pred["objects"]
         boxes += len(ours)
         objects += len(truth)

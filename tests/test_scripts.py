@@ -58,16 +58,10 @@ def test_ovd_breakdown_counts_found_objects_and_right_kinds(tmp_path):
             for o in record.objects
         ]
         total += len(objects)
-        text = record.answer_template  # every count right
         if index == 0:
             objects[0]["label"] = "cross" if objects[0]["label"] != "cross" else "circle"
             objects.append({"bbox": [0, 0, 2, 2], "label": "circle", "score": 0.1})
-            # one kind named twice with a count of 1 each, the other kinds left out
-            kind = record.objects[0].label
-            text = f'In this image, there are 1 "{kind}" (<|Obj_0|>), 1 "{kind}" (<|Obj_1|>).'
-            first_kinds = Counter(o.label for o in record.objects)
-        line = {"index": index, "width": w, "height": h, "objects": objects, "text": text}
-        lines.append(json.dumps(line))
+        lines.append(json.dumps({"index": index, "width": w, "height": h, "objects": objects}))
     (tmp_path / "predictions.jsonl").write_text("\n".join(lines) + "\n")
     (tmp_path / "eval.json").write_text(json.dumps({"data": "synthetic:task=ovd,n=4,seed=3", "task": "ovd"}))
 
@@ -78,18 +72,49 @@ def test_ovd_breakdown_counts_found_objects_and_right_kinds(tmp_path):
     assert table["kind_right_when_on_an_object"] == pytest.approx((total - 1) / total)
     assert sum(table["confusion"].values()) == total
 
-    counts = table["counts"]
-    kinds = [Counter(o.label for o in r.objects) for r in records]
-    assert counts["answers"] == 4 and counts["answers_naming_a_kind_twice"] == 1
-    assert counts["kinds_named"] == 2 + sum(len(k) for k in kinds[1:])
-    assert counts["kinds_named_with_a_count_above_1"] == sum(n > 1 for k in kinds[1:] for n in k.values())
-    rows = counts["by_objects_of_the_kind"]
-    assert sum(sum(row.values()) for row in rows.values()) == sum(len(k) for k in kinds)
-    assert sum(row["not named"] for row in rows.values()) == len(first_kinds) - 1
-    assert sum(row["higher"] for row in rows.values()) == 0
-    n = first_kinds[records[0].objects[0].label]  # stated as 1: right for one object, lower for several
-    assert sum(row["lower"] for row in rows.values()) == (n > 1)
-    assert sum(row["right"] for row in rows.values()) == sum(len(k) for k in kinds[1:]) + (n == 1)
+    assert table["counts"]["answers"] == 0  # no answer texts, no counts table
+
+
+def test_ovd_breakdown_reads_the_counts_the_answers_state(tmp_path):
+    """Answers written by hand against four scenes whose kinds are known: each stated count is right, lower,
+    higher or missing, sorted by how many objects of that kind the scene holds."""
+    generate_dataset("ovd", 4, 4, tmp_path / "data", max_objects=6, progress=False)
+    records = read_records(tmp_path / "data" / "records.jsonl")
+    assert [dict(Counter(o.label for o in r.objects)) for r in records] == [
+        {"triangle": 1, "square": 2, "cross": 1, "diamond": 2},
+        {"star": 1, "hexagon": 1, "square": 1},
+        {"diamond": 1, "hexagon": 1, "star": 2, "circle": 2},
+        {"hexagon": 3, "triangle": 1},
+    ]
+    texts = [
+        'In this image, there are 1 "triangle" (<|VRT_1|>), 2 "square" (<|VRT_2|>, <|VRT_3|>), '
+        '1 "square" (<|VRT_4|>), 3 "diamond" (<|VRT_5|>, <|VRT_6|>, <|VRT_7|>).',
+        'In this image, there are 1 "star" (<|VRT_1|>), 1 "hexagon" (<|VRT_2|>), 1 "square" (<|VRT_3|>), '
+        '1 "circle" (<|VRT_4|>).',  # circle is not in the scene
+        'In this image, there are 1 "diamond" (<|VRT_1|>), 1 "star" (<|VRT_2|>), 1 "star" (<|VRT_3|>).',
+        'There are 2 "hexagon" (<|VRT_1|>, <|VRT_2|>) in this image.',
+    ]
+    lines = [
+        json.dumps({"index": i, "width": 100, "height": 100, "objects": [], "text": text})
+        for i, text in enumerate(texts)
+    ]
+    (tmp_path / "predictions.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "eval.json").write_text(json.dumps({"data": "synthetic:task=ovd,n=4,seed=4", "task": "ovd"}))
+
+    counts = _script("ovd_breakdown").breakdown(tmp_path)["counts"]
+    assert counts == {
+        "answers": 4,
+        "kinds_named": 12,
+        "kinds_named_with_a_count_above_1": 3,
+        "answers_naming_a_kind_twice": 2,
+        "by_objects_of_the_kind": {
+            # 1: triangle, star, hexagon, square, diamond right; cross, hexagon, triangle not named
+            "1": {"right": 5, "lower": 0, "higher": 0, "not named": 3},
+            # 2: square right (its first count), diamond higher, star lower, circle not named
+            "2": {"right": 1, "lower": 1, "higher": 1, "not named": 1},
+            "3+": {"right": 0, "lower": 1, "higher": 0, "not named": 0},  # 2 of 3 hexagons
+        },
+    }
 
 
 def test_spatial_words_tells_a_model_that_reads_the_word_from_one_that_ignores_it():
