@@ -146,6 +146,19 @@ def test_overrides_parse_types_and_nested_keys(tmp_path):
             "data.synthetic={n: 3, form_weights: {extremes: 1}}",
             "form_weights.extremes.[key]: Input should be 'attribute', 'extreme' or 'relation', got 'extremes'",
         ),
+        (
+            "data.synthetic={n: 3, tsk: ovd}",
+            "unknown key 'data.synthetic.tsk'; did you mean 'data.synthetic.task'?",
+        ),
+        (
+            "data.synthetic=[{n: 3}, {n: 2, tsk: ovd}]",
+            "unknown key 'data.synthetic[1].tsk'; did you mean 'data.synthetic[1].task'?",
+        ),
+        ("data.synthetic=[{n: 3}, {n: 0}]", "data.synthetic[1].n: Input should be greater than 0, got 0"),
+        (
+            "data.synthetic=[{n: 3, out: d}, {n: 2, out: d}]",
+            "two data.synthetic datasets share one `out` folder; give each its own",
+        ),
     ],
 )
 def test_config_errors_are_one_line(tmp_path, override, message):
@@ -629,6 +642,26 @@ def test_synthetic_data_of_a_config_takes_its_form_weights(tmp_path):
     labels = [r.objects[0].label for r in dataset.records]
     # (scene 0's target has no extreme form: the only cross is "the orange cross")
     assert [expression_form(label) for label in labels] == ["attribute", "extreme", "extreme", "extreme"]
+
+
+def test_several_synthetic_datasets_are_mixed_into_one(tmp_path):
+    """A list under data.synthetic: each dataset generated into its own folder (data, data_1, ...) with its own
+    task, size and seed, and all their records trained on together."""
+    config = make_config(
+        tmp_path / "unused.jsonl",
+        tmp_path / "run",
+        "data.train=[]",
+        "data.synthetic=[{task: rec, n: 3, seed: 2, max_size: 112}, {task: ovd, n: 2, seed: 5, max_size: 112}]",
+    )
+    dataset = build_dataset(config, tmp_path / "run")
+    first = json.loads((tmp_path / "run" / "data" / "synthetic.json").read_text())
+    second = json.loads((tmp_path / "run" / "data_1" / "synthetic.json").read_text())
+    assert (first["task"], first["seed"]) == ("rec", 2)
+    assert (second["task"], second["seed"]) == ("ovd", 5)
+    assert [r.task for r in dataset.records] == ["rec"] * 3 + ["ovd"] * 2
+    # each record reads its image from its own dataset's folder
+    assert [Path(r.image).parent.name for r in dataset.records] == ["data"] * 3 + ["data_1"] * 2
+    assert all(Path(r.image).is_file() for r in dataset.records)
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ value with the key and what it allows. Sections (all optional except ``data`` an
     processor:   {min_pixels: 3136, max_pixels: 12845056}
     data:        {train: [{records: FILE, image_root: DIR}, ...]}                 # record files, and/or
                  {synthetic: {task: all, n: 4000, seed: 1, max_size: 224}}         # generated on first use
+                 {synthetic: [{task: all, n: 4000}, {task: ovd, n: 1000, seed: 2}]}  # several, mixed
     padt:        {vrts_per_object: 5, random_select: true, robust_loss: true, answer_format: vrt,
                   warmup_steps: 300, patches: auto, loss_weights: {loss_token: 1, ...}}
     components:  {vision: train, llm: train, decoder: train}                      # train | freeze | lora
@@ -30,16 +31,18 @@ import typing
 from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveInt,
+    Tag,
     TypeAdapter,
     ValidationError,
     field_validator,
@@ -105,15 +108,33 @@ class SyntheticData(_Section):
     form_weights: dict[Literal["attribute", "extreme", "relation"], NonNegativeFloat] | None = None
 
 
+# One synthetic dataset, or a list of them mixed into one (e.g. a second, OVD-only one that weighs that task
+# more). The tag is chosen by the input's type, so a mistake is reported for that form only.
+_ONE, _MANY = "one dataset", "several datasets"
+SyntheticSpec = Annotated[
+    Annotated[SyntheticData, Tag(_ONE)] | Annotated[list[SyntheticData], Tag(_MANY)],
+    Discriminator(lambda value: _MANY if isinstance(value, list) else _ONE),
+]
+
+
 class DataSection(_Section):
     train: list[RecordSource] = Field(default_factory=list)
-    synthetic: SyntheticData | None = None
+    synthetic: SyntheticSpec | None = None
 
     @model_validator(mode="after")
     def _some_data(self) -> DataSection:
-        if not self.train and self.synthetic is None:
+        if not self.train and not self.synthetic:
             raise ValueError("no training data; set data.train (record files) or data.synthetic")
+        outs = [item.out for item in self.synthetic_datasets() if item.out is not None]
+        if len(set(outs)) < len(outs):
+            raise ValueError("two data.synthetic datasets share one `out` folder; give each its own")
         return self
+
+    def synthetic_datasets(self) -> list[SyntheticData]:
+        """``synthetic`` as a list (empty when unset)."""
+        if self.synthetic is None:
+            return []
+        return list(self.synthetic) if isinstance(self.synthetic, list) else [self.synthetic]
 
 
 class PaDTSection(_Section):
@@ -380,6 +401,7 @@ def _describe(error: ValidationError, root: type[BaseModel] | None = None) -> st
     first = next((e for e in errors if e.get("type") in _UNKNOWN_KEY), errors[0])
     loc = [str(p) for p in first.get("loc", ())]
     msg = str(first.get("msg", "")).removeprefix("Value error, ")
+    loc = [p for p in loc if p not in (_ONE, _MANY)]  # the tags of a one-or-many field are not keys
     key = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc).lstrip(".")
     if first.get("type") in _UNKNOWN_KEY and loc:
         section = _section_fields(loc[:-1], root or TrainConfig)
@@ -402,9 +424,19 @@ def _section_fields(path: Sequence[str], root: type[BaseModel]) -> list[str]:
         fields = _fields_of(model)
         if part not in fields:
             return []
-        annotation = fields[part]
-        model = next((a for a in typing.get_args(annotation) or (annotation,) if isinstance(a, type)), None)
+        model = _model_in(fields[part])
     return list(_fields_of(model))
+
+
+def _model_in(annotation: Any) -> Any:
+    """The first class in a (possibly nested: optional, list, annotated, union) type annotation."""
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _fields_of(model: Any) -> dict[str, Any]:

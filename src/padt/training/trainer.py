@@ -241,13 +241,15 @@ def build_dataset(config: TrainConfig, output_dir: Path) -> PaDTDataset:
             raise PaDTError(f"training records not found: {path}; check data.train[].records")
         root = Path(item.image_root) if item.image_root else path.parent
         datasets.append((read_records(path), root))
-    if data.synthetic is not None:
+    synthetic = data.synthetic_datasets()
+    if synthetic:
         from accelerate import PartialState
 
         from padt.data.synthetic import generate_dataset
-
-        spec = data.synthetic.model_dump(exclude_none=True)
-        folder = Path(spec.pop("out", output_dir / "data"))
+    for i, item in enumerate(synthetic):
+        spec = item.model_dump(exclude_none=True)
+        # The first (or only) dataset in OUTPUT_DIR/data, the others in data_1, data_2, ...
+        folder = Path(spec.pop("out", output_dir / ("data" if i == 0 else f"data_{i}")))
         task, n, seed = spec.pop("task"), spec.pop("n"), spec.pop("seed")
         with PartialState().main_process_first():
             summary = generate_dataset(task, n, seed, folder, progress=PartialState().is_main_process, **spec)
