@@ -10,6 +10,13 @@ mAP scores). Also the confusion between kinds (rows: true kind, columns: predict
 boxes, and the counts the answers state (``2 "star" (...)``) against the objects of each kind in the image:
 right, lower, higher, or the kind not named; and how many answers name a kind twice (the answer format names
 each kind once, with its count). Prints Markdown; ``--json`` writes the numbers too.
+
+``--teacher-forced`` asks whether the model can count at all, apart from what it wrote: it runs the model on
+each record's right answer (teacher forcing, as in training) and reads, at each count of that answer, whether
+its most likely next token is that count and the probability it gives it. A model that has learnt to count
+but loses track while writing gets these right; one that has not does not.
+
+    python scripts/ovd_breakdown.py runs/eval_ovd --teacher-forced            # the model eval.json names
 """
 
 from __future__ import annotations
@@ -20,9 +27,11 @@ from collections import Counter
 from pathlib import Path
 
 from padt.data.synthetic import SHAPES
-from padt.evaluation.driver import evaluated_records, read_prediction_lines
+from padt.errors import PaDTError
+from padt.evaluation.data import SYNTHETIC_FOLDER, SYNTHETIC_PREFIX
+from padt.evaluation.driver import SETTINGS_FILE, evaluated_records, read_prediction_lines
 from padt.evaluation.metrics import greedy_match
-from padt.prompts import ovd_answer_counts
+from padt.prompts import OVD_COUNT_PATTERN, ovd_answer_counts
 
 COUNT_ROWS = ("1", "2", "3+")
 COUNT_OUTCOMES = ("right", "lower", "higher", "not named")
@@ -52,7 +61,7 @@ def breakdown(eval_dir: Path) -> dict:
             for kind, k in Counter(kinds).items():
                 n = first.get(kind)
                 outcome = "not named" if n is None else "right" if n == k else "lower" if n < k else "higher"
-                stated[COUNT_ROWS[min(k, 3) - 1]][outcome] += 1
+                stated[count_row(k)][outcome] += 1
         w, h = pred["width"], pred["height"]
         truth = [[o.bbox[0] * w, o.bbox[1] * h, o.bbox[2] * w, o.bbox[3] * h] for o in record.objects]
         ours = pred["objects"]
@@ -86,6 +95,66 @@ def breakdown(eval_dir: Path) -> dict:
     }
 
 
+def count_row(k: int) -> str:
+    return COUNT_ROWS[min(k, 3) - 1]
+
+
+def teacher_forced_counts(
+    eval_dir: Path, model: str | None = None, *, limit: int | None = None, batch_size: int = 8
+) -> dict:
+    """At every count of every record's right answer, with the answer up to it given: is the model's most
+    likely next token that count, and what probability does it give it. Returns per row (objects of the kind)
+    ``{"counts", "right", "mean_probability"}`` and ``entries``: ``(record, entry, row, right, probability)``."""
+    import numpy as np
+    import torch
+
+    from padt.inference import PaDT
+    from padt.training.batch import PaDTCollator, PaDTDataset, teacher_force
+
+    settings = json.loads((eval_dir / SETTINGS_FILE).read_text())
+    if not str(settings.get("data", "")).startswith(SYNTHETIC_PREFIX):
+        raise PaDTError(
+            f"{eval_dir}: --teacher-forced reads synthetic data only (padt eval --data synthetic:...)"
+        )
+    records = evaluated_records(eval_dir)[:limit]
+    pipe = PaDT.from_pretrained(model or settings["model"], device="cpu", dtype="fp32")
+    tokenizer, vocab = pipe.processor.tokenizer, pipe.model.vocab_size
+    dataset = PaDTDataset(records, eval_dir / SYNTHETIC_FOLDER)
+    collate = PaDTCollator(pipe.processor, patches="recompute", with_masks=False)
+    entries = []
+    for start in range(0, len(records), batch_size):
+        indices = range(start, min(len(records), start + batch_size))
+        with torch.no_grad():
+            forced = teacher_force(
+                pipe.model, pipe.processor, collate([dataset[i] for i in indices]), np.random.default_rng(0)
+            )
+        for b, index in enumerate(indices):
+            positions = forced.completion_mask[b].nonzero().flatten()
+            ids = forced.completion_ids[b, positions].tolist()
+            # the completion as text, token by token (a VRT as a stand-in holding neither digits nor quotes)
+            pieces = [tokenizer.decode([t]) if t < vocab else "<VRT>" for t in ids]
+            owner = [t for t, piece in enumerate(pieces) for _ in piece]
+            text = "".join(pieces)
+            for entry, match in enumerate(OVD_COUNT_PATTERN.finditer(text)):
+                t = owner[match.start(1)]
+                if "".join(pieces[t:]).lstrip()[: len(match.group(1))] != match.group(1):
+                    raise PaDTError(f"record {index}: the count {match.group(1)} does not start a token")
+                probabilities = forced.logits[b, positions[t]].float().softmax(-1)
+                right = int(probabilities.argmax()) == ids[t]
+                entries.append(
+                    (index, entry, count_row(int(match.group(1))), right, float(probabilities[ids[t]]))
+                )
+    rows = {}
+    for row in COUNT_ROWS:
+        mine = [e for e in entries if e[2] == row]
+        rows[row] = {
+            "counts": len(mine),
+            "right": sum(e[3] for e in mine),
+            "mean_probability": sum(e[4] for e in mine) / len(mine) if mine else None,
+        }
+    return {"records": len(records), "by_objects_of_the_kind": rows, "entries": entries}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -94,6 +163,12 @@ def main() -> None:
         "eval_dir", type=Path, help="folder written by padt eval --task ovd on synthetic data"
     )
     parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument(
+        "--teacher-forced",
+        action="store_true",
+        help="also run the model on the right answers and read its counts (module docstring)",
+    )
+    parser.add_argument("--model", help="with --teacher-forced: this checkpoint instead of eval.json's")
     args = parser.parse_args()
     table = breakdown(args.eval_dir)
     print(f"{table['images']} images, {table['objects']} objects, {table['boxes']} predicted boxes\n")
@@ -123,6 +198,21 @@ def main() -> None:
         for row, outcomes in counts["by_objects_of_the_kind"].items():
             total = sum(outcomes.values())
             print(f"| {row} | {total} | " + " | ".join(str(outcomes[o]) for o in COUNT_OUTCOMES) + " |")
+    if args.teacher_forced:
+        forced = teacher_forced_counts(args.eval_dir, args.model)
+        table["teacher_forced"] = {"records": forced["records"], **forced["by_objects_of_the_kind"]}
+        print(
+            f"\nWith the right answer given up to each count (teacher forcing, {forced['records']} answers):\n"
+        )
+        print(
+            "| objects of the kind | counts | most likely next token is the count | mean probability of it |"
+        )
+        print("|---|---:|---:|---:|")
+        for row, numbers in forced["by_objects_of_the_kind"].items():
+            if numbers["counts"]:
+                print(
+                    f"| {row} | {numbers['counts']} | {numbers['right']} | {numbers['mean_probability']:.3f} |"
+                )
     if args.json:
         args.json.write_text(json.dumps(table, indent=2) + "\n")
 

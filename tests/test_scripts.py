@@ -117,6 +117,58 @@ def test_ovd_breakdown_reads_the_counts_the_answers_state(tmp_path):
     }
 
 
+@pytest.mark.slow
+def test_ovd_breakdown_teacher_forced_counts_read_the_model_at_each_count(tmp_path):
+    """The bundled model run on the right answers of the four scenes above: one entry per count of each answer,
+    in the answer's order and sorted into the row of its true count; the probability read at the first count
+    of each answer is the one a plain forward of the prompt and the answer's words before it gives."""
+    import torch
+
+    from padt.inference import BUNDLED_MODEL, PaDT
+    from padt.prompts import ovd_answer_counts
+
+    generate_dataset("ovd", 4, 4, tmp_path / "data", max_objects=6, progress=False)
+    records = read_records(tmp_path / "data" / "records.jsonl")
+    (tmp_path / "eval.json").write_text(
+        json.dumps({"data": "synthetic:task=ovd,n=4,seed=4", "task": "ovd", "model": str(BUNDLED_MODEL)})
+    )
+    script = _script("ovd_breakdown")
+    forced = script.teacher_forced_counts(tmp_path, batch_size=3)  # two batches, the second of one record
+    entries = forced["entries"]
+    assert [(e[0], e[1], e[2]) for e in entries] == [
+        (i, k, script.count_row(n))
+        for i, record in enumerate(records)
+        for k, (_, n) in enumerate(ovd_answer_counts(record.answer_template))
+    ]
+    rows = forced["by_objects_of_the_kind"]
+    assert [rows[r]["counts"] for r in ("1", "2", "3+")] == [8, 4, 1]
+    assert rows["2"]["right"] == sum(e[3] for e in entries if e[2] == "2")
+
+    pipe = PaDT.from_pretrained(BUNDLED_MODEL, device="cpu", dtype="fp32")
+    tokenizer = pipe.processor.tokenizer
+    for i, record in enumerate(records):
+        before = record.answer_template[
+            : record.answer_template.index(str(ovd_answer_counts(record.answer_template)[0][1]))
+        ]
+        batch = pipe.processor([record.prompt], [[str(tmp_path / "data" / record.images[0])]]).inputs
+        prefix = torch.tensor([tokenizer.encode(before, add_special_tokens=False)])
+        inputs = {
+            k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")
+        }
+        with torch.no_grad():
+            logits = pipe.model(
+                input_ids=torch.cat([batch["input_ids"], prefix], 1),
+                attention_mask=torch.cat([batch["attention_mask"], torch.ones_like(prefix)], 1),
+                **inputs,
+            ).logits[0, -1]
+        count = tokenizer.encode(
+            str(ovd_answer_counts(record.answer_template)[0][1]), add_special_tokens=False
+        )
+        probability = float(logits.softmax(-1)[count[0]])
+        first = next(e for e in entries if e[0] == i and e[1] == 0)
+        assert first[4] == pytest.approx(probability, abs=1e-4), (i, before)
+
+
 def test_spatial_words_tells_a_model_that_reads_the_word_from_one_that_ignores_it():
     spatial = _script("spatial_words")
     queries = spatial.extreme_queries(80, 77, max_objects=6, min_size=112, max_size=196)

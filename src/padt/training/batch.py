@@ -252,32 +252,32 @@ def unwrap_padt(model: torch.nn.Module) -> Any:
     return model
 
 
-def padt_loss(
+@dataclass
+class TeacherForced:
+    """One teacher-forced forward of a batch's completions (:func:`teacher_force`)."""
+
+    out: Any  # the model's output (``last_hidden_state``, ``vision``, ...)
+    logits: torch.Tensor  # (B, T, V): position t predicts completion token t
+    completion_ids: torch.Tensor  # (B, T) global ids (VRTs at vocab + global patch index)
+    completion_mask: torch.Tensor  # (B, T)
+    runs: list[list[list[int]]]  # per sample, per object, the local VRT indices written
+    texts: list[str]  # the completion texts
+    prompt_len: int
+
+
+def teacher_force(
     model: torch.nn.Module,
     processor: PaDTProcessor,
     batch: Mapping[str, Any],
     rng: np.random.Generator | Sequence[np.random.Generator],
-    *,
     options: StepOptions | None = None,
-    criterion: PaDTCriterion | None = None,
-    warmup: bool = False,
-) -> dict[str, torch.Tensor]:
-    """Forward one collated batch and return the named loss terms and ``loss`` (their weighted sum).
-
-    Args:
-        model: the PaDT model, possibly wrapped (DDP, peft, ...); the forward goes through the wrapper.
-        processor: its processor (tokenises the completions).
-        batch: a :class:`PaDTCollator` output (``inputs`` on the model's device, ``targets``).
-        rng: VRT sampling source(s).
-        options: :class:`StepOptions`.
-        criterion: the weighted losses (default: all terms, weight 1).
-        warmup: feed the decoder the ground-truth VRT prototypes instead of the LLM's states (§8.4).
-    """
+) -> TeacherForced:
+    """Fill the batch's answer templates (each object's VRTs drawn afresh), append them to the prompts and run
+    one forward: the part of a training step before the losses, also what diagnostics read the model's
+    next-token predictions from (e.g. ``scripts/ovd_breakdown.py --teacher-forced``)."""
     options = options or StepOptions()
-    criterion = criterion or PaDTCriterion()
     inputs, extra = batch["inputs"], batch["targets"]
     padt = unwrap_padt(model)
-    vocab = padt.vocab_size
     device = inputs["input_ids"].device
     layout = extra.layout.to(device)  # the processor's layout of this batch, also in inputs["vrt_layout"]
 
@@ -307,7 +307,47 @@ def padt_loss(
         logits_to_keep=comp_len + 1,
         **model_inputs,
     )
-    logits = out.logits[:, :-1]  # position P-1+t predicts completion token t
+    return TeacherForced(
+        out=out,
+        logits=out.logits[:, :-1],  # position P-1+t predicts completion token t
+        completion_ids=comp_ids,
+        completion_mask=comp_mask,
+        runs=runs,
+        texts=texts,
+        prompt_len=prompt_len,
+    )
+
+
+def padt_loss(
+    model: torch.nn.Module,
+    processor: PaDTProcessor,
+    batch: Mapping[str, Any],
+    rng: np.random.Generator | Sequence[np.random.Generator],
+    *,
+    options: StepOptions | None = None,
+    criterion: PaDTCriterion | None = None,
+    warmup: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Forward one collated batch and return the named loss terms and ``loss`` (their weighted sum).
+
+    Args:
+        model: the PaDT model, possibly wrapped (DDP, peft, ...); the forward goes through the wrapper.
+        processor: its processor (tokenises the completions).
+        batch: a :class:`PaDTCollator` output (``inputs`` on the model's device, ``targets``).
+        rng: VRT sampling source(s).
+        options: :class:`StepOptions`.
+        criterion: the weighted losses (default: all terms, weight 1).
+        warmup: feed the decoder the ground-truth VRT prototypes instead of the LLM's states (§8.4).
+    """
+    options = options or StepOptions()
+    criterion = criterion or PaDTCriterion()
+    extra = batch["targets"]
+    padt = unwrap_padt(model)
+    vocab = padt.vocab_size
+    forced = teacher_force(model, processor, batch, rng, options)
+    out, runs, comp_ids, comp_mask = forced.out, forced.runs, forced.completion_ids, forced.completion_mask
+    device = comp_ids.device
+    layout = extra.layout.to(device)
 
     objects = [o for sample in extra.objects for o in sample]
     picked = [run for sample in runs for run in sample]
@@ -328,13 +368,13 @@ def padt_loss(
     decoded = None
     if fmt_is_vrt and criterion.wants_decoder:
         decoded = padt.decode_objects(
-            _decoder_features(out, runs, comp_ids, prompt_len, vocab, warmup),
+            _decoder_features(out, runs, comp_ids, forced.prompt_len, vocab, warmup),
             out.vision,
             layout,
             object_images=[[o.image for o in sample] for sample in extra.objects],
             placeholder_if_empty=True,
         )
-    return criterion(PaDTOutputs(logits=logits, decoded=decoded), targets)
+    return criterion(PaDTOutputs(logits=forced.logits, decoded=decoded), targets)
 
 
 def _decoder_features(
@@ -368,8 +408,10 @@ __all__ = [
     "PaDTDataset",
     "PaDTTrainBatch",
     "StepOptions",
+    "TeacherForced",
     "TrainObject",
     "build_completions",
     "padt_loss",
+    "teacher_force",
     "unwrap_padt",
 ]
