@@ -116,8 +116,11 @@ def teacher_forced_counts(
         raise PaDTError(
             f"{eval_dir}: --teacher-forced reads synthetic data only (padt eval --data synthetic:...)"
         )
+    model = model or settings.get("model")
+    if not model:
+        raise PaDTError(f"{eval_dir / SETTINGS_FILE} names no model; give one with --model")
     records = evaluated_records(eval_dir)[:limit]
-    pipe = PaDT.from_pretrained(model or settings["model"], device="cpu", dtype="fp32")
+    pipe = PaDT.from_pretrained(model, device="cpu", dtype="fp32")
     tokenizer, vocab = pipe.processor.tokenizer, pipe.model.vocab_size
     dataset = PaDTDataset(records, eval_dir / SYNTHETIC_FOLDER)
     collate = PaDTCollator(pipe.processor, patches="recompute", with_masks=False)

@@ -25,6 +25,7 @@ from transformers import TrainerCallback
 
 import padt.training.batch as batch_module
 from padt.cli import main
+from padt.data.records import read_records
 from padt.data.synthetic import expression_form, generate_dataset
 from padt.errors import PaDTError
 from padt.losses import PaDTCriterion
@@ -662,6 +663,11 @@ def test_several_synthetic_datasets_are_mixed_into_one(tmp_path):
     # each record reads its image from its own dataset's folder
     assert [Path(r.image).parent.name for r in dataset.records] == ["data"] * 3 + ["data_1"] * 2
     assert all(Path(r.image).is_file() for r in dataset.records)
+    # the second dataset is the one its spec alone generates
+    alone = generate_dataset("ovd", 2, 5, tmp_path / "alone", max_size=112, progress=False)
+    assert [r.answer_template for r in dataset.records[3:]] == [
+        r.answer_template for r in read_records(alone.records_path)
+    ]
 
 
 @pytest.mark.slow

@@ -261,7 +261,7 @@ class TeacherForced:
     completion_ids: torch.Tensor  # (B, T) global ids (VRTs at vocab + global patch index)
     completion_mask: torch.Tensor  # (B, T)
     runs: list[list[list[int]]]  # per sample, per object, the local VRT indices written
-    texts: list[str]  # the completion texts
+    layout: Any  # padt.vrt.VRTLayout of the batch, on the model's device
     prompt_len: int
 
 
@@ -313,7 +313,7 @@ def teacher_force(
         completion_ids=comp_ids,
         completion_mask=comp_mask,
         runs=runs,
-        texts=texts,
+        layout=layout,
         prompt_len=prompt_len,
     )
 
@@ -346,8 +346,7 @@ def padt_loss(
     vocab = padt.vocab_size
     forced = teacher_force(model, processor, batch, rng, options)
     out, runs, comp_ids, comp_mask = forced.out, forced.runs, forced.completion_ids, forced.completion_mask
-    device = comp_ids.device
-    layout = extra.layout.to(device)
+    device, layout = comp_ids.device, forced.layout
 
     objects = [o for sample in extra.objects for o in sample]
     picked = [run for sample in runs for run in sample]
