@@ -84,6 +84,20 @@ def test_cell_targets_by_hand():
     assert t["mask"][7].reshape(4, 4)[:, 1:].max() == 0
     assert t["owner"].tolist() == [-1] * 5 + [0, 0, 1] + [-1] * 8
     assert t["patches"] == [[5, 6], [7]]
+    # One object of each kind: every foreground patch counts 1, background 0.
+    assert t["count"].tolist() == [0] * 5 + [1, 1, 1] + [0] * 8
+    # Box centres: the square's (56, 42) lies in patch 6, the star's (87, 42) in patch 7.
+    sq, st = SHAPES.index("square") + 1, SHAPES.index("star") + 1
+    assert t["centre"].tolist() == [0] * 6 + [sq, st] + [0] * 8
+
+    # A second square, hidden under the first (it owns no patch), still counts: the OVD answer counts every
+    # object of the kind in the scene, so each patch of either kind says how many the answer states.
+    hidden = np.zeros((112, 112), dtype=bool)
+    hidden[30:40, 30:40] = True
+    scene = Scene(Image.new("RGB", (112, 112)), (*scene.objects, _object("square", hidden, "small")), "noise")
+    t = cell_targets(scene, (4, 4))
+    assert t["count"].tolist() == [0] * 5 + [2, 2, 1] + [0] * 8
+    assert t["centre"].tolist() == [0] * 5 + [sq, sq, st] + [0] * 8  # the hidden square's centre: (35, 35)
 
 
 @pytest.mark.parametrize("backbone", ["qwen2_5_vl", "qwen3_vl"])
@@ -234,6 +248,23 @@ def test_stage_overrides_and_references(tmp_path):
     tune = stages[2][2]
     assert tune.model.path == str(tmp_path / "run" / "padt") and tune.model.tiny is None
     assert tune.components.vision == "train"
+    # data.synthetic.out may name an earlier stage: the dataset that stage generated is read again (also in a
+    # list); a folder stays a folder, and a later stage is refused.
+    spec = raw["stages"]["padt"]["data"]["synthetic"]
+    raw["stages"]["tune"]["data"] = {"synthetic": [spec | {"out": "padt"}, spec | {"seed": 5, "out": "mine"}]}
+    recipe.write_text(yaml.safe_dump(raw, sort_keys=False))
+    tune = resolve_stages(recipe)[1][2][2]
+    assert [d.out for d in tune.data.synthetic_datasets()] == [
+        str(tmp_path / "run" / "padt" / "data"),
+        "mine",
+    ]
+    raw["stages"]["padt"]["data"] = {"synthetic": spec | {"out": "tune"}}
+    recipe.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(
+        PaDTError, match=r"stages\.padt\.data\.synthetic\.out names stage 'tune', which runs later"
+    ):
+        resolve_stages(recipe)
+    raw["stages"]["padt"]["data"] = {"synthetic": spec}
     del raw["stages"]["tune"]
     raw["stages"] = {"padt": raw["stages"]["padt"], "vision": raw["stages"]["vision"]}
     recipe.write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -20,8 +20,8 @@ written::
 Each stage's sections are merged over the shared ones; its ``training.output_dir`` defaults to
 ``OUTPUT_DIR/NAME``. ``model.vision_from`` (start from that stage's vision tower) and ``model.path`` (continue
 from that stage's model; the shared ``model.tiny`` then does not apply) may name an earlier stage (its output
-folder) or a folder. The
-resolved config of each stage is written to ``NAME/stage_config.yaml`` before it runs (for a PaDT stage, a
+folder) or a folder, and so may ``data.synthetic.out`` (that stage's generated dataset, ``NAME/data``, read
+again rather than generated twice; give the same spec). The resolved config of each stage is written to ``NAME/stage_config.yaml`` before it runs (for a PaDT stage, a
 plain ``padt train`` config).
 
 Rerunning the command resumes where it stopped: a finished stage (``train_summary.json`` written, same
@@ -128,6 +128,15 @@ def resolve_stages(
                 config["model"][key] = outputs[source]
             elif source in stages:
                 raise PaDTError(f"{path}: stages.{name}.model.{key} names stage {source!r}, which runs later")
+        synthetic = (config.get("data") or {}).get("synthetic")
+        for spec in synthetic if isinstance(synthetic, list) else [synthetic]:
+            source = spec.get("out") if isinstance(spec, dict) else None
+            if source in outputs:  # an earlier stage's name stands for the dataset it generated
+                spec["out"] = os.fspath(Path(outputs[source]) / "data")
+            elif source in stages:
+                raise PaDTError(
+                    f"{path}: stages.{name}.data.synthetic.out names stage {source!r}, which runs later"
+                )
         if (
             (config.get("model") or {}).get("path")
             and "tiny" in config["model"]

@@ -12,7 +12,14 @@ raster order), one prediction per merged patch:
   patches), as FCOS regresses them, so that each patch knows its object's extent;
 - ``mask``: the object's coverage of the patch's 4x4 sub-cells (7 px each), a boundary-aware target;
 - ``position``: the patch centre's normalised (x, y), which the image position code makes linearly readable
-  (the language model needs it for "the leftmost ...", the decoder for boxes).
+  (the language model needs it for "the leftmost ...", the decoder for boxes);
+- ``count``: how many objects of the patch's kind the scene holds (``COUNT_MAX`` or more as one class; 0 for
+  background). An OVD answer states each kind's count before it points at the objects (``2 "star" (...)``);
+  attention averages over the patches it selects, so a language model reading plain kind features learns the
+  area of a kind, not the number of its objects. With this head every patch of a kind carries the count, and
+  the language model only has to look at one of them;
+- ``centre``: the kind of the object whose box centre lies in the patch (0 for none): one patch per object,
+  whatever its size, so that objects (not patches) of a kind can be counted.
 
 No language model or decoder runs, so a step costs a fraction of a PaDT step. Labels are computed on the
 grid the processor gives each image (its ``smart_resize``), with the foreground rule of
@@ -55,14 +62,21 @@ HEADS: dict[str, int] = {  # output width of each head
     "box": 4,
     "mask": 16,
     "position": 2,
+    "count": 1 + 6,  # 0 background, then 1 .. COUNT_MAX objects of the patch's kind
+    "centre": 1 + len(SHAPES),
 }
+COUNT_MAX = HEADS["count"] - 1
 CLASS_HEADS = ("shape", "colour", "size")
 # Per-object heads on the object's features averaged over its foreground patches: name -> attribute.
 OBJECT_HEADS = {"object": "shape", "object_colour": "colour", "object_size": "size"}
 LOSS_TERMS = (*HEADS, *OBJECT_HEADS)
 #: Loss weights unless ``vision.loss_weights`` says otherwise: every per-patch head but the position (measured:
 #: it does not help the shape probe), no object head (``configs/bundled.yaml`` turns ``object`` on).
-DEFAULT_WEIGHTS = dict.fromkeys(HEADS, 1.0) | {"position": 0.0} | dict.fromkeys(OBJECT_HEADS, 0.0)
+DEFAULT_WEIGHTS = (
+    dict.fromkeys(HEADS, 1.0)
+    | {"position": 0.0, "count": 0.0, "centre": 0.0}
+    | dict.fromkeys(OBJECT_HEADS, 0.0)
+)
 SUB = 4  # sub-cells per side of a merged patch in the mask target
 HEADS_FILE = "vision_heads.safetensors"
 # Random stream of the pretraining scenes (padt.data.synthetic uses 0-3 for its datasets).
@@ -77,7 +91,9 @@ def cell_targets(
 
     Returns ``shape``/``colour``/``size`` ``(N,)`` int (0 = background), ``box`` ``(N, 4)`` float (patch
     centre to the box edges, in cells), ``mask`` ``(N, 16)`` float (coverage of the 4x4 sub-cells, row-major),
-    ``position`` ``(N, 2)`` float (the patch centre's normalised x, y)
+    ``position`` ``(N, 2)`` float (the patch centre's normalised x, y), ``count`` ``(N,)`` int (objects of the
+    patch's kind in the scene, at most ``COUNT_MAX``; 0 = background), ``centre`` ``(N,)`` int (the kind of
+    the object whose box centre lies in the patch, the topmost if several; 0 = none),
     ``fg`` and ``owner`` (the object each patch is labelled with, -1 for background), and ``patches``: per object,
     its foreground patch indices on this grid. A patch is labelled with the object that covers most of it, if
     that object's coverage passes the foreground rule of :func:`padt.data.patches.foreground_patches`.
@@ -106,8 +122,17 @@ def cell_targets(
     sy, sx = out_hw[0] / scene.height, out_hw[1] / scene.width
     centres_y = (np.arange(n) // cols + 0.5) * cell
     centres_x = (np.arange(n) % cols + 0.5) * cell
+    count = np.zeros(n, dtype=np.int64)
+    centre = np.zeros(n, dtype=np.int64)
+    for obj in scene.objects:  # painted in order, so a later (upper) object's centre wins a shared patch
+        x1, y1, x2, y2 = obj.box
+        row = min(int((y1 + y2) / 2 * sy // cell), rows - 1)
+        col = min(int((x1 + x2) / 2 * sx // cell), cols - 1)
+        centre[row * cols + col] = SHAPES.index(obj.shape) + 1
+    per_kind = {kind: sum(o.shape == kind for o in scene.objects) for kind in SHAPES}
     for j in np.flatnonzero(fg):
         obj = scene.objects[best[j]]
+        count[j] = min(per_kind[obj.shape], COUNT_MAX)
         targets["shape"][j] = SHAPES.index(obj.shape) + 1
         targets["colour"][j] = list(COLOURS).index(obj.colour) + 1
         targets["size"][j] = list(SIZES).index(obj.size) + 1
@@ -124,6 +149,8 @@ def cell_targets(
         "box": box / cell,
         "mask": mask,
         "position": position,
+        "count": count,
+        "centre": centre,
         "fg": fg,
         "owner": np.where(fg, best, -1),
         "patches": patches,
@@ -301,7 +328,7 @@ def vision_losses(
 ) -> dict[str, torch.Tensor]:
     """Cross-entropy for the class heads (all patches, background included), smooth L1 for the box distances
     (foreground patches), BCE against the sub-cell coverage for the mask (all patches), L1 for the position
-    (all patches), and cross-entropy for the object heads present in ``out``."""
+    (all patches), cross-entropy for the count (all patches) and for the object heads present in ``out``."""
     fn = nn.functional
     terms = {f"loss_{name}": fn.cross_entropy(out[name], targets[name]) for name in CLASS_HEADS}
     fg = targets["fg"]
@@ -310,6 +337,8 @@ def vision_losses(
     )
     terms["loss_mask"] = fn.binary_cross_entropy_with_logits(out["mask"], targets["mask"])
     terms["loss_position"] = fn.l1_loss(out["position"], targets["position"])
+    terms["loss_count"] = fn.cross_entropy(out["count"], targets["count"])
+    terms["loss_centre"] = fn.cross_entropy(out["centre"], targets["centre"])
     for name, attr in OBJECT_HEADS.items():
         if name in out:
             terms[f"loss_{name}"] = (
@@ -328,7 +357,10 @@ def evaluate_vision(
     ``shape``/``colour``/``size`` accuracies are over foreground patches (``shape_small``/``shape_large`` by
     the size of the covering object), ``background`` is the share of background patches called background,
     ``box_l1`` the mean absolute error of the box distances in patches, ``mask_iou`` the IoU of the thresholded
-    sub-cell masks over all patches, ``position_l1`` the mean absolute error of the normalised position.
+    sub-cell masks over all patches, ``position_l1`` the mean absolute error of the normalised position,
+    ``count`` the count head's accuracy on foreground patches (``count_several`` on those whose kind the scene
+    holds more than once), ``centre`` the share of object centres whose patch the centre head finds with the
+    right kind, ``centre_false`` the share of other patches it calls a centre.
     ``probe`` is :func:`padt.evaluation.probe.linear_probe` of the shape on each object's features averaged
     over its foreground patches (fitted on 70% of the scenes, scored on the rest) and ``probe_chance`` the
     majority-class rate.
@@ -363,6 +395,14 @@ def evaluate_vision(
     metrics["background"] = (pred["shape"].argmax(-1)[~fg] == 0).float().mean().item()
     metrics["box_l1"] = (pred["box"][fg] - targets["box"][fg]).abs().mean().item()
     metrics["position_l1"] = (pred["position"] - targets["position"]).abs().mean().item()
+    counted = pred["count"].argmax(-1) == targets["count"]
+    metrics["count"] = counted[fg].float().mean().item()
+    several = fg & (targets["count"] > 1)
+    if bool(several.any()):
+        metrics["count_several"] = counted[several].float().mean().item()
+    centres, marked = targets["centre"] > 0, pred["centre"].argmax(-1)
+    metrics["centre"] = (marked[centres] == targets["centre"][centres]).float().mean().item()
+    metrics["centre_false"] = (marked[~centres] > 0).float().mean().item()
     hit, truth = pred["mask"] > 0, targets["mask"] > 0.5
     metrics["mask_iou"] = ((hit & truth).sum() / (hit | truth).sum().clamp(min=1)).item()
 
