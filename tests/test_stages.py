@@ -22,6 +22,7 @@ from padt.training.config import VisionStageConfig
 from padt.training.stages import resolve_stages
 from padt.training.trainer import build_model_and_processor
 from padt.training.vision_pretrain import (
+    HEADS,
     PretrainScenes,
     VisionPretrainModel,
     cell_targets,
@@ -121,6 +122,49 @@ def test_cell_targets_follow_the_processor_grid_and_the_foreground_rule(backbone
         for j in np.flatnonzero(owned):  # a patch is labelled with an object whose foreground patch it is
             obj = scene.objects[t["owner"][j]]
             assert j in t["patches"][t["owner"][j]] and t["shape"][j] == SHAPES.index(obj.shape) + 1
+
+
+class _Constant(torch.nn.Module):
+    """Heads that give every patch the same class per head (the other heads' outputs are zeros)."""
+
+    def __init__(self, classes: dict[str, int]) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.classes = classes
+        self.heads = self._heads
+
+    def features(self, pixel_values, image_grid_thw):
+        return torch.zeros(int(image_grid_thw.prod(-1).sum()) // 4, 4)
+
+    def _heads(self, f):
+        out = {name: torch.zeros(len(f), width) for name, width in HEADS.items()}
+        for name, k in self.classes.items():
+            out[name][:, k] = 1.0
+        return out
+
+
+def test_count_and_centre_metrics_by_hand():
+    """The by-hand scene with a hidden second square: foreground patches 5, 6 (square, count 2) and 7 (star,
+    count 1); centres in patches 5, 6 (squares) and 7 (star)."""
+    square = np.zeros((112, 112), dtype=bool)
+    square[28:56, 28:84] = True
+    star = np.zeros((112, 112), dtype=bool)
+    star[28:56, 84:90] = True
+    hidden = np.zeros((112, 112), dtype=bool)
+    hidden[30:40, 30:40] = True
+    scene = Scene(
+        Image.new("RGB", (112, 112)),
+        (_object("square", square), _object("star", star, "small"), _object("square", hidden, "small")),
+        "noise",
+    )
+    scenes = PretrainScenes(tiny_processor(max_pixels=PIXELS).image_processor, [scene])
+    sq = SHAPES.index("square") + 1
+    m = evaluate_vision(_Constant({"count": 1, "centre": sq}), scenes)
+    assert m["count"] == pytest.approx(1 / 3) and m["count_several"] == 0.0
+    assert m["centre"] == pytest.approx(2 / 3) and m["centre_false"] == 1.0  # the 13 other patches marked
+    m = evaluate_vision(_Constant({"count": 2, "centre": 0}), scenes)
+    assert m["count"] == pytest.approx(2 / 3) and m["count_several"] == 1.0
+    assert m["centre"] == 0.0 and m["centre_false"] == 0.0
 
 
 def test_collate_lists_each_objects_patches_with_batch_wide_indices():

@@ -21,8 +21,8 @@ Each stage's sections are merged over the shared ones; its ``training.output_dir
 ``OUTPUT_DIR/NAME``. ``model.vision_from`` (start from that stage's vision tower) and ``model.path`` (continue
 from that stage's model; the shared ``model.tiny`` then does not apply) may name an earlier stage (its output
 folder) or a folder, and so may ``data.synthetic.out`` (that stage's generated dataset, ``NAME/data``, read
-again rather than generated twice; give the same spec). The resolved config of each stage is written to ``NAME/stage_config.yaml`` before it runs (for a PaDT stage, a
-plain ``padt train`` config).
+again rather than generated twice; give the same spec). The resolved config of each stage is written to
+``NAME/stage_config.yaml`` before it runs (for a PaDT stage, a plain ``padt train`` config).
 
 Rerunning the command resumes where it stopped: a finished stage (``train_summary.json`` written, same
 resolved config) is skipped with a message, an unfinished one resumes from its last checkpoint, and a stage

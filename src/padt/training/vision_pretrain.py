@@ -328,7 +328,8 @@ def vision_losses(
 ) -> dict[str, torch.Tensor]:
     """Cross-entropy for the class heads (all patches, background included), smooth L1 for the box distances
     (foreground patches), BCE against the sub-cell coverage for the mask (all patches), L1 for the position
-    (all patches), cross-entropy for the count (all patches) and for the object heads present in ``out``."""
+    (all patches), cross-entropy for the count and the centre (all patches) and for the object heads present in
+    ``out``."""
     fn = nn.functional
     terms = {f"loss_{name}": fn.cross_entropy(out[name], targets[name]) for name in CLASS_HEADS}
     fg = targets["fg"]
