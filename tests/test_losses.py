@@ -61,6 +61,19 @@ def test_robust_token_loss_by_hand():
     assert plain == pytest.approx(-3.0 + _lse(row_vrt), abs=1e-6)
 
 
+def test_token_weights_scale_each_tokens_term_and_keep_the_denominator():
+    logits = torch.tensor([[[1.0, 2.0, 0.0, 0.5, 3.0, -1.0, 2.0], [0.3, 2.0, -0.7, 1.0, 0.0, 0.2, -2.0]]])
+    targets = torch.tensor([[V + 1, 1]])
+    mask = torch.ones(1, 2)
+    base = robust_token_loss(logits, targets, mask, [[4]], V)
+    l0, l1 = base["token_loss_per_token"][0].tolist()
+    weighted = robust_token_loss(logits, targets, mask, [[4]], V, torch.tensor([[1.0, 4.0]]))
+    assert weighted["loss_token"].item() == pytest.approx((l0 + 4 * l1) / (2 + 1e-4), abs=1e-6)
+    torch.testing.assert_close(weighted["token_loss_per_token"], base["token_loss_per_token"])
+    with pytest.raises(PaDTError, match="token_weights must have the targets' shape"):
+        robust_token_loss(logits, targets, mask, [[4]], V, torch.ones(1, 3))
+
+
 def test_robust_token_loss_several_objects_images_and_padding():
     # Sample 0 owns image 0 (VRT rows 0..3), sample 1 owns images 1 and 2 (rows 4..5 and 6..9): V + 10 classes.
     gen = torch.Generator().manual_seed(0)

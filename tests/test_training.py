@@ -139,6 +139,7 @@ def test_overrides_parse_types_and_nested_keys(tmp_path):
         ),
         ("padt.robust_loss=maybe", "padt.robust_loss: Input should be a valid boolean"),
         ("padt.vrts_per_object=0", "padt.vrts_per_object: must be a positive number of VRTs, or -1"),
+        ("padt.count_token_weight=-2", "padt.count_token_weight: Input should be greater than or equal to 0"),
         ("padt.loss_weights={loss_tokn: 1}", "unknown loss term 'loss_tokn'; did you mean 'loss_token'?"),
         ("generation.vrt_repeat_penalty=-1", "vrt_repeat_penalty must be a number >= 0"),
         ("generation.vrt_reuse_penalty=no", "vrt_reuse_penalty must be a number >= 0"),
@@ -313,6 +314,35 @@ def test_plain_loss_is_cross_entropy_and_robust_loss_is_lower(step_batch):
     robust = padt_loss(model, processor, inputs, np.random.default_rng(0))
     assert robust["loss_token"] < terms["loss_token"]
     torch.testing.assert_close(robust["loss_bbox_l1"], terms["loss_bbox_l1"])
+
+
+def test_count_token_weight_lands_on_the_counts_of_ovd_answers(step_batch):
+    model, processor, _, inputs = step_batch
+    records = inputs["targets"].records
+    assert "ovd" in {r.task for r in records} and {r.task for r in records} - {"ovd"}
+    plain = RecordingCriterion()
+    base = padt_loss(model, processor, inputs, np.random.default_rng(0), criterion=plain)
+    assert plain.targets.token_weights is None
+    weighted = RecordingCriterion()
+    terms = padt_loss(
+        model,
+        processor,
+        inputs,
+        np.random.default_rng(0),
+        criterion=weighted,
+        options=StepOptions(count_token_weight=5.0),
+    )
+    weights, tokens = weighted.targets.token_weights, weighted.targets.tokens
+    for b, record in enumerate(records):
+        marked = [processor.tokenizer.decode([t]).strip() for t in tokens[b][weights[b] == 5.0].tolist()]
+        counts = re.findall(r"(\d+) \"", record.answer_template) if record.task == "ovd" else []
+        assert marked == counts and set(weights[b][weights[b] != 5.0].tolist()) == {1.0}
+    per_token = base["token_loss_per_token"]
+    mask = plain.targets.completion_mask * (plain.targets.tokens >= 0)
+    by_hand = ((per_token * mask * weights).sum(-1) / (mask.sum(-1) + 1e-4)).mean()
+    torch.testing.assert_close(terms["loss_token"], by_hand, rtol=1e-5, atol=1e-6)
+    assert terms["loss_token"] > base["loss_token"]
+    torch.testing.assert_close(terms["loss_bbox_l1"], base["loss_bbox_l1"])
 
 
 def test_warmup_feeds_the_decoder_the_ground_truth_prototypes(step_batch):

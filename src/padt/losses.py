@@ -120,6 +120,7 @@ def robust_token_loss(
     completion_mask: torch.Tensor,
     foreground_sets: torch.Tensor | Sequence[torch.Tensor | Sequence[int]],
     vocab_size: int,
+    token_weights: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-token cross-entropy over text + VRT classes in which an object's VRTs do not compete (§8.3).
 
@@ -143,10 +144,13 @@ def robust_token_loss(
             global ids. :func:`build_foreground_sets` builds them. The reference's layout, an ``(R, C)``
             bool tensor that is True at the ids to leave out, is accepted too.
         vocab_size: ``V``.
+        token_weights: optional ``(B, L)`` factors ``w_t`` on each token's loss (1 = the reference; e.g.
+            :func:`padt.training.batch.count_token_weights`). The denominator stays the number of supervised
+            tokens, so a weight above 1 adds to a token's pull without taking from the others'.
 
     Returns:
         ``loss_token``: scalar, the batch mean of the per-sample means
-        ``sum_t l_t * m_t / (sum_t m_t + 1e-4)``;
+        ``sum_t w_t * l_t * m_t / (sum_t m_t + 1e-4)``;
         ``token_loss_per_token``: ``(B, L)`` float32 ``l_t`` before masking (0 at ignored targets);
         ``token_loss_per_sample``: ``(B,)``.
 
@@ -180,7 +184,14 @@ def robust_token_loss(
 
     per_token = torch.where(valid, lse - target_logit, torch.zeros_like(lse))
     mask = completion_mask.to(per_token.dtype) * valid
-    per_sample = (per_token * mask).sum(-1) / (mask.sum(-1) + _TOKEN_EPS)
+    weighted = per_token * mask
+    if token_weights is not None:
+        if token_weights.shape != targets.shape:
+            raise PaDTError(
+                f"token_weights must have the targets' shape {tuple(targets.shape)}, got {tuple(token_weights.shape)}"
+            )
+        weighted = weighted * token_weights.to(weighted)
+    per_sample = weighted.sum(-1) / (mask.sum(-1) + _TOKEN_EPS)
     return {
         "loss_token": per_sample.mean(),
         "token_loss_per_token": per_token,
@@ -446,6 +457,7 @@ class PaDTTargets:
         vocab_size: ``V``.
         boxes: ``(O, 4)`` normalised xyxy ground-truth boxes, matched to the decoded objects by order.
         masks: per object its ``(4H, 4W)`` mask target (:func:`gt_mask_for_loss`) or ``None``.
+        token_weights: optional ``(B, L)`` factors on each token's loss (:func:`robust_token_loss`).
     """
 
     tokens: torch.Tensor
@@ -454,6 +466,7 @@ class PaDTTargets:
     vocab_size: int
     boxes: torch.Tensor | None = None
     masks: Sequence[torch.Tensor | None] = ()
+    token_weights: torch.Tensor | None = None
 
     @property
     def num_objects(self) -> int:
@@ -506,6 +519,7 @@ class PaDTCriterion:
                     targets.completion_mask,
                     targets.foreground_sets,
                     targets.vocab_size,
+                    targets.token_weights,
                 )
             )
         decoded = outputs.decoded

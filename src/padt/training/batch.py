@@ -187,12 +187,15 @@ class StepOptions:
         robust_loss: leave the object's other foreground VRTs out of the softmax (§8.3); False = plain CE.
         answer_format: ``"vrt"`` (PaDT) or ``"text"`` (``[x1,y1,x2,y2]`` coordinates, no decoder); the model
             being trained writes it into its config, and its base decides the text coordinates.
+        count_token_weight: factor on the token loss of the counts in OVD answers (the number before each
+            kind's name, :func:`count_token_weights`); 1 = the reference's plain per-token mean.
     """
 
     vrts_per_object: int = DEFAULT_VRTS_PER_OBJECT
     random_select: bool = True
     robust_loss: bool = True
     answer_format: str = "vrt"
+    count_token_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.answer_format not in ANSWER_FORMATS:
@@ -201,6 +204,8 @@ class StepOptions:
             )
         if self.vrts_per_object == 0:
             raise PaDTError("vrts_per_object must be positive, or -1 for every foreground patch")
+        if self.count_token_weight < 0:
+            raise PaDTError(f"count_token_weight must be >= 0, got {self.count_token_weight}")
 
 
 def build_completions(
@@ -232,6 +237,30 @@ def build_completions(
         texts.append(text)
         runs.append(sample_runs)
     return texts, runs
+
+
+def count_token_weights(
+    tokens: torch.Tensor, tasks: Sequence[str], tokenizer: Any, vocab_size: int, weight: float
+) -> torch.Tensor:
+    """``(B, L)`` loss factors that are ``weight`` on the counts of OVD answers and 1 elsewhere.
+
+    A count is a text token of an OVD sample that is a number (the ``2`` of ``2 "star" (<OBJ>, <OBJ>)``; the
+    answer formats of docs/method.md §4.4 hold no other numbers). Ignored positions (negative ids) and VRTs
+    are never counts.
+    """
+    weights = torch.ones(tokens.shape, dtype=torch.float32, device=tokens.device)
+    pieces: dict[int, bool] = {}
+    for b, task in enumerate(tasks):
+        if task != "ovd":
+            continue
+        for t, token in enumerate(tokens[b].tolist()):
+            if token < 0 or token >= vocab_size:
+                continue
+            if token not in pieces:
+                pieces[token] = tokenizer.decode([token]).strip().isdigit()
+            if pieces[token]:
+                weights[b, t] = weight
+    return weights
 
 
 def unwrap_padt(model: torch.nn.Module) -> Any:
@@ -363,6 +392,11 @@ def padt_loss(
         vocab_size=vocab,
         boxes=torch.tensor([o.bbox for o in objects], dtype=torch.float32, device=device).reshape(-1, 4),
         masks=[o.mask for o in objects],
+        token_weights=None
+        if options.count_token_weight == 1.0
+        else count_token_weights(
+            tokens, [r.task for r in extra.records], processor.tokenizer, vocab, options.count_token_weight
+        ),
     )
     decoded = None
     if fmt_is_vrt and criterion.wants_decoder:
@@ -410,6 +444,7 @@ __all__ = [
     "TeacherForced",
     "TrainObject",
     "build_completions",
+    "count_token_weights",
     "padt_loss",
     "teacher_force",
     "unwrap_padt",

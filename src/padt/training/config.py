@@ -11,7 +11,8 @@ value with the key and what it allows. Sections (all optional except ``data`` an
                  {synthetic: {task: all, n: 4000, seed: 1, max_size: 224}}         # generated on first use
                  {synthetic: [{task: all, n: 4000}, {task: ovd, n: 1000, seed: 2}]}  # several, mixed
     padt:        {vrts_per_object: 5, random_select: true, robust_loss: true, answer_format: vrt,
-                  warmup_steps: 300, patches: auto, loss_weights: {loss_token: 1, ...}}
+                  warmup_steps: 300, patches: auto, loss_weights: {loss_token: 1, ...},
+                  count_token_weight: 1}
     components:  {vision: train, llm: train, decoder: train}                      # train | freeze | lora
     lora:        {r: 16, alpha: 32, dropout: 0.05}
     training:    {output_dir: runs/x, ...}     # any transformers TrainingArguments field
@@ -145,6 +146,8 @@ class PaDTSection(_Section):
     random_select: bool = StepOptions.random_select
     robust_loss: bool = StepOptions.robust_loss
     answer_format: Literal["vrt", "text"] = StepOptions.answer_format
+    #: factor on the token loss of the counts in OVD answers (1 = the reference)
+    count_token_weight: NonNegativeFloat = StepOptions.count_token_weight
     warmup_steps: NonNegativeInt = 300
     #: where each object's foreground patches come from: ``record`` (the record's list, computed for the default
     #: base's 28-px cells), ``recompute`` (from the mask on the processor's actual grid), ``auto`` (``record``

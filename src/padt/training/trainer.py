@@ -308,6 +308,7 @@ def build_trainer(config: TrainConfig) -> PaDTTrainer:
         random_select=padt_cfg.random_select,
         robust_loss=padt_cfg.robust_loss,
         answer_format=padt_cfg.answer_format,
+        count_token_weight=padt_cfg.count_token_weight,
     )
     weights = dict(DEFAULT_LOSS_WEIGHTS) | padt_cfg.loss_weights
     components = config.components.model_copy()
