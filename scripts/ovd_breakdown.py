@@ -17,12 +17,22 @@ its most likely next token is that count and the probability it gives it. A mode
 but loses track while writing gets these right; one that has not does not.
 
     python scripts/ovd_breakdown.py runs/eval_ovd --teacher-forced            # the model eval.json names
+
+``--one-kind`` (with ``--teacher-forced``) takes away the choice of which kind comes next: each record becomes
+one record per kind in its image, whose prompt lists that kind alone, so the answer is ``There is 1 "star"
+(...) in this image.`` or ``There are 2 "star" (...)``, and the word that holds the count is the verb. It reads,
+at the verb, whether the model's most likely token is the right one and the probability it gives it: a model
+that can tell one object of a kind from several gets these right.
+
+    python scripts/ovd_breakdown.py runs/eval_ovd --teacher-forced --one-kind
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -31,10 +41,12 @@ from padt.errors import PaDTError
 from padt.evaluation.data import SYNTHETIC_FOLDER, SYNTHETIC_PREFIX
 from padt.evaluation.driver import SETTINGS_FILE, evaluated_records, read_prediction_lines
 from padt.evaluation.metrics import greedy_match
-from padt.prompts import OVD_COUNT_PATTERN, ovd_answer_counts
+from padt.prompts import OVD_COUNT_PATTERN, OVD_PROMPT, ovd_answer_counts, ovd_answer_template, ovd_prompt
 
 COUNT_ROWS = ("1", "2", "3+")
 COUNT_OUTCOMES = ("right", "lower", "higher", "not named")
+# the verb of a one-kind answer: "There is 1 ..." or "There are 2 ..."
+ONE_KIND_VERB = re.compile(r"^There (is|are) (\d+) ")
 
 
 def breakdown(eval_dir: Path) -> dict:
@@ -99,12 +111,37 @@ def count_row(k: int) -> str:
     return COUNT_ROWS[min(k, 3) - 1]
 
 
+def one_kind_records(records: list) -> list:
+    """Per OVD record, one record per kind its answer names (in that order), whose prompt lists that kind
+    alone and whose answer and objects are that kind's."""
+    prefix = OVD_PROMPT.split("{}")[0]
+    out = []
+    for record in records:
+        human = record.conversations[0]["value"]
+        if prefix not in human:
+            raise PaDTError(f"record {record.id}: not an OVD prompt ({human[:60]!r})")
+        for kind, count in ovd_answer_counts(record.answer_template):
+            one = copy.deepcopy(record)
+            one.conversations[0]["value"] = human[: human.index(prefix)] + ovd_prompt([kind])
+            one.answer_template = ovd_answer_template([kind], [count])
+            one.objects = [o for o in one.objects if o.label == kind]
+            out.append(one)
+    return out
+
+
 def teacher_forced_counts(
-    eval_dir: Path, model: str | None = None, *, limit: int | None = None, batch_size: int = 8
+    eval_dir: Path,
+    model: str | None = None,
+    *,
+    limit: int | None = None,
+    batch_size: int = 8,
+    one_kind: bool = False,
 ) -> dict:
     """At every count of every record's right answer, with the answer up to it given: is the model's most
     likely next token that count, and what probability does it give it. Returns per row (objects of the kind)
-    ``{"counts", "right", "mean_probability"}`` and ``entries``: ``(record, entry, row, right, probability)``."""
+    ``{"counts", "right", "mean_probability"}`` and ``entries``: ``(record, entry, row, right, probability)``.
+
+    ``one_kind``: the records of :func:`one_kind_records` instead, read at the verb (``is`` / ``are``)."""
     import numpy as np
     import torch
 
@@ -120,6 +157,8 @@ def teacher_forced_counts(
     if not model:
         raise PaDTError(f"{eval_dir / SETTINGS_FILE} names no model; give one with --model")
     records = evaluated_records(eval_dir)[:limit]
+    if one_kind:
+        records = one_kind_records(records)
     pipe = PaDT.from_pretrained(model, device="cpu", dtype="fp32")
     tokenizer, vocab = pipe.processor.tokenizer, pipe.model.vocab_size
     dataset = PaDTDataset(records, eval_dir / SYNTHETIC_FOLDER)
@@ -138,15 +177,17 @@ def teacher_forced_counts(
             pieces = [tokenizer.decode([t]) if t < vocab else "<VRT>" for t in ids]
             owner = [t for t, piece in enumerate(pieces) for _ in piece]
             text = "".join(pieces)
-            for entry, match in enumerate(OVD_COUNT_PATTERN.finditer(text)):
+            matches = [ONE_KIND_VERB.match(text)] if one_kind else OVD_COUNT_PATTERN.finditer(text)
+            for entry, match in enumerate(matches):
+                if match is None:
+                    raise PaDTError(f"record {index}: the answer does not start with 'There is/are N'")
+                count = int(match.group(2) if one_kind else match.group(1))
                 t = owner[match.start(1)]
                 if "".join(pieces[t:]).lstrip()[: len(match.group(1))] != match.group(1):
-                    raise PaDTError(f"record {index}: the count {match.group(1)} does not start a token")
+                    raise PaDTError(f"record {index}: {match.group(1)!r} does not start a token")
                 probabilities = forced.logits[b, positions[t]].float().softmax(-1)
                 right = int(probabilities.argmax()) == ids[t]
-                entries.append(
-                    (index, entry, count_row(int(match.group(1))), right, float(probabilities[ids[t]]))
-                )
+                entries.append((index, entry, count_row(count), right, float(probabilities[ids[t]])))
     rows = {}
     for row in COUNT_ROWS:
         mine = [e for e in entries if e[2] == row]
@@ -172,7 +213,14 @@ def main() -> None:
         help="also run the model on the right answers and read its counts (module docstring)",
     )
     parser.add_argument("--model", help="with --teacher-forced: this checkpoint instead of eval.json's")
+    parser.add_argument(
+        "--one-kind",
+        action="store_true",
+        help="with --teacher-forced: one prompt per kind in the image, read at the verb (module docstring)",
+    )
     args = parser.parse_args()
+    if args.one_kind and not args.teacher_forced:
+        parser.error("--one-kind reads the model: add --teacher-forced")
     table = breakdown(args.eval_dir)
     print(f"{table['images']} images, {table['objects']} objects, {table['boxes']} predicted boxes\n")
     print("| boxes on an object (IoU ≥ 0.5) | objects found | kind right, of the boxes on an object |")
@@ -202,14 +250,24 @@ def main() -> None:
             total = sum(outcomes.values())
             print(f"| {row} | {total} | " + " | ".join(str(outcomes[o]) for o in COUNT_OUTCOMES) + " |")
     if args.teacher_forced:
-        forced = teacher_forced_counts(args.eval_dir, args.model)
-        table["teacher_forced"] = {"records": forced["records"], **forced["by_objects_of_the_kind"]}
-        print(
-            f"\nWith the right answer given up to each count (teacher forcing, {forced['records']} answers):\n"
-        )
-        print(
-            "| objects of the kind | counts | most likely next token is the count | mean probability of it |"
-        )
+        forced = teacher_forced_counts(args.eval_dir, args.model, one_kind=args.one_kind)
+        key = "teacher_forced_one_kind" if args.one_kind else "teacher_forced"
+        table[key] = {"records": forced["records"], **forced["by_objects_of_the_kind"]}
+        if args.one_kind:
+            print(
+                f"\nOne kind per prompt, with the right answer given up to its verb (teacher forcing, "
+                f"{forced['records']} prompts):\n"
+            )
+            print(
+                "| objects of the kind | prompts | most likely next token is the verb | mean probability of it |"
+            )
+        else:
+            print(
+                f"\nWith the right answer given up to each count (teacher forcing, {forced['records']} answers):\n"
+            )
+            print(
+                "| objects of the kind | counts | most likely next token is the count | mean probability of it |"
+            )
         print("|---|---:|---:|---:|")
         for row, numbers in forced["by_objects_of_the_kind"].items():
             if numbers["counts"]:

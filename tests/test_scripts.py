@@ -13,6 +13,7 @@ from PIL import Image
 
 from padt.data.records import read_records
 from padt.data.synthetic import generate_dataset
+from padt.errors import PaDTError
 
 SCRIPTS = Path(__file__).parents[1] / "scripts"
 
@@ -168,6 +169,65 @@ def test_ovd_breakdown_teacher_forced_counts_read_the_model_at_each_count(tmp_pa
         first = next(e for e in entries if e[0] == i and e[1] == 0)
         assert first[4] == pytest.approx(probability, abs=1e-4), (i, before)
         assert first[3] == (int(logits.argmax()) == count[0]), (i, before)
+
+
+def test_ovd_breakdown_one_kind_prompts_read_the_model_at_the_verb(tmp_path):
+    """Each record becomes one record per kind, prompt and answer of that kind alone; the model is read at the verb
+    ("is" for one object, "are" for several), with what a plain forward of the prompt and "There" gives."""
+    import torch
+
+    from padt.inference import BUNDLED_MODEL, PaDT
+    from padt.prompts import ovd_answer_counts, ovd_prompt
+
+    generate_dataset("ovd", 3, 4, tmp_path / "data", max_objects=6, progress=False)
+    records = read_records(tmp_path / "data" / "records.jsonl")
+    (tmp_path / "eval.json").write_text(
+        json.dumps({"data": "synthetic:task=ovd,n=3,seed=4", "task": "ovd", "model": str(BUNDLED_MODEL)})
+    )
+    script = _script("ovd_breakdown")
+    ones = script.one_kind_records(records)
+    kinds = [(r.id, kind, n) for r in records for kind, n in ovd_answer_counts(r.answer_template)]
+    assert [(o.id, *ovd_answer_counts(o.answer_template)[0]) for o in ones] == kinds
+    for one, (_, kind, n) in zip(ones, kinds):
+        assert one.prompt.endswith(ovd_prompt([kind]))
+        assert one.answer_template.startswith(f'There is 1 "{kind}"' if n == 1 else f'There are {n} "{kind}"')
+        assert [o.label for o in one.objects] == [kind] * n
+    assert {n == 1 for _, _, n in kinds} == {True, False}  # single objects and several
+    assert records[0].answer_template.startswith("In this image")  # the originals are untouched
+    with pytest.raises(PaDTError, match="not an OVD prompt"):
+        script.one_kind_records([_rec_prompt(records[0])])
+
+    forced = script.teacher_forced_counts(tmp_path, batch_size=4, one_kind=True)
+    entries = forced["entries"]
+    assert forced["records"] == len(kinds) and [(e[0], e[1], e[2]) for e in entries] == [
+        (i, 0, script.count_row(n)) for i, (_, _, n) in enumerate(kinds)
+    ]
+    pipe = PaDT.from_pretrained(BUNDLED_MODEL, device="cpu", dtype="fp32")
+    tokenizer = pipe.processor.tokenizer
+    for i in range(len(ones)):
+        batch = pipe.processor([ones[i].prompt], [[str(tmp_path / "data" / ones[i].images[0])]]).inputs
+        prefix = torch.tensor([tokenizer.encode("There", add_special_tokens=False)])
+        inputs = {
+            k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")
+        }
+        with torch.no_grad():
+            logits = pipe.model(
+                input_ids=torch.cat([batch["input_ids"], prefix], 1),
+                attention_mask=torch.cat([batch["attention_mask"], torch.ones_like(prefix)], 1),
+                **inputs,
+            ).logits[0, -1]
+        verb = tokenizer.encode(" is" if kinds[i][2] == 1 else " are", add_special_tokens=False)
+        assert len(verb) == 1
+        assert entries[i][4] == pytest.approx(float(logits.softmax(-1)[verb[0]]), abs=1e-4)
+        assert entries[i][3] == (int(logits.argmax()) == verb[0])
+
+
+def _rec_prompt(record):
+    import copy
+
+    other = copy.deepcopy(record)
+    other.conversations[0]["value"] = "Please find the red circle."
+    return other
 
 
 def test_spatial_words_tells_a_model_that_reads_the_word_from_one_that_ignores_it():
