@@ -10,6 +10,14 @@ post-merger image features (what the image tokens get) and its VRT prototypes ov
 patches, fits a linear classifier of the shape name on 70% of the objects and prints its accuracy on the other
 30%, next to the majority-class rate. A high number says the vision tower encodes shape and the
 language model fails to use it; a number near chance says the vision tower does not encode it.
+
+``--several`` asks instead whether the features tell one object of a kind from several: for every kind in every
+image it pools the image features over the patches of all the objects of that kind, by their mean, their sum and
+their maximum, and probes each pooling (and the number of patches alone) for "more than one object". Attention
+reads its inputs through weighted means: a pooling that tells them apart where the mean does not says the
+information is in the features but out of a plain average's reach.
+
+    python scripts/shape_probe.py runs/probe_data --several
 """
 
 from __future__ import annotations
@@ -42,6 +50,45 @@ def object_features(pipe, records, image_root: Path) -> tuple[dict[str, torch.Te
     return {k: torch.cat(v) for k, v in feats.items()}, labels
 
 
+def kind_features(pipe, records, image_root: Path) -> tuple[dict[str, torch.Tensor], list[bool]]:
+    """Per kind of each image: the image features over the patches of its objects pooled by mean, sum and max,
+    the number of those patches, and whether the image holds more than one object of the kind."""
+    feats: dict[str, list[torch.Tensor]] = {"mean": [], "sum": [], "max": [], "patches": []}
+    several = []
+    for record in records:
+        image = Image.open(image_root / record.images[0]).convert("RGB")
+        batch = pipe.processor(["x"], [image])
+        with torch.no_grad():
+            vision = pipe.model.encode_images(
+                batch.inputs["pixel_values"].to(pipe.model.dtype), batch.inputs["image_grid_thw"]
+            )
+        kinds: dict[str, list] = {}
+        for obj in record.objects:
+            kinds.setdefault(obj.label, []).append(obj)
+        for objects in kinds.values():
+            patches = sorted({p for obj in objects for p in obj.patches})
+            rows = vision.image_embeds[torch.tensor(patches)].float()
+            feats["mean"].append(rows.mean(0))
+            feats["sum"].append(rows.sum(0))
+            feats["max"].append(rows.max(0).values)
+            feats["patches"].append(torch.tensor([float(len(patches))]))
+            several.append(len(objects) > 1)
+    return {k: torch.stack(v) for k, v in feats.items()}, several
+
+
+def several_probe(pipe, records, image_root: Path) -> dict:
+    """Held-out accuracy of "more than one object of the kind" from each pooling, and the majority rate."""
+    from padt.evaluation.probe import linear_probe, majority_rate
+
+    feats, several = kind_features(pipe, records, image_root)
+    y = torch.tensor(several, dtype=torch.long)
+    train = torch.arange(len(y)) < int(0.7 * len(y))
+    result = {"kinds": len(y), "several": int(y.sum()), "majority": majority_rate(y, train)}
+    for name, x in feats.items():
+        result[name] = linear_probe(x, y, train, 2)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -49,6 +96,9 @@ def main() -> None:
     parser.add_argument("data", type=Path, help="folder written by padt data synthetic --task ovd")
     parser.add_argument("--model", default=None, help="checkpoint folder (default: the bundled model)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument(
+        "--several", action="store_true", help="probe one object of a kind against several (docstring)"
+    )
     args = parser.parse_args()
 
     from padt.data.records import read_records
@@ -58,6 +108,18 @@ def main() -> None:
     torch.manual_seed(0)
     pipe = PaDT.from_pretrained(args.model or default_model(), device="cpu")
     records = [r for r in read_records(args.data / "records.jsonl") if r.objects]
+    if args.several:
+        result = several_probe(pipe, records, args.data)
+        print(
+            f"{result['kinds']} kinds in {len(records)} images, {result['several']} with several objects; "
+            f"majority class on the held-out 30%: {result['majority']:.3f}"
+        )
+        for name in ("mean", "sum", "max"):
+            print(f"linear probe on the image features' {name} over the kind's patches: {result[name]:.3f}")
+        print(f"linear probe on the number of the kind's patches: {result['patches']:.3f}")
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+        return
     feats, labels = object_features(pipe, records, args.data)
     classes = sorted(set(labels))
     y = torch.tensor([classes.index(label) for label in labels])

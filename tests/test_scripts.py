@@ -230,6 +230,37 @@ def _rec_prompt(record):
     return other
 
 
+def test_shape_probe_several_pools_each_kinds_patches(tmp_path):
+    """Per kind of each image: the mean, sum and max of the image features over the patches of all its objects,
+    their number, and whether there are several objects, against the features computed here."""
+    import torch
+
+    from padt.inference import BUNDLED_MODEL, PaDT
+
+    generate_dataset("ovd", 4, 4, tmp_path, min_size=112, max_size=196, max_objects=6, progress=False)
+    records = read_records(tmp_path / "records.jsonl")
+    pipe = PaDT.from_pretrained(BUNDLED_MODEL, device="cpu", dtype="fp32")
+    feats, several = _script("shape_probe").kind_features(pipe, records, tmp_path)
+    row = 0
+    for record in records:
+        batch = pipe.processor(["x"], [Image.open(tmp_path / record.images[0]).convert("RGB")])
+        with torch.no_grad():
+            embeds = pipe.model.encode_images(
+                batch.inputs["pixel_values"], batch.inputs["image_grid_thw"]
+            ).image_embeds
+        for kind in dict.fromkeys(o.label for o in record.objects):
+            objects = [o for o in record.objects if o.label == kind]
+            patches = sorted({p for o in objects for p in o.patches})
+            rows = embeds[patches]
+            torch.testing.assert_close(feats["mean"][row], rows.mean(0))
+            torch.testing.assert_close(feats["sum"][row], rows.sum(0))
+            torch.testing.assert_close(feats["max"][row], rows.max(0).values)
+            assert feats["patches"][row].item() == len(patches)
+            assert several[row] == (len(objects) > 1)
+            row += 1
+    assert row == len(several) and True in several and False in several
+
+
 def test_spatial_words_tells_a_model_that_reads_the_word_from_one_that_ignores_it():
     spatial = _script("spatial_words")
     queries = spatial.extreme_queries(80, 77, max_objects=6, min_size=112, max_size=196)
