@@ -30,6 +30,15 @@ import torch
 from PIL import Image
 
 
+def encode_image(pipe, path: Path):
+    """The model's vision outputs (``image_embeds``, ``prototypes``, ...) for one image file."""
+    batch = pipe.processor(["x"], [Image.open(path).convert("RGB")])
+    with torch.no_grad():
+        return pipe.model.encode_images(
+            batch.inputs["pixel_values"].to(pipe.model.dtype), batch.inputs["image_grid_thw"]
+        )
+
+
 def object_features(pipe, records, image_root: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Per object: its mean image features and prototypes, and its shape name."""
     from padt.evaluation.probe import object_features as mean_over
@@ -37,12 +46,7 @@ def object_features(pipe, records, image_root: Path) -> tuple[dict[str, torch.Te
     feats: dict[str, list[torch.Tensor]] = {"image features": [], "prototypes": []}
     labels = []
     for record in records:
-        image = Image.open(image_root / record.images[0]).convert("RGB")
-        batch = pipe.processor(["x"], [image])
-        with torch.no_grad():
-            vision = pipe.model.encode_images(
-                batch.inputs["pixel_values"].to(pipe.model.dtype), batch.inputs["image_grid_thw"]
-            )
+        vision = encode_image(pipe, image_root / record.images[0])
         patches = [obj.patches for obj in record.objects]
         feats["image features"].append(mean_over(vision.image_embeds, patches))
         feats["prototypes"].append(mean_over(vision.prototypes, patches))
@@ -56,12 +60,7 @@ def kind_features(pipe, records, image_root: Path) -> tuple[dict[str, torch.Tens
     feats: dict[str, list[torch.Tensor]] = {"mean": [], "sum": [], "max": [], "patches": []}
     several = []
     for record in records:
-        image = Image.open(image_root / record.images[0]).convert("RGB")
-        batch = pipe.processor(["x"], [image])
-        with torch.no_grad():
-            vision = pipe.model.encode_images(
-                batch.inputs["pixel_values"].to(pipe.model.dtype), batch.inputs["image_grid_thw"]
-            )
+        vision = encode_image(pipe, image_root / record.images[0])
         kinds: dict[str, list] = {}
         for obj in record.objects:
             kinds.setdefault(obj.label, []).append(obj)

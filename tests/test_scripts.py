@@ -119,12 +119,26 @@ def test_ovd_breakdown_reads_the_counts_the_answers_state(tmp_path):
 
 
 @pytest.mark.slow
+def _next_token_logits(pipe, record, image_root: Path, answer_start: str):
+    """A plain forward of the record's prompt followed by ``answer_start``: the logits of the next token."""
+    import torch
+
+    batch = pipe.processor([record.prompt], [[str(image_root / record.images[0])]]).inputs
+    prefix = torch.tensor([pipe.processor.tokenizer.encode(answer_start, add_special_tokens=False)])
+    inputs = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    with torch.no_grad():
+        return pipe.model(
+            input_ids=torch.cat([batch["input_ids"], prefix], 1),
+            attention_mask=torch.cat([batch["attention_mask"], torch.ones_like(prefix)], 1),
+            **inputs,
+        ).logits[0, -1]
+
+
 def test_ovd_breakdown_teacher_forced_counts_read_the_model_at_each_count(tmp_path):
     """The bundled model run on the right answers of the four scenes above: one entry per count of each answer,
     in the answer's order and sorted into the row of its true count; the probability read at the first count
     of each answer, and whether the count is the most likely token there, are what a plain forward of the prompt and
     the answer's words before it gives."""
-    import torch
 
     from padt.inference import BUNDLED_MODEL, PaDT
     from padt.prompts import ovd_answer_counts
@@ -151,17 +165,7 @@ def test_ovd_breakdown_teacher_forced_counts_read_the_model_at_each_count(tmp_pa
         before = record.answer_template[
             : record.answer_template.index(str(ovd_answer_counts(record.answer_template)[0][1]))
         ]
-        batch = pipe.processor([record.prompt], [[str(tmp_path / "data" / record.images[0])]]).inputs
-        prefix = torch.tensor([tokenizer.encode(before, add_special_tokens=False)])
-        inputs = {
-            k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")
-        }
-        with torch.no_grad():
-            logits = pipe.model(
-                input_ids=torch.cat([batch["input_ids"], prefix], 1),
-                attention_mask=torch.cat([batch["attention_mask"], torch.ones_like(prefix)], 1),
-                **inputs,
-            ).logits[0, -1]
+        logits = _next_token_logits(pipe, record, tmp_path / "data", before)
         count = tokenizer.encode(
             str(ovd_answer_counts(record.answer_template)[0][1]), add_special_tokens=False
         )
@@ -174,7 +178,6 @@ def test_ovd_breakdown_teacher_forced_counts_read_the_model_at_each_count(tmp_pa
 def test_ovd_breakdown_one_kind_prompts_read_the_model_at_the_verb(tmp_path):
     """Each record becomes one record per kind, prompt and answer of that kind alone; the model is read at the verb
     ("is" for one object, "are" for several), with what a plain forward of the prompt and "There" gives."""
-    import torch
 
     from padt.inference import BUNDLED_MODEL, PaDT
     from padt.prompts import ovd_answer_counts, ovd_prompt
@@ -205,17 +208,7 @@ def test_ovd_breakdown_one_kind_prompts_read_the_model_at_the_verb(tmp_path):
     pipe = PaDT.from_pretrained(BUNDLED_MODEL, device="cpu", dtype="fp32")
     tokenizer = pipe.processor.tokenizer
     for i in range(len(ones)):
-        batch = pipe.processor([ones[i].prompt], [[str(tmp_path / "data" / ones[i].images[0])]]).inputs
-        prefix = torch.tensor([tokenizer.encode("There", add_special_tokens=False)])
-        inputs = {
-            k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")
-        }
-        with torch.no_grad():
-            logits = pipe.model(
-                input_ids=torch.cat([batch["input_ids"], prefix], 1),
-                attention_mask=torch.cat([batch["attention_mask"], torch.ones_like(prefix)], 1),
-                **inputs,
-            ).logits[0, -1]
+        logits = _next_token_logits(pipe, ones[i], tmp_path / "data", "There")
         verb = tokenizer.encode(" is" if kinds[i][2] == 1 else " are", add_special_tokens=False)
         assert len(verb) == 1
         assert entries[i][4] == pytest.approx(float(logits.softmax(-1)[verb[0]]), abs=1e-4)
