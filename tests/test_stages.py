@@ -352,6 +352,17 @@ def test_one_command_runs_resumes_and_skips_stages(tmp_path, capsys):
     assert json.loads((padt / "train_summary.json").read_text())["global_step"] == 2
     assert json.loads((run / "stages.json").read_text())["padt"]["runs"] == 2
 
+    # A stage file written before an option existed (the option at its default) still matches: drop one such
+    # option from the PaDT stage's file, as an earlier padt wrote it; the rerun skips both stages.
+    text = (padt / "stage_config.yaml").read_text()
+    assert "  count_token_weight: 1.0\n" in text
+    (padt / "stage_config.yaml").write_text(text.replace("  count_token_weight: 1.0\n", ""))
+    assert main(["train", "--config", str(recipe), *COMMON]) == 0
+    assert capsys.readouterr().out.count("finished earlier") == 2
+    # Set to something else, the same option is a difference.
+    assert main(["train", "--config", str(recipe), *COMMON, "stages.padt.padt.count_token_weight=2"]) == 2
+    assert "'padt'" in capsys.readouterr().err
+
     # A finished stage trained with another config is refused, not silently reused.
     assert main(["train", "--config", str(recipe), *COMMON, "stages.vision.training.learning_rate=0.1"]) == 2
     assert "trained with another config" in capsys.readouterr().err

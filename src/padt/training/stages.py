@@ -185,7 +185,7 @@ def run_stages(
         text = yaml.safe_dump({"kind": kind, **settings} if kind == "vision" else settings, sort_keys=False)
         fresh = config.resume is False
         previous = stage_file.read_text() if stage_file.is_file() else None
-        if previous is not None and previous != text and not fresh:
+        if previous is not None and not fresh and not _same_settings(previous, text, kind, stage_file):
             raise PaDTError(
                 f"stage {name!r}: {out} was trained with another config ({stage_file}); use another "
                 "output_dir, or --no-resume to retrain every stage"
@@ -210,6 +210,28 @@ def run_stages(
 
 def _plain(config: Any) -> dict[str, Any]:
     return config.model_dump(mode="json", exclude_none=True)
+
+
+def _same_settings(previous: str, current: str, kind: str, where: Path) -> bool:
+    """Whether a stage file written earlier describes the same training as ``current``: the same text, or the
+    same settings once each is read back and the values at their defaults are dropped, so that an option added
+    by a later padt (at its default) does not make a finished stage look different."""
+    if previous == current:
+        return True
+
+    def settings(text: str) -> dict[str, Any] | None:
+        data = yaml.safe_load(text)
+        if not isinstance(data, dict):
+            return None
+        data.pop("kind", None)
+        try:
+            config = validate_config(data, os.fspath(where), SCHEMAS[kind])
+        except PaDTError:  # e.g. an option a later padt removed
+            return None
+        return config.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+
+    before = settings(previous)
+    return before is not None and before == settings(current)
 
 
 def _add_time(root: Path, name: str, seconds: float, config: Any) -> None:
