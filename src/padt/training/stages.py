@@ -26,7 +26,8 @@ again rather than generated twice; give the same spec). The resolved config of e
 
 Rerunning the command resumes where it stopped: a finished stage (``train_summary.json`` written, same
 resolved config) is skipped with a message, an unfinished one resumes from its last checkpoint, and a stage
-whose folder was trained with another config is refused (``--no-resume`` starts every stage afresh). The wall
+whose folder was trained with another config is refused (``--no-resume`` starts every stage afresh; an option
+a later padt added, at its default, is not a difference). The wall
 time of each stage, summed over reruns, goes to ``OUTPUT_DIR/stages.json``.
 
 Overrides: ``stages.NAME.section.key=value`` sets one stage's key; ``section.key=value`` sets it in every
