@@ -361,7 +361,7 @@ def test_one_command_runs_resumes_and_skips_stages(tmp_path, capsys):
     assert capsys.readouterr().out.count("finished earlier") == 2
     # Set to something else, the same option is a difference.
     assert main(["train", "--config", str(recipe), *COMMON, "stages.padt.padt.count_token_weight=2"]) == 2
-    assert "'padt'" in capsys.readouterr().err
+    assert "stage 'padt':" in (err := capsys.readouterr().err) and "trained with another config" in err
 
     # A finished stage trained with another config is refused, not silently reused.
     assert main(["train", "--config", str(recipe), *COMMON, "stages.vision.training.learning_rate=0.1"]) == 2

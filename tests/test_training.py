@@ -31,6 +31,7 @@ from padt.errors import PaDTError
 from padt.losses import PaDTCriterion
 from padt.modeling import PaDTForConditionalGeneration
 from padt.processing import PaDTProcessor
+from padt.prompts import ovd_answer_counts
 from padt.tiny import tiny_model, tiny_processor
 from padt.training.batch import PaDTCollator, StepOptions, build_completions, padt_loss
 from padt.training.config import ComponentsSection, load_config
@@ -140,6 +141,10 @@ def test_overrides_parse_types_and_nested_keys(tmp_path):
         ("padt.robust_loss=maybe", "padt.robust_loss: Input should be a valid boolean"),
         ("padt.vrts_per_object=0", "padt.vrts_per_object: must be a positive number of VRTs, or -1"),
         ("padt.count_token_weight=-2", "padt.count_token_weight: Input should be greater than or equal to 0"),
+        (
+            "padt={answer_format: text, count_token_weight: 3}",
+            "count_token_weight weighs the counts of VRT answers; text answers write box coordinates",
+        ),
         ("padt.loss_weights={loss_tokn: 1}", "unknown loss term 'loss_tokn'; did you mean 'loss_token'?"),
         ("generation.vrt_repeat_penalty=-1", "vrt_repeat_penalty must be a number >= 0"),
         ("generation.vrt_reuse_penalty=no", "vrt_reuse_penalty must be a number >= 0"),
@@ -335,7 +340,9 @@ def test_count_token_weight_lands_on_the_counts_of_ovd_answers(step_batch):
     weights, tokens = weighted.targets.token_weights, weighted.targets.tokens
     for b, record in enumerate(records):
         marked = [processor.tokenizer.decode([t]).strip() for t in tokens[b][weights[b] == 5.0].tolist()]
-        counts = re.findall(r"(\d+) \"", record.answer_template) if record.task == "ovd" else []
+        counts = (
+            [str(n) for _, n in ovd_answer_counts(record.answer_template)] if record.task == "ovd" else []
+        )
         assert marked == counts and set(weights[b][weights[b] != 5.0].tolist()) == {1.0}
     per_token = base["token_loss_per_token"]
     mask = plain.targets.completion_mask * (plain.targets.tokens >= 0)

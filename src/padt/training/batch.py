@@ -206,6 +206,11 @@ class StepOptions:
             raise PaDTError("vrts_per_object must be positive, or -1 for every foreground patch")
         if self.count_token_weight < 0:
             raise PaDTError(f"count_token_weight must be >= 0, got {self.count_token_weight}")
+        if self.count_token_weight != 1.0 and self.answer_format == "text":
+            raise PaDTError(
+                "count_token_weight weighs the counts of VRT answers; text answers write box coordinates as "
+                "numbers too, so leave it at 1 with answer_format text"
+            )
 
 
 def build_completions(
@@ -245,8 +250,8 @@ def count_token_weights(
     """``(B, L)`` loss factors that are ``weight`` on the counts of OVD answers and 1 elsewhere.
 
     A count is a text token of an OVD sample that is a number (the ``2`` of ``2 "star" (<OBJ>, <OBJ>)``; the
-    answer formats of docs/method.md §4.4 hold no other numbers). Ignored positions (negative ids) and VRTs
-    are never counts.
+    VRT answer formats of docs/method.md §4.4 hold no other numbers, and :class:`StepOptions` refuses the
+    weight with text coordinates). Ignored positions (negative ids) and VRTs are never counts.
     """
     weights = torch.ones(tokens.shape, dtype=torch.float32, device=tokens.device)
     pieces: dict[int, bool] = {}

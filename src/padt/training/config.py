@@ -170,6 +170,14 @@ class PaDTSection(_Section):
 
         return _known_terms(value, LOSS_TERMS)
 
+    @model_validator(mode="after")
+    def _step_options(self) -> PaDTSection:
+        try:  # the combinations StepOptions refuses, reported before anything is built
+            StepOptions(answer_format=self.answer_format, count_token_weight=self.count_token_weight)
+        except PaDTError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
 
 class ComponentsSection(_Section):
     vision: ComponentMode = "train"

@@ -16,8 +16,9 @@ raster order), one prediction per merged patch:
 - ``count``: how many objects of the patch's kind the scene holds (``COUNT_MAX`` or more as one class; 0 for
   background). An OVD answer states each kind's count before it points at the objects (``2 "star" (...)``);
   attention averages over the patches it selects, so a language model reading plain kind features learns the
-  area of a kind, not the number of its objects. With this head every patch of a kind carries the count, and
-  the language model only has to look at one of them;
+  area of a kind, not the number of its objects. The head asks every patch of a kind to carry the count, so
+  that the language model would only have to look at one of them (measured: the tower does not learn it;
+  README, "The bundled model");
 - ``centre``: the kind of the object whose box centre lies in the patch (0 for none): one patch per object,
   whatever its size, so that objects (not patches) of a kind can be counted.
 
