@@ -6,7 +6,8 @@
 Class-agnostic first: a predicted box is *on an object* when it is matched to a ground-truth object of the image
 (IoU ≥ 0.5, one to one, greedily by IoU: :func:`padt.evaluation.metrics.greedy_match`), and an object is *found*
 when a predicted box matches it. Then, of the boxes on an object, how many carry that object's kind (the label
-mAP scores). Also the confusion between kinds (rows: true kind, columns: predicted label) among matched
+mAP scores), how many of the boxes of the wrong kind repeat a name written earlier in their answer, and in how
+many images there are fewer boxes than objects. Also the confusion between kinds (rows: true kind, columns: predicted label) among matched
 boxes, and the counts the answers state (``2 "star" (...)``) against the objects of each kind in the image:
 right, lower, higher, or the kind not named; and how many answers name a kind twice (the answer format names
 each kind once, with its count). Prints Markdown; ``--json`` writes the numbers too.
@@ -56,6 +57,7 @@ def breakdown(eval_dir: Path) -> dict:
     confusion: Counter[tuple[str, str]] = Counter()
     stated = {row: Counter() for row in COUNT_ROWS}
     answers = entries = several = repeating = 0
+    wrong_kind = wrong_kind_repeating = short = 0
     for index, record in enumerate(records):
         pred = predictions.get(index)
         if pred is None:
@@ -79,6 +81,7 @@ def breakdown(eval_dir: Path) -> dict:
         ours = pred["objects"]
         boxes += len(ours)
         objects += len(truth)
+        short += len(ours) < len(truth)
         if not ours or not truth:
             continue
         matches = greedy_match([o["bbox"] for o in ours], truth)
@@ -86,6 +89,9 @@ def breakdown(eval_dir: Path) -> dict:
             label = ours[i].get("label", "")
             named += label == kinds[j]
             confusion[(kinds[j], label)] += 1
+            if label != kinds[j]:
+                wrong_kind += 1
+                wrong_kind_repeating += any(o.get("label", "") == label for o in ours[:i])
         matched += len(matches)
     return {
         "images": len(predictions),
@@ -94,6 +100,9 @@ def breakdown(eval_dir: Path) -> dict:
         "boxes_on_an_object": matched / max(boxes, 1),
         "objects_found": matched / max(objects, 1),
         "kind_right_when_on_an_object": named / max(matched, 1),
+        "boxes_of_the_wrong_kind": wrong_kind,
+        "of_them_a_name_written_earlier_in_the_answer": wrong_kind_repeating,
+        "images_with_fewer_boxes_than_objects": short,
         "confusion": {f"{t} -> {p}": n for (t, p), n in sorted(confusion.items())},
         "counts": {
             "answers": answers,
@@ -228,6 +237,11 @@ def main() -> None:
     print(
         f"| {table['boxes_on_an_object']:.3f} | {table['objects_found']:.3f} "
         f"| {table['kind_right_when_on_an_object']:.3f} |"
+    )
+    print(
+        f"\n{table['boxes_of_the_wrong_kind']} boxes on an object carry another kind; "
+        f"{table['of_them_a_name_written_earlier_in_the_answer']} of them a name written earlier in their answer. "
+        f"In {table['images_with_fewer_boxes_than_objects']} images there are fewer boxes than objects."
     )
     pairs = Counter({tuple(k.split(" -> ")): n for k, n in table["confusion"].items()})
     predicted = sorted(

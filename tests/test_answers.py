@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from padt.answers import TextCoordinateAnswers, VRTAnswers, answer_format, answer_format_of
+from padt.answers import NO_MASK_BOXES, TextCoordinateAnswers, VRTAnswers, answer_format, answer_format_of
 from padt.errors import PaDTError
 from padt.inference import predict
 from padt.processing import PaDTProcessor
@@ -61,6 +61,10 @@ def test_predict_decodes_a_text_coordinate_model_to_original_pixels(monkeypatch)
     [obj] = pred.objects
     assert obj.label == "the cat" and obj.score == 1.0 and obj.mask is None and obj.vrt_ids == []
     assert obj.box_xyxy == pytest.approx((49 / 196 * 200, 28 / 112 * 100, 98 / 196 * 200, 84 / 112 * 100))
+    assert pred.warnings == []
+    # A mask-box weight cannot apply to boxes without masks: the answer says so instead of ignoring it silently.
+    [blended] = predict(model, processor, [image], ["the cat"], task="rec", mask_box_weight=0.5)
+    assert blended.objects[0].box_xyxy == obj.box_xyxy and blended.warnings == [NO_MASK_BOXES]
 
 
 def test_the_model_config_chooses_the_format():

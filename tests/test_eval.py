@@ -349,6 +349,28 @@ def test_cli_eval_on_a_records_file(checkpoint, reference, tmp_path, capsys, mon
     )  # both reach generation (one answer of REC holds one object, so the reuse penalty shows only here)
     assert repeats(tmp_path / "inf") and not any(repeats(tmp_path / "inf"))
 
+    # --mask-box-weight reaches the boxes and the settings; so does the checkpoint's own generation_config, so a
+    # changed one refuses to resume into answers decoded the other way.
+    calls.clear()
+    assert (
+        main([str(tmp_path / "blend") if a == out else a for a in argv] + ["--mask-box-weight", "0.5"]) == 0
+    )
+    capsys.readouterr()
+    assert json.loads((tmp_path / "blend" / "eval.json").read_text())["mask_box_weight"] == 0.5
+    assert calls and all(c["mask_box_weight"] == 0.5 for c in calls)
+    plain = [json.loads(x)["objects"][0]["bbox"] for x in _lines(tmp_path / "out")]
+    blended = [json.loads(x)["objects"][0]["bbox"] for x in _lines(tmp_path / "blend")]
+    assert blended != plain and len(blended) == len(plain)
+    config = checkpoint / "generation_config.json"
+    saved = config.read_text()
+    try:
+        config.write_text(json.dumps(json.loads(saved) | {"mask_box_weight": 0.5}))
+        assert main(argv) == 2
+        assert "other settings (mask_box_weight: None -> 0.5)" in capsys.readouterr().err
+        assert main([str(tmp_path / "blend") if a == out else a for a in argv]) == 0  # same as given
+    finally:
+        config.write_text(saved)
+
 
 def _error(argv, capsys):
     assert main(argv) == 2

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from padt.answers import NO_MASK_BOXES
 from padt.cli import main
 from padt.errors import PaDTError
 from padt.generation import VRTStateRecorder
@@ -258,3 +259,53 @@ def test_vrt_reuse_penalty_in_generation(pipe):
         assert runs() == fresh
     finally:
         del pipe.model.generation_config.vrt_reuse_penalty
+
+
+def test_mask_box_weight_in_prediction(pipe):
+    """Weight 1 gives each object's mask's tight box, 0 the box head's; masks are decoded for the boxes even when
+    they are not asked for; the checkpoint's generation_config sets the default."""
+    from padt.postprocess import mask_boxes_xyxy
+
+    img = image(5, 140, 112)
+
+    def objects(**kwargs):
+        [pred] = pipe(
+            [img], ["find the object"], max_new_tokens=24, vrt_repeat_penalty=float("inf"), **kwargs
+        )
+        assert pred.objects, "this seed's answer holds objects"
+        return pred.objects
+
+    head = objects(mask_box_weight=0.0)
+    tight = objects(mask_box_weight=1.0)
+    half = objects(mask_box_weight=0.5, decode_masks=False)
+    assert [o.vrt_ids for o in tight] == [o.vrt_ids for o in head]  # the answer itself is unchanged
+    found = [o for o in head if o.mask.any()]
+    assert found, "this seed's masks are not empty"
+    for h, t, m in zip(head, tight, half, strict=True):
+        assert np.array_equal(h.mask, t.mask) and m.mask is None
+        if h.mask.any():
+            assert t.box_xyxy == pytest.approx(tuple(mask_boxes_xyxy(h.mask[None])[0]))
+            assert m.box_xyxy == pytest.approx(tuple((a + b) / 2 for a, b in zip(h.box_xyxy, t.box_xyxy)))
+            assert t.box_xyxy != pytest.approx(h.box_xyxy)
+    pipe.model.generation_config.mask_box_weight = 1.0
+    try:
+        assert [o.box_xyxy for o in objects()] == [o.box_xyxy for o in tight]
+        with pytest.raises(PaDTError, match="mask_box_weight must be a number from 0"):
+            objects(mask_box_weight=2.0)
+    finally:
+        del pipe.model.generation_config.mask_box_weight
+    assert [o.box_xyxy for o in objects()] == [o.box_xyxy for o in head]
+    # A decoder without a mask head: the box head's boxes, and a warning rather than silence.
+    pipe.model.vl_decoder.config.use_mask_loss = False
+    try:
+        [pred] = pipe(
+            [img],
+            ["find the object"],
+            max_new_tokens=24,
+            vrt_repeat_penalty=float("inf"),
+            mask_box_weight=1.0,
+        )
+    finally:
+        pipe.model.vl_decoder.config.use_mask_loss = True
+    assert [o.box_xyxy for o in pred.objects] == [o.box_xyxy for o in head]
+    assert NO_MASK_BOXES in pred.warnings and all(o.mask is None for o in pred.objects)

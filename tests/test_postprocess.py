@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from padt.errors import PaDTError
 from padt.postprocess import (
     DetectedObject,
     boxes_to_coco_xywh,
     boxes_to_pixel_xyxy,
     detected_objects,
+    mask_box_weight_of,
+    mask_boxes_xyxy,
     mask_to_rle,
     masks_to_original,
     rle_to_mask,
@@ -94,6 +97,53 @@ def test_detected_objects_and_json():
     plain = detected_objects(boxes[:1], scores[:1, 0], (8, 8), labels=[""], vrt_ids=[[3]])
     assert plain[0].mask is None and plain[0].to_json()["mask_rle"] is None
     assert isinstance(plain[0], DetectedObject)
+
+
+def test_mask_boxes_hold_each_masks_pixels():
+    masks = np.zeros((3, 6, 10), dtype=bool)
+    masks[0, 1:4, 2:7] = True  # rows 1-3, columns 2-6
+    masks[1, 5, 9] = True  # one pixel in the corner
+    out = mask_boxes_xyxy(masks)
+    assert out[:2].tolist() == [[2.0, 1.0, 7.0, 4.0], [9.0, 5.0, 10.0, 6.0]]
+    assert np.isnan(out[2]).all()  # an empty mask has no box
+
+
+def test_mask_box_weight_blends_the_box_heads_box_with_the_masks():
+    boxes = torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 0.5, 0.5]])  # both (2, 2, 6, 6) on an 8x8 image
+    logits = torch.full((2, 4, 4), -1.0)
+    logits[0, :2, :2] = 1.0  # mask of object 0: the top-left quarter, box (0, 0, 4, 4); object 1: empty
+    common = dict(
+        labels=["a", "b"], vrt_ids=[[0], [1]], pred_mask=logits, pred_mask_valid_hw=[[1, 1], [1, 1]]
+    )
+    head = detected_objects(boxes, torch.zeros(2, 1), (8, 8), **common)
+    assert [o.box_xyxy for o in head] == [(2.0, 2.0, 6.0, 6.0)] * 2
+    quarter = detected_objects(boxes, torch.zeros(2, 1), (8, 8), mask_box_weight=0.25, **common)
+    assert quarter[0].box_xyxy == (1.5, 1.5, 5.5, 5.5)  # 0.75 * (2, 2, 6, 6) + 0.25 * (0, 0, 4, 4)
+    assert quarter[1].box_xyxy == (2.0, 2.0, 6.0, 6.0)  # an empty mask leaves the box head's box
+    whole = detected_objects(boxes, torch.zeros(2, 1), (8, 8), mask_box_weight=1.0, **common)
+    assert whole[0].box_xyxy == (0.0, 0.0, 4.0, 4.0) and np.array_equal(whole[0].mask, head[0].mask)
+    unkept = detected_objects(
+        boxes, torch.zeros(2, 1), (8, 8), mask_box_weight=1.0, keep_masks=False, **common
+    )
+    assert (
+        unkept[0].box_xyxy == (0.0, 0.0, 4.0, 4.0) and unkept[0].mask is None and unkept[0].mask_rle is None
+    )
+    with pytest.raises(ValueError, match="needs pred_mask"):
+        detected_objects(
+            boxes, torch.zeros(2, 1), (8, 8), labels=["a", "b"], vrt_ids=[[0], [1]], mask_box_weight=0.5
+        )
+
+
+def test_mask_box_weight_comes_from_the_generation_config_and_is_checked():
+    class Config:
+        mask_box_weight = 0.4
+
+    assert mask_box_weight_of(Config()) == 0.4
+    assert mask_box_weight_of(Config(), 0.0) == 0.0  # given beats the checkpoint's
+    assert mask_box_weight_of(object()) == 0.0  # unset: the box head's boxes, as the reference
+    for bad in (-0.1, 1.5, float("nan"), "0.4", True):
+        with pytest.raises(PaDTError, match="mask_box_weight must be a number from 0"):
+            mask_box_weight_of(None, bad)
 
 
 def test_reference_decoder_outputs_map_to_the_original_image():

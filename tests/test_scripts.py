@@ -44,9 +44,12 @@ def test_ablation_means_standard_errors_and_resolved_differences():
 
 def test_ovd_breakdown_counts_found_objects_and_right_kinds(tmp_path):
     """Predictions made from the ground truth: every object found and named, except one box given the wrong
-    kind and one box on empty space."""
-    generate_dataset("ovd", 4, 3, tmp_path / "data", max_objects=3, progress=False)
+    kind, one given the kind named before it in its answer, one box on empty space and one object left out."""
+    generate_dataset("ovd", 4, 4, tmp_path / "data", max_objects=3, progress=False)
     records = read_records(tmp_path / "data" / "records.jsonl")
+    mixed = next(
+        i for i, r in enumerate(records) if i > 0 and len({o.label for o in r.objects[:2]}) == 2
+    )  # an image whose first two objects differ in kind
     lines, total = [], 0
     for index, record in enumerate(records):
         w, h = Image.open(tmp_path / "data" / record.images[0]).size
@@ -62,16 +65,22 @@ def test_ovd_breakdown_counts_found_objects_and_right_kinds(tmp_path):
         if index == 0:
             objects[0]["label"] = "cross" if objects[0]["label"] != "cross" else "circle"
             objects.append({"bbox": [0, 0, 2, 2], "label": "circle", "score": 0.1})
+        if index == mixed:
+            objects[1]["label"] = objects[0]["label"]
+        if index == 2:
+            objects.pop()  # not found
         lines.append(json.dumps({"index": index, "width": w, "height": h, "objects": objects}))
     (tmp_path / "predictions.jsonl").write_text("\n".join(lines) + "\n")
-    (tmp_path / "eval.json").write_text(json.dumps({"data": "synthetic:task=ovd,n=4,seed=3", "task": "ovd"}))
+    (tmp_path / "eval.json").write_text(json.dumps({"data": "synthetic:task=ovd,n=4,seed=4", "task": "ovd"}))
 
     table = _script("ovd_breakdown").breakdown(tmp_path)
-    assert (table["images"], table["objects"], table["boxes"]) == (4, total, total + 1)
-    assert table["objects_found"] == 1.0
-    assert table["boxes_on_an_object"] == pytest.approx(total / (total + 1))
-    assert table["kind_right_when_on_an_object"] == pytest.approx((total - 1) / total)
-    assert sum(table["confusion"].values()) == total
+    assert (table["images"], table["objects"], table["boxes"]) == (4, total, total)
+    assert table["objects_found"] == pytest.approx((total - 1) / total)
+    assert table["boxes_on_an_object"] == pytest.approx((total - 1) / total)
+    assert table["kind_right_when_on_an_object"] == pytest.approx((total - 3) / (total - 1))
+    assert sum(table["confusion"].values()) == total - 1
+    assert (table["boxes_of_the_wrong_kind"], table["of_them_a_name_written_earlier_in_the_answer"]) == (2, 1)
+    assert table["images_with_fewer_boxes_than_objects"] == 1  # image 2 (image 0 has one box more)
 
     assert table["counts"]["answers"] == 0  # no answer texts, no counts table
 

@@ -185,6 +185,22 @@ def test_chat_completions_follow_openais_schema(client, scene):
     assert (choice["finish_reason"] == "stop") == same["finished"]
 
 
+def test_mask_box_weight_reaches_the_boxes(client):
+    """``mask_box_weight`` in a request gives the pipeline's boxes with that weight: the same answer, other
+    boxes (the bundled model's default blends the masks' boxes in)."""
+    from padt.inference import PaDT, default_model
+
+    png, sc = scene_png(0)
+    pipe = PaDT.from_pretrained(default_model())
+    fields = {"image": data_url(png), "task": "ovd", "prompt": "circle, hexagon", "max_new_tokens": 96}
+    default = client.post("/v1/predict", json=fields).json()
+    [alone] = pipe([sc.image], ["circle, hexagon"], task="ovd", max_new_tokens=96, mask_box_weight=0.0)
+    got = client.post("/v1/predict", json=fields | {"mask_box_weight": 0.0}).json()
+    assert_same_prediction(got, alone.to_json(), [(sc.width, sc.height)])
+    assert got["text"] == default["text"] and got["objects"]
+    assert [o["box_xyxy"] for o in got["objects"]] != [o["box_xyxy"] for o in default["objects"]]
+
+
 def test_decoding_penalties_reach_generation(client):
     """``vrt_reuse_penalty`` (and ``vrt_repeat_penalty``) in a request decode as the pipeline does with them: on this
     scene the bundled model's caption points at an earlier object again without the reuse penalty."""
@@ -301,6 +317,7 @@ def test_bad_input_gets_one_line_errors(client, scene):
         (client.post("/v1/predict", json=ok | {"max_new_tokens": 0}), 422, "invalid_parameter"),
         (client.post("/v1/predict", json=ok | {"vrt_repeat_penalty": -1}), 422, "invalid_parameter"),
         (client.post("/v1/predict", json=ok | {"vrt_reuse_penalty": -1}), 422, "invalid_parameter"),
+        (client.post("/v1/predict", json=ok | {"mask_box_weight": 1.5}), 422, "invalid_parameter"),
         (client.post("/v1/predict", json=ok | {"temprature": 0.5}), 422, "invalid_parameter"),
         (client.post("/v1/predict", json=ok | {"images": [data_url(image)] * 2}), 413, "too_many_images"),
         (

@@ -148,6 +148,7 @@ def test_overrides_parse_types_and_nested_keys(tmp_path):
         ("padt.loss_weights={loss_tokn: 1}", "unknown loss term 'loss_tokn'; did you mean 'loss_token'?"),
         ("generation.vrt_repeat_penalty=-1", "vrt_repeat_penalty must be a number >= 0"),
         ("generation.vrt_reuse_penalty=no", "vrt_reuse_penalty must be a number >= 0"),
+        ("generation.mask_box_weight=1.5", "mask_box_weight must be a number from 0"),
         ("resume=maybe", "resume: Input should be 'auto', True or False, got 'maybe'"),
         (
             "data.synthetic={n: 3, form_weights: {extremes: 1}}",

@@ -25,7 +25,7 @@ import torch
 
 from padt.box_ops import normalise_xyxy, scale_xyxy
 from padt.errors import PaDTError
-from padt.postprocess import DetectedObject, Prediction, detected_objects
+from padt.postprocess import DetectedObject, Prediction, detected_objects, mask_box_weight_of
 from padt.processing.parsing import QuoteTracker
 from padt.training.sampling import fill_answer_template, sample_foreground_vrts
 
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 BOX_PATTERN = re.compile(r"\[\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(-?\d+)\s*\]")
 #: Relative coordinates (Qwen3-VL) run from 0 to this value across the image.
 RELATIVE_SCALE = 1000
+#: A prediction's warning when a mask-box weight is set but the model writes no masks.
+NO_MASK_BOXES = "mask_box_weight has no effect: this model predicts no masks; its boxes are as predicted"
 
 
 class AnswerFormat(ABC):
@@ -73,9 +75,12 @@ class AnswerFormat(ABC):
         recorder: VRTStateRecorder,
         *,
         decode_masks: bool = True,
+        mask_box_weight: float | None = None,
     ) -> list[Prediction]:
         """One :class:`Prediction` per sample from the generated LOCAL completion ids ``(B, L)`` (prompt
-        removed, on the CPU)."""
+        removed, on the CPU). ``decode_masks``: attach each object's mask; ``mask_box_weight``: blend each
+        mask's tight box into its box (:func:`~padt.postprocess.detected_objects`; None: the checkpoint's
+        ``generation_config``, :func:`~padt.postprocess.mask_box_weight_of`)."""
 
 
 class VRTAnswers(AnswerFormat):
@@ -93,7 +98,10 @@ class VRTAnswers(AnswerFormat):
             runs.append([obj.local_offset + p for p in picked])
         return fill_answer_template(template, runs, eos=eos), runs
 
-    def predictions(self, model, processor, batch, completions, recorder, *, decode_masks=True):
+    def predictions(
+        self, model, processor, batch, completions, recorder, *, decode_masks=True, mask_box_weight=None
+    ):
+        weight = mask_box_weight_of(model.generation_config, mask_box_weight)
         layout = batch.layout
         eos = model.generation_config.eos_token_id
         parsed = processor.parse(completions, eos_token_ids=eos, layout=layout.to("cpu"))
@@ -125,10 +133,12 @@ class VRTAnswers(AnswerFormat):
                 text=completion.text, warnings=list(completion.warnings), finished=completion.finished
             )
             own_images = (layout.image_sample == b).nonzero().flatten().tolist()
+            if weight > 0 and completion.objects and decoded.pred_mask is None:
+                prediction.warnings.append(NO_MASK_BOXES)
             for obj, image, patches in zip(completion.objects, object_images[b], object_patches[b]):
                 k = own_images.index(image)
                 sl = slice(row, row + 1)
-                masks = decode_masks and decoded.pred_mask is not None
+                masks = (decode_masks or weight > 0) and decoded.pred_mask is not None
                 [detected] = detected_objects(
                     decoded.pred_boxes[sl].float(),
                     decoded.pred_score[sl].float(),
@@ -137,6 +147,8 @@ class VRTAnswers(AnswerFormat):
                     vrt_ids=[patches],
                     pred_mask=decoded.pred_mask[sl].float() if masks else None,
                     pred_mask_valid_hw=decoded.pred_mask_valid_hw[sl],
+                    mask_box_weight=weight if masks else 0.0,
+                    keep_masks=decode_masks,
                 )
                 prediction.objects.append(detected)
                 prediction.object_images.append(k)
@@ -194,7 +206,10 @@ class TextCoordinateAnswers(AnswerFormat):
         boxes = [self.box_text(o.bbox, resized_hw[o.image]) for o in objects]
         return fill_answer_template(template, boxes, eos=eos), [[] for _ in objects]
 
-    def predictions(self, model, processor, batch, completions, recorder, *, decode_masks=True):
+    def predictions(
+        self, model, processor, batch, completions, recorder, *, decode_masks=True, mask_box_weight=None
+    ):
+        weight = mask_box_weight_of(model.generation_config, mask_box_weight)
         layout = batch.layout.to("cpu")
         eos = model.generation_config.eos_token_id
         patch = processor.geometry.patch_px
@@ -207,7 +222,10 @@ class TextCoordinateAnswers(AnswerFormat):
             if images:
                 _, gh, gw = (int(v) for v in layout.image_grid_thw[images[0]].tolist())
                 width, height = batch.image_sizes[b][0]
-                for label, box in self.parse_boxes(completion.text, (gh * patch, gw * patch)):
+                found = self.parse_boxes(completion.text, (gh * patch, gw * patch))
+                if weight > 0 and found:
+                    prediction.warnings.append(NO_MASK_BOXES)
+                for label, box in found:
                     pixel_box = tuple(scale_xyxy(box, width, height))
                     prediction.objects.append(
                         DetectedObject(label=label, vrt_ids=[], box_xyxy=pixel_box, score=1.0)

@@ -134,6 +134,7 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
 
     default_penalty = getattr(pipe.model.generation_config, "vrt_repeat_penalty", None)
     default_reuse = getattr(pipe.model.generation_config, "vrt_reuse_penalty", None)
+    default_box_weight = getattr(pipe.model.generation_config, "mask_box_weight", None)
     device = next(pipe.model.parameters()).device
     outputs_dir = workdir / "outputs"
     outputs_dir.mkdir(parents=True, exist_ok=True)
@@ -144,7 +145,7 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
         )  # small images are drawn enlarged, for readable labels
         return draw_prediction(image, prediction, show_vrt=show_vrt, processor=pipe.processor, scale=scale)
 
-    def run(image, task_label, text, max_new, penalty, reuse, show_vrt, progress=gr.Progress()):  # noqa: B008 (gradio injects it)
+    def run(image, task_label, text, max_new, penalty, reuse, box_weight, show_vrt, progress=gr.Progress()):  # noqa: B008 (gradio injects it)
         if image is None:
             raise gr.Error(
                 "No image yet: upload one, paste one, or press 'New scene'.", print_exception=False
@@ -161,6 +162,8 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
         for name, value in (("repeat", penalty), ("reuse", reuse)):
             if value is not None and not value >= 0:
                 raise gr.Error(f"The VRT {name} penalty must be 0 or more.", print_exception=False)
+        if box_weight is not None and not 0 <= box_weight <= 1:
+            raise gr.Error("The mask-box weight must be from 0 to 1.", print_exception=False)
         max_new = int(max_new)
         progress((0, max_new), desc="generating", unit="tokens")
         try:
@@ -171,6 +174,7 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
                 max_new_tokens=max_new,
                 vrt_repeat_penalty=penalty,
                 vrt_reuse_penalty=reuse,
+                mask_box_weight=box_weight,
                 streamer=_TokenProgress(progress, max_new),
             )
         except PaDTError as error:
@@ -254,6 +258,14 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
                         minimum=0,
                         elem_id="reuse-penalty",
                     )
+                    box_weight = gr.Number(
+                        value=default_box_weight,
+                        label="Mask-box weight: 0 = the box head's box, 1 = the mask's tight box (empty: the "
+                        "checkpoint's)",
+                        minimum=0,
+                        maximum=1,
+                        elem_id="mask-box-weight",
+                    )
                 show_vrt = gr.Checkbox(
                     value=False, label="Show the VRT cells of each object", elem_id="show-vrt"
                 )
@@ -285,7 +297,7 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
         )
         run_button.click(
             run,
-            [image, task, text, max_new, penalty, reuse, show_vrt],
+            [image, task, text, max_new, penalty, reuse, box_weight, show_vrt],
             [annotated, answer, as_json, download, prediction_state, summary],
         )
         show_vrt.change(redraw, [image, prediction_state, show_vrt], annotated)

@@ -19,7 +19,7 @@ from padt.answers import answer_format_of
 from padt.errors import PaDTError
 from padt.generation import VRTStateRecorder
 from padt.modeling import PaDTForConditionalGeneration, PaDTMixin
-from padt.postprocess import Prediction
+from padt.postprocess import Prediction, mask_box_weight_of
 from padt.processing import PaDTProcessor
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -69,6 +69,7 @@ def predict(
     task: str | Sequence[str | None] | None = None,
     max_new_tokens: int = 512,
     decode_masks: bool = True,
+    mask_box_weight: float | None = None,
     **generate_kwargs: Any,
 ) -> list[Prediction]:
     """Batched prediction.
@@ -79,6 +80,9 @@ def predict(
         images: per sample ``None``, an image or a list of images (PIL or paths); one image for one sample.
         prompts: a prompt (or, with ``task``, the task text) per sample.
         task: ``rec``/``res``/``ovd``/``ric`` to build the reference prompt from the text (:mod:`padt.tasks`).
+        decode_masks: attach each object's mask.
+        mask_box_weight: blend each object's mask's tight box into its box by this weight (0: the box head's
+            box, as the reference; None: the checkpoint's ``generation_config``; docs/method.md §6.5).
         max_new_tokens, generate_kwargs: passed to ``generate`` (greedy by default; the checkpoint's
             ``generation_config`` applies).
     Returns:
@@ -86,6 +90,7 @@ def predict(
     """
     if max_new_tokens < 1:
         raise PaDTError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    mask_box_weight_of(model.generation_config, mask_box_weight)  # a bad weight fails before generating
     if isinstance(prompts, str) or prompts is None:
         prompts = [prompts or ""]
         if not isinstance(images, (list, tuple)) or (images and not isinstance(images[0], (list, tuple))):
@@ -106,7 +111,13 @@ def predict(
     )
     completions = batch.layout.to_local(sequences[:, prompt_length:]).cpu()
     return answer_format_of(model).predictions(
-        model, processor, batch, completions, recorder, decode_masks=decode_masks
+        model,
+        processor,
+        batch,
+        completions,
+        recorder,
+        decode_masks=decode_masks,
+        mask_box_weight=mask_box_weight,
     )
 
 

@@ -9,6 +9,8 @@ to the ORIGINAL image, whatever resizing the processor did.
 - :func:`boxes_to_coco_xywh`: the reference evaluation's integer COCO boxes, rounding quirks included.
 - :func:`masks_to_original`: mask logits -> bool masks at the original size (:func:`padt.masks.encode_rle`
   makes the COCO RLE).
+- :func:`mask_boxes_xyxy`: the tight box of each mask; :func:`detected_objects` blends it into the box head's box
+  by ``mask_box_weight`` (a decoding setting, :func:`mask_box_weight_of`; 0, the reference's, keeps the box head's).
 - :func:`detected_objects`: all of it for one image's objects, as :class:`DetectedObject` records.
 """
 
@@ -23,10 +25,13 @@ import torch
 import torch.nn.functional as F
 
 from padt.box_ops import box_cxcywh_to_xyxy
+from padt.errors import PaDTError
 from padt.masks import decode_rle, encode_rle
 
 #: Mask logits per ViT patch side (the decoder's 4x4 upsampling, docs/method.md §7.6).
 MASK_PER_PATCH = 4
+#: The ``generation_config`` field (and option of every command) that blends each mask's tight box into its box.
+MASK_BOX_WEIGHT = "mask_box_weight"
 
 
 @dataclass
@@ -117,6 +122,31 @@ def masks_to_original(
     return out
 
 
+def mask_boxes_xyxy(masks: np.ndarray) -> np.ndarray:
+    """``(O, H, W)`` bool masks -> ``(O, 4)`` float pixel boxes ``(x0, y0, x1, y1)`` that just hold each mask's
+    pixels (pixel ``x`` spans ``[x, x + 1)``, as the box head's pixel boxes do); NaN for an empty mask."""
+    out = np.full((masks.shape[0], 4), np.nan)
+    for o, mask in enumerate(masks):
+        cols, rows = np.flatnonzero(mask.any(axis=0)), np.flatnonzero(mask.any(axis=1))
+        if cols.size:
+            out[o] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+    return out
+
+
+def mask_box_weight_of(generation_config: Any, override: float | None = None) -> float:
+    """The mask-box weight to decode with: ``override`` when given, else the checkpoint's ``generation_config``
+    field ``mask_box_weight``, else 0 (the box head's boxes, as the reference). A weight outside [0, 1] is a
+    one-line error."""
+    weight = override if override is not None else getattr(generation_config, MASK_BOX_WEIGHT, None)
+    weight = 0.0 if weight is None else weight
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 1:
+        raise PaDTError(
+            f"{MASK_BOX_WEIGHT} must be a number from 0 (the box head's box) to 1 (the mask's tight box), "
+            f"got {weight!r}"
+        )
+    return float(weight)
+
+
 @dataclass
 class Prediction:
     """What the model said about one sample.
@@ -171,6 +201,8 @@ def detected_objects(
     vrt_ids: Sequence[Sequence[int]],
     pred_mask: torch.Tensor | None = None,
     pred_mask_valid_hw: torch.Tensor | Sequence[Sequence[int]] | None = None,
+    mask_box_weight: float = 0.0,
+    keep_masks: bool = True,
 ) -> list[DetectedObject]:
     """Decoder outputs of the objects of ONE image -> :class:`DetectedObject` records.
 
@@ -180,6 +212,9 @@ def detected_objects(
         image_size: original ``(width, height)`` of the image.
         labels, vrt_ids: per object, from the parsed completion.
         pred_mask, pred_mask_valid_hw: mask logits and their valid patch grids; masks are skipped when None.
+        mask_box_weight: each box is ``(1 - w) * box head's + w * the mask's tight box`` (corner by corner; an
+            empty mask leaves the box head's). Needs ``pred_mask``.
+        keep_masks: False leaves the masks out of the records (decoded for the boxes only).
     """
     count = pred_boxes.shape[0]
     if len(labels) != count or len(vrt_ids) != count:
@@ -191,9 +226,17 @@ def detected_objects(
         if pred_mask_valid_hw is None:
             raise ValueError("pred_mask needs pred_mask_valid_hw (the valid patch grid of each mask)")
         masks = masks_to_original(pred_mask, pred_mask_valid_hw, image_size)
+    if mask_box_weight:
+        if masks is None:
+            raise ValueError("mask_box_weight needs pred_mask (the boxes are blended with the masks' boxes)")
+        tight = mask_boxes_xyxy(masks)
+        found = ~np.isnan(tight).any(axis=1)
+        blended = np.asarray(boxes, dtype=np.float64)
+        blended[found] = (1 - mask_box_weight) * blended[found] + mask_box_weight * tight[found]
+        boxes = blended.tolist()
     out = []
     for o in range(count):
-        mask = masks[o] if masks is not None else None
+        mask = masks[o] if masks is not None and keep_masks else None
         out.append(
             DetectedObject(
                 label=labels[o],
@@ -208,11 +251,14 @@ def detected_objects(
 
 
 __all__ = [
+    "MASK_BOX_WEIGHT",
     "DetectedObject",
     "Prediction",
     "boxes_to_coco_xywh",
     "boxes_to_pixel_xyxy",
     "detected_objects",
+    "mask_box_weight_of",
+    "mask_boxes_xyxy",
     "mask_to_rle",
     "masks_to_original",
     "rle_to_mask",

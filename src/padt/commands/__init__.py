@@ -77,8 +77,8 @@ def probability(text: str) -> float:
     return value
 
 
-def add_vrt_penalty_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--vrt-repeat-penalty`` and ``--vrt-reuse-penalty`` (predict, eval)."""
+def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--vrt-repeat-penalty``, ``--vrt-reuse-penalty`` and ``--mask-box-weight`` (predict, eval)."""
     parser.add_argument(
         "--vrt-repeat-penalty",
         type=non_negative_float,
@@ -94,6 +94,14 @@ def add_vrt_penalty_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="P",
         help="lower the logits of the VRTs of the answer's earlier objects by P (0: off, inf: never reuse a "
         "patch; default: the checkpoint's generation_config)",
+    )
+    parser.add_argument(
+        "--mask-box-weight",
+        type=probability,
+        default=None,
+        metavar="W",
+        help="each box is (1 - W) x the box head's + W x its mask's tight box (0: the box head's, as the "
+        "reference; default: the checkpoint's generation_config)",
     )
 
 

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from padt.commands import add_vrt_penalty_arguments, positive_int, writable_file, writable_image_file
+from padt.commands import add_decoding_arguments, positive_int, writable_file, writable_image_file
 from padt.errors import PaDTError
 from padt.tasks import TASK_NAMES, get_task
 
@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
-    add_vrt_penalty_arguments(parser)
+    add_decoding_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         vrt_repeat_penalty=args.vrt_repeat_penalty,  # None: the checkpoint's setting
         vrt_reuse_penalty=args.vrt_reuse_penalty,
+        mask_box_weight=args.mask_box_weight,
     )
     print(prediction.text)
     for obj, image in zip(prediction.objects, prediction.object_images):

@@ -31,7 +31,7 @@ metrics.json. Under accelerate/torchrun each process writes predictions.rank<r>.
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``padt eval``."""
-    from padt.commands import add_vrt_penalty_arguments
+    from padt.commands import add_decoding_arguments
     from padt.evaluation.driver import SYNTHETIC_KEYS
     from padt.inference import DTYPES
 
@@ -90,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
-    add_vrt_penalty_arguments(parser)
+    add_decoding_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -133,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         vrt_repeat_penalty=args.vrt_repeat_penalty,
         vrt_reuse_penalty=args.vrt_reuse_penalty,
+        mask_box_weight=args.mask_box_weight,
     )
     if metrics is not None:
         print(json.dumps(metrics, indent=2))

@@ -5,8 +5,9 @@ every query in batches (:func:`~padt.evaluation.predictions.predict_shard`), mer
 (:func:`~padt.evaluation.predictions.merge_predictions`) and scores them with the task's scorer
 (:func:`~padt.evaluation.protocols.score_predictions`). The output folder holds:
 
-- ``eval.json``: what is evaluated (model, data, task, ``max_new_tokens``, ``vrt_repeat_penalty`` and
-  ``vrt_reuse_penalty`` when given).
+- ``eval.json``: what is evaluated (model, data, task, ``max_new_tokens``, and the decoding settings
+  ``vrt_repeat_penalty``, ``vrt_reuse_penalty`` and ``mask_box_weight`` that are not off: given, or else the
+  checkpoint's ``generation_config``).
   A folder evaluated with other settings is refused, so that a resumed run never mixes two evaluations.
 - ``predictions.jsonl``: one line per query in the per-query format of ``padt score`` (``index``, ``objects``
   with pixel xyxy ``bbox``, ``score``, ``label``, ``mask`` RLE, ``width``, ``height``, ``caption`` for RIC) plus
@@ -54,6 +55,7 @@ from padt.evaluation.predictions import (
     shard_file,
 )
 from padt.evaluation.protocols import ovd_official_from_records, read_vlmr1_index, score_predictions
+from padt.postprocess import MASK_BOX_WEIGHT
 from padt.tasks import get_task
 
 if TYPE_CHECKING:
@@ -97,6 +99,29 @@ def weights_fingerprint(folder: str | os.PathLike) -> str | None:
                 handle.seek(offset)
                 digest.update(handle.read(length))
     return digest.hexdigest()[:16]
+
+
+def decoding_settings(pipe: Any, given: Mapping[str, float | None]) -> dict[str, float]:
+    """The decoding settings an evaluation runs with, for ``eval.json``: each of ``given`` (name -> value, None:
+    not given) or else the checkpoint's ``generation_config`` entry (``pipe`` a pipeline or a checkpoint
+    folder), left out when off (0 or unset), so that a folder evaluated before a setting existed still
+    matches. A setting changed in the checkpoint's ``generation_config.json`` changes the answers as much as a
+    given one does, so it is recorded too."""
+    if isinstance(pipe, str | os.PathLike):
+        file = Path(pipe) / "generation_config.json"
+        try:
+            saved = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
+        except (OSError, json.JSONDecodeError):
+            saved = {}  # the model load reports an unreadable checkpoint
+    else:
+        saved = getattr(getattr(pipe, "model", None), "generation_config", None)
+        saved = saved.to_dict() if saved is not None else {}
+    out = {}
+    for name, value in given.items():
+        value = saved.get(name) if value is None else value
+        if value:
+            out[name] = value
+    return out
 
 
 def check_settings(out_dir: str | os.PathLike, settings: Mapping[str, Any], *, write: bool = True) -> None:
@@ -193,6 +218,7 @@ def evaluate(
     progress: bool = True,
     vrt_repeat_penalty: float | None = None,
     vrt_reuse_penalty: float | None = None,
+    mask_box_weight: float | None = None,
 ) -> dict[str, Any] | None:
     """Predict every query of ``data`` with ``pipe``, resumably, and score the predictions.
 
@@ -210,6 +236,7 @@ def evaluate(
         vrt_repeat_penalty: penalty on the VRTs already in an object's run (0: off, inf: no repeats); None:
             the checkpoint's ``generation_config`` decides.
         vrt_reuse_penalty: penalty on the VRTs of the answer's earlier objects, likewise.
+        mask_box_weight: weight of each mask's tight box in its box (0: the box head's), likewise.
     Returns:
         The metrics (also in ``metrics.json``), or None in a non-main process of a distributed run.
     """
@@ -252,10 +279,12 @@ def evaluate(
     }
     if weights is not None:  # retrained or re-exported weights in the same folder are another model
         settings["weights"] = weights
-    if vrt_repeat_penalty is not None:
-        settings["vrt_repeat_penalty"] = vrt_repeat_penalty
-    if vrt_reuse_penalty is not None:
-        settings["vrt_reuse_penalty"] = vrt_reuse_penalty
+    given = {
+        "vrt_repeat_penalty": vrt_repeat_penalty,
+        "vrt_reuse_penalty": vrt_reuse_penalty,
+        MASK_BOX_WEIGHT: mask_box_weight,
+    }
+    settings |= decoding_settings(pipe, given)
 
     with state.main_process_first() if state is not None else contextlib.nullcontext():
         check_settings(out, settings, write=False)
@@ -300,6 +329,7 @@ def evaluate(
         progress=progress,
         vrt_repeat_penalty=vrt_repeat_penalty,
         vrt_reuse_penalty=vrt_reuse_penalty,
+        mask_box_weight=mask_box_weight,
     )
     if state is not None:
         state.wait_for_everyone()

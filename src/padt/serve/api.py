@@ -104,6 +104,7 @@ class DecodeOptions:
     max_new_tokens: int
     vrt_repeat_penalty: float | None
     vrt_reuse_penalty: float | None
+    mask_box_weight: float | None
     masks: bool
 
 
@@ -126,6 +127,7 @@ class PredictOptions(BaseModel):
     max_new_tokens: int | None = Field(default=None, ge=1)
     vrt_repeat_penalty: float | None = Field(default=None, ge=0)
     vrt_reuse_penalty: float | None = Field(default=None, ge=0)
+    mask_box_weight: float | None = Field(default=None, ge=0, le=1)
     masks: bool = True
 
 
@@ -167,6 +169,7 @@ class ChatRequest(BaseModel):
     task: str | None = None
     vrt_repeat_penalty: float | None = Field(default=None, ge=0)
     vrt_reuse_penalty: float | None = Field(default=None, ge=0)
+    mask_box_weight: float | None = Field(default=None, ge=0, le=1)
     masks: bool = True
 
 
@@ -290,6 +293,7 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
             max_new_tokens=options.max_new_tokens,
             vrt_repeat_penalty=options.vrt_repeat_penalty,
             vrt_reuse_penalty=options.vrt_reuse_penalty,
+            mask_box_weight=options.mask_box_weight,
             decode_masks=options.masks,
         )
 
@@ -383,6 +387,7 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
         max_new_tokens: int | None,
         vrt_repeat_penalty: float | None,
         vrt_reuse_penalty: float | None,
+        mask_box_weight: float | None,
         masks: bool,
     ) -> DecodeOptions:
         limit = settings.max_new_tokens
@@ -392,7 +397,9 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
                 "invalid_parameter",
                 f"max_new_tokens {max_new_tokens} is over this server's limit of {limit}",
             )
-        return DecodeOptions(max_new_tokens or limit, vrt_repeat_penalty, vrt_reuse_penalty, masks)
+        return DecodeOptions(
+            max_new_tokens or limit, vrt_repeat_penalty, vrt_reuse_penalty, mask_box_weight, masks
+        )
 
     def check_text(prompt: str, task: str | None) -> str | None:
         """The normalised task; 422 for an unknown task or a prompt the task cannot use."""
@@ -520,7 +527,7 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
         """One image (or several) and a prompt -> ``padt predict``'s JSON, plus ``images`` sizes and ``timing``.
 
         Send multipart/form-data (file field ``image``, repeatable; fields ``task``, ``prompt``,
-        ``max_new_tokens``, ``vrt_repeat_penalty``, ``vrt_reuse_penalty``, ``masks``) or JSON (``image``: base64 or a data: URL, or
+        ``max_new_tokens``, ``vrt_repeat_penalty``, ``vrt_reuse_penalty``, ``mask_box_weight``, ``masks``) or JSON (``image``: base64 or a data: URL, or
         ``images``: a list of them, and the same fields)."""
         check_key(request)
         fields, sources = await _predict_body(request)
@@ -529,7 +536,11 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
         except ValidationError as error:
             raise APIError(422, "invalid_parameter", _validation_message(error)) from None
         decode = options_for(
-            options.max_new_tokens, options.vrt_repeat_penalty, options.vrt_reuse_penalty, options.masks
+            options.max_new_tokens,
+            options.vrt_repeat_penalty,
+            options.vrt_reuse_penalty,
+            options.mask_box_weight,
+            options.masks,
         )
         task = check_text(options.prompt, options.task)
         check_image_count(sources)
@@ -559,7 +570,9 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
         _check_chat_decoding(chat)
         text, sources = _chat_inputs(chat)
         max_new = chat.max_completion_tokens or chat.max_tokens
-        decode = options_for(max_new, chat.vrt_repeat_penalty, chat.vrt_reuse_penalty, chat.masks)
+        decode = options_for(
+            max_new, chat.vrt_repeat_penalty, chat.vrt_reuse_penalty, chat.mask_box_weight, chat.masks
+        )
         task = check_text(text, chat.task)
         check_image_count(sources)
         images = await decode_all(sources)

@@ -294,8 +294,9 @@ class TrainConfig(_Section):
         from transformers import GenerationConfig
 
         from padt.generation import VRT_PENALTIES
+        from padt.postprocess import MASK_BOX_WEIGHT, mask_box_weight_of
 
-        known = set(GenerationConfig().to_dict()) | set(VRT_PENALTIES)
+        known = set(GenerationConfig().to_dict()) | set(VRT_PENALTIES) | {MASK_BOX_WEIGHT}
         for name in value:
             if name not in known:
                 raise ValueError(f"unknown generation_config field {name!r}{_did_you_mean(name, known)}")
@@ -304,6 +305,10 @@ class TrainConfig(_Section):
             number = isinstance(penalty, int | float) and not isinstance(penalty, bool)
             if penalty is not None and not (number and penalty >= 0):
                 raise ValueError(f"{name} must be a number >= 0 (0: off), got {penalty!r}")
+        if value.get(MASK_BOX_WEIGHT) is not None:
+            mask_box_weight_of(
+                None, value[MASK_BOX_WEIGHT]
+            )  # a PaDTError is a ValueError: a validation error
         return value
 
     def to_yaml(self) -> str:
