@@ -309,3 +309,55 @@ def test_mask_box_weight_in_prediction(pipe):
         pipe.model.vl_decoder.config.use_mask_loss = True
     assert [o.box_xyxy for o in pred.objects] == [o.box_xyxy for o in head]
     assert NO_MASK_BOXES in pred.warnings and all(o.mask is None for o in pred.objects)
+
+
+def test_ovd_list_ends_follow_the_answer_template_for_any_tokenizer():
+    """Where an OVD answer can end after an object group: ')' then '.' or ' in' for a tokenizer that keeps ')'
+    apart; straight after the VRT for one that merges ')' with what follows."""
+    from padt.generation import ovd_list_ends
+
+    processor = PaDTProcessor(tiny_processor(), 2048)
+    close, stop, inside = (processor.encode(t) for t in (")", ".", " in"))
+    assert processor.encode("), ")[:1] == close and len(close) == len(stop) == len(inside) == 1
+    assert ovd_list_ends(processor.encode) == [(tuple(close), stop[0]), (tuple(close), inside[0])]
+
+    merged = {").": [1], "),": [2], ")": [3], " in": [4], " this": [5], " image.": [6]}
+
+    def encode(text):  # a toy tokenizer with ")." and ")," as single tokens
+        out = []
+        while text:
+            piece = next((p for p in sorted(merged, key=len, reverse=True) if text.startswith(p)), text[0])
+            out += merged[piece] if piece in merged else [100 + ord(piece)]
+            text = text[len(piece) :]
+        return out
+
+    assert ovd_list_ends(encode) == [((), 1), ((), 3)]  # ')." and ')' (of ') in this image.') end it
+
+
+def test_ovd_end_penalty_lowers_the_ends_after_a_group_of_ovd_answers_only():
+    from padt.generation import OVDEndPenaltyLogitsProcessor, ovd_prompt_signature
+
+    processor = PaDTProcessor(tiny_processor(), 2048)
+    vocab = 2048
+    ovd = processor.encode('Please carefully check the image and detect the following objects: ["star"].')
+    rec = processor.encode(
+        'Please carefully check the image and detect the object this sentence describes: "x".'
+    )
+    width = max(len(ovd), len(rec))
+    pad = processor.pad_token_id
+    prompts = torch.tensor([[pad] * (width - len(p)) + p for p in (ovd, rec, ovd)])
+    assert len(ovd_prompt_signature(processor.encode)) > 5
+    [close], [stop], [inside], [comma] = (processor.encode(t) for t in (")", ".", " in", ","))
+    vrt = vocab + 3
+    ids = torch.cat(
+        [prompts, torch.tensor([[vrt, close], [vrt, close], [comma, close]])], dim=1
+    )  # rows: OVD after a group, REC after a VRT run, OVD after ')' that closes no VRT run
+    scores = torch.zeros(3, vocab + 10)
+    out = OVDEndPenaltyLogitsProcessor(processor.encode, vocab, 4.0, prompts)(ids, scores.clone())
+    expected = scores.clone()
+    expected[0, [stop, inside]] = -4.0
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    off = OVDEndPenaltyLogitsProcessor(processor.encode, vocab, 0.0, prompts)(ids, scores.clone())
+    assert torch.equal(off, scores)
+    with pytest.raises(PaDTError, match="ovd_end_penalty must be >= 0"):
+        OVDEndPenaltyLogitsProcessor(processor.encode, vocab, -1.0, prompts)

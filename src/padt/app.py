@@ -135,6 +135,7 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
     default_penalty = getattr(pipe.model.generation_config, "vrt_repeat_penalty", None)
     default_reuse = getattr(pipe.model.generation_config, "vrt_reuse_penalty", None)
     default_box_weight = getattr(pipe.model.generation_config, "mask_box_weight", None)
+    default_end = getattr(pipe.model.generation_config, "ovd_end_penalty", None)
     device = next(pipe.model.parameters()).device
     outputs_dir = workdir / "outputs"
     outputs_dir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +146,18 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
         )  # small images are drawn enlarged, for readable labels
         return draw_prediction(image, prediction, show_vrt=show_vrt, processor=pipe.processor, scale=scale)
 
-    def run(image, task_label, text, max_new, penalty, reuse, box_weight, show_vrt, progress=gr.Progress()):  # noqa: B008 (gradio injects it)
+    def run(
+        image,
+        task_label,
+        text,
+        max_new,
+        penalty,
+        reuse,
+        end,
+        box_weight,
+        show_vrt,
+        progress=gr.Progress(),  # noqa: B008 (gradio injects it)
+    ):
         if image is None:
             raise gr.Error(
                 "No image yet: upload one, paste one, or press 'New scene'.", print_exception=False
@@ -159,9 +171,9 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
             raise gr.Error(
                 f"The text is empty: write {what.get(task, 'a prompt')} first.", print_exception=False
             )
-        for name, value in (("repeat", penalty), ("reuse", reuse)):
+        for name, value in (("VRT repeat", penalty), ("VRT reuse", reuse), ("OVD end", end)):
             if value is not None and not value >= 0:
-                raise gr.Error(f"The VRT {name} penalty must be 0 or more.", print_exception=False)
+                raise gr.Error(f"The {name} penalty must be 0 or more.", print_exception=False)
         if box_weight is not None and not 0 <= box_weight <= 1:
             raise gr.Error("The mask-box weight must be from 0 to 1.", print_exception=False)
         max_new = int(max_new)
@@ -175,6 +187,7 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
                 vrt_repeat_penalty=penalty,
                 vrt_reuse_penalty=reuse,
                 mask_box_weight=box_weight,
+                ovd_end_penalty=end,
                 streamer=_TokenProgress(progress, max_new),
             )
         except PaDTError as error:
@@ -258,6 +271,12 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
                         minimum=0,
                         elem_id="reuse-penalty",
                     )
+                    end = gr.Number(
+                        value=default_end,
+                        label="OVD end penalty, on ending the list after an object group (empty: the checkpoint's)",
+                        minimum=0,
+                        elem_id="ovd-end-penalty",
+                    )
                     box_weight = gr.Number(
                         value=default_box_weight,
                         label="Mask-box weight: 0 = the box head's box, 1 = the mask's tight box (empty: the "
@@ -297,7 +316,7 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
         )
         run_button.click(
             run,
-            [image, task, text, max_new, penalty, reuse, box_weight, show_vrt],
+            [image, task, text, max_new, penalty, reuse, end, box_weight, show_vrt],
             [annotated, answer, as_json, download, prediction_state, summary],
         )
         show_vrt.change(redraw, [image, prediction_state, show_vrt], annotated)

@@ -15,21 +15,28 @@ What PaDT adds to stock ``generate`` (docs/method.md §6.1-§6.3, §12):
   with the penalty the next-best patch wins when it is nearly as likely, while a small object's only patches
   still repeat. ``vrt_reuse_penalty`` does the same for the VRTs of the answer's earlier runs: a small model
   listing several objects tends to point at one it has already written.
+- optionally (:class:`OVDEndPenaltyLogitsProcessor`, ``ovd_end_penalty``), a penalty on ending an OVD answer's
+  list: where an object group has just closed and the answer may go on to another kind or end, the tokens that
+  end it are lowered. A small model tends to stop listing before every object is named.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformers import LogitsProcessor
 
+from padt import prompts
 from padt.errors import PaDTError
 
 FLUSH_EVERY = 16  # steps between the recorder's (only) host synchronisations
 #: padt's own generation_config fields (:class:`VRTRepeatPenaltyLogitsProcessor`).
 VRT_PENALTIES = ("vrt_repeat_penalty", "vrt_reuse_penalty")
+#: The generation_config field of :class:`OVDEndPenaltyLogitsProcessor`.
+OVD_END_PENALTY = "ovd_end_penalty"
 
 
 @dataclass
@@ -137,3 +144,98 @@ class VRTRepeatPenaltyLogitsProcessor(LogitsProcessor):
             columns = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, ids, which)
             lowered = torch.where(columns, lowered.clamp(min=by), lowered)
         return scores - lowered
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def ovd_list_ends(encode: Callable[[str], list[int]]) -> list[tuple[tuple[int, ...], int]]:
+    """Where an OVD answer (:func:`padt.prompts.ovd_answer_template`) chooses, after an object group, between
+    going on and ending, for the tokenizer behind ``encode``: ``(context, token)`` pairs, ``context`` the text
+    tokens between the group's last VRT and the choice (``)`` alone, or nothing when the tokenizer merges ``)``
+    with what follows) and ``token`` the one that ends the answer there. The text after a VRT is tokenized on
+    its own (:meth:`~padt.processing.PaDTProcessor.encode`), as in training, so these are the answer's tokens."""
+
+    def after(template: str, k: int) -> str:  # the text that follows object k's placeholder
+        return template.split(prompts.object_placeholder(k), 1)[1].split("<|Obj_", 1)[0]
+
+    several = prompts.ovd_answer_template(["a", "b"], [1, 1])
+    going_on = encode(after(several, 0))
+    ends = [encode(after(several, 1)), encode(after(prompts.ovd_answer_template(["a"], [1]), 0))]
+    out = []
+    for end in ends:
+        n = _common_prefix(going_on, end)
+        if n < len(end) and (tuple(end[:n]), end[n]) not in out:
+            out.append((tuple(end[:n]), end[n]))
+    return out
+
+
+def ovd_prompt_signature(encode: Callable[[str], list[int]]) -> list[int]:
+    """Tokens every OVD prompt holds (:func:`padt.prompts.ovd_prompt`, the class list left out, and its last
+    token, which may merge with the list's first characters)."""
+    return encode(prompts.OVD_PROMPT.split("{}", 1)[0])[:-1]
+
+
+def ovd_end_penalty_of(generation_config: Any, override: float | None = None) -> float:
+    """The OVD end penalty to decode with: ``override`` when given, else the checkpoint's ``generation_config``
+    field ``ovd_end_penalty``, else 0 (off, as the reference). A negative or non-numeric one is a one-line
+    error."""
+    value = override if override is not None else getattr(generation_config, OVD_END_PENALTY, None)
+    value = 0.0 if value is None else value
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise PaDTError(
+            f"{OVD_END_PENALTY} must be a number >= 0 (0: off, inf: never end early), got {value!r}"
+        )
+    return float(value)
+
+
+class OVDEndPenaltyLogitsProcessor(LogitsProcessor):
+    """Lowers by ``penalty`` the logits of the tokens that would end an OVD answer right after one of its object
+    groups closes (:func:`ovd_list_ends`): the answer then ends only when that is more than ``exp(penalty)``
+    times likelier than going on. Rows whose prompt does not hold the OVD prompt (:func:`ovd_prompt_signature`)
+    are left alone, so a batch may mix tasks.
+
+    Args:
+        encode: the processor's ``encode`` (text -> token ids, no special tokens).
+        vocab_size: ids ``>= vocab_size`` are VRTs.
+        penalty: ``>= 0``; 0 is off.
+        prompt_ids: ``(B, P)`` the prompts, in the batch's order.
+    """
+
+    def __init__(
+        self,
+        encode: Callable[[str], list[int]],
+        vocab_size: int,
+        penalty: float,
+        prompt_ids: torch.Tensor,
+    ) -> None:
+        if not penalty >= 0:
+            raise PaDTError(f"{OVD_END_PENALTY} must be >= 0 (0: off), got {penalty}")
+        self.vocab_size = int(vocab_size)
+        self.penalty = float(penalty)
+        self.ends = ovd_list_ends(encode)
+        signature = torch.tensor(ovd_prompt_signature(encode), device=prompt_ids.device)
+        width = signature.numel()
+        if width == 0 or prompt_ids.shape[1] < width:
+            self.rows = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
+        else:
+            windows = prompt_ids.unfold(1, width, 1)  # (B, P - width + 1, width)
+            self.rows = (windows == signature).all(-1).any(-1)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.penalty == 0 or not bool(self.rows.any()):
+            return scores
+        for context, token in self.ends:
+            n = len(context)
+            if input_ids.shape[1] < n + 1:
+                continue
+            here = self.rows & (input_ids[:, -n - 1] >= self.vocab_size)  # a VRT, then the context
+            if n:
+                here &= (input_ids[:, -n:] == torch.tensor(context, device=input_ids.device)).all(-1)
+            if bool(here.any()):
+                scores[here, token] -= self.penalty
+        return scores

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import LogitsProcessorList
 
 from padt.answers import answer_format_of
 from padt.errors import PaDTError
-from padt.generation import VRTStateRecorder
+from padt.generation import OVDEndPenaltyLogitsProcessor, VRTStateRecorder, ovd_end_penalty_of
 from padt.modeling import PaDTForConditionalGeneration, PaDTMixin
 from padt.postprocess import Prediction, mask_box_weight_of
 from padt.processing import PaDTProcessor
@@ -70,6 +71,7 @@ def predict(
     max_new_tokens: int = 512,
     decode_masks: bool = True,
     mask_box_weight: float | None = None,
+    ovd_end_penalty: float | None = None,
     **generate_kwargs: Any,
 ) -> list[Prediction]:
     """Batched prediction.
@@ -83,6 +85,8 @@ def predict(
         decode_masks: attach each object's mask.
         mask_box_weight: blend each object's mask's tight box into its box by this weight (0: the box head's
             box, as the reference; None: the checkpoint's ``generation_config``; docs/method.md §6.5).
+        ovd_end_penalty: lower by this much the tokens that end an OVD answer after an object group (0: off, as
+            the reference; None: the checkpoint's ``generation_config``; docs/method.md §6.3).
         max_new_tokens, generate_kwargs: passed to ``generate`` (greedy by default; the checkpoint's
             ``generation_config`` applies).
     Returns:
@@ -91,6 +95,7 @@ def predict(
     if max_new_tokens < 1:
         raise PaDTError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     mask_box_weight_of(model.generation_config, mask_box_weight)  # a bad weight fails before generating
+    ovd_end_penalty = ovd_end_penalty_of(model.generation_config, ovd_end_penalty)
     if isinstance(prompts, str) or prompts is None:
         prompts = [prompts or ""]
         if not isinstance(images, (list, tuple)) or (images and not isinstance(images[0], (list, tuple))):
@@ -102,6 +107,14 @@ def predict(
     prompt_length = inputs["input_ids"].shape[1]
     recorder = VRTStateRecorder(model.vocab_size, prompt_length)
     generate_kwargs.setdefault("do_sample", False)
+    if ovd_end_penalty > 0:
+        processors = LogitsProcessorList(generate_kwargs.pop("logits_processor", None) or [])
+        processors.append(
+            OVDEndPenaltyLogitsProcessor(
+                processor.encode, model.vocab_size, ovd_end_penalty, inputs["input_ids"]
+            )
+        )
+        generate_kwargs["logits_processor"] = processors
     sequences = model.generate(
         **inputs,
         max_new_tokens=max_new_tokens,

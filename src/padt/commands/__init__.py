@@ -78,7 +78,8 @@ def probability(text: str) -> float:
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--vrt-repeat-penalty``, ``--vrt-reuse-penalty`` and ``--mask-box-weight`` (predict, eval)."""
+    """``--vrt-repeat-penalty``, ``--vrt-reuse-penalty``, ``--ovd-end-penalty`` and ``--mask-box-weight`` (predict,
+    eval)."""
     parser.add_argument(
         "--vrt-repeat-penalty",
         type=non_negative_float,
@@ -94,6 +95,14 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="P",
         help="lower the logits of the VRTs of the answer's earlier objects by P (0: off, inf: never reuse a "
         "patch; default: the checkpoint's generation_config)",
+    )
+    parser.add_argument(
+        "--ovd-end-penalty",
+        type=non_negative_float,
+        default=None,
+        metavar="E",
+        help="OVD: lower the tokens that end the answer after an object group by E, so it stops only when that is "
+        "e^E times likelier than naming another kind (0: off; default: the checkpoint's generation_config)",
     )
     parser.add_argument(
         "--mask-box-weight",

@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         vrt_repeat_penalty=args.vrt_repeat_penalty,  # None: the checkpoint's setting
         vrt_reuse_penalty=args.vrt_reuse_penalty,
         mask_box_weight=args.mask_box_weight,
+        ovd_end_penalty=args.ovd_end_penalty,
     )
     print(prediction.text)
     for obj, image in zip(prediction.objects, prediction.object_images):

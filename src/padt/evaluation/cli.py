@@ -134,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         vrt_repeat_penalty=args.vrt_repeat_penalty,
         vrt_reuse_penalty=args.vrt_reuse_penalty,
         mask_box_weight=args.mask_box_weight,
+        ovd_end_penalty=args.ovd_end_penalty,
     )
     if metrics is not None:
         print(json.dumps(metrics, indent=2))

@@ -171,12 +171,13 @@ def predict_shard(
     vrt_repeat_penalty: float | None = None,
     vrt_reuse_penalty: float | None = None,
     mask_box_weight: float | None = None,
+    ovd_end_penalty: float | None = None,
 ) -> int:
     """Predict this process's share of the queries (every ``world_size``-th, from ``rank``) and append their
     lines to :func:`shard_file`, flushed after every batch. Indices already in any prediction file of
     ``out_dir`` are skipped. ``masks`` (default: RES only) stores each object's RLE mask. Returns the number
     of new predictions. ``vrt_repeat_penalty``, ``vrt_reuse_penalty`` (:meth:`~padt.modeling.PaDTForConditionalGeneration.generate`)
-    and ``mask_box_weight`` (:func:`~padt.inference.predict`) override the checkpoint's settings."""
+    ``mask_box_weight`` and ``ovd_end_penalty`` (:func:`~padt.inference.predict`) override the checkpoint's settings."""
     from tqdm import tqdm
 
     if not 0 <= rank < world_size:
@@ -217,6 +218,7 @@ def predict_shard(
                 vrt_repeat_penalty=vrt_repeat_penalty,
                 vrt_reuse_penalty=vrt_reuse_penalty,
                 mask_box_weight=mask_box_weight,
+                ovd_end_penalty=ovd_end_penalty,
             )
             lines = [
                 prediction_line(i, records[i], task, p, size, masks=masks)

@@ -105,6 +105,7 @@ class DecodeOptions:
     vrt_repeat_penalty: float | None
     vrt_reuse_penalty: float | None
     mask_box_weight: float | None
+    ovd_end_penalty: float | None
     masks: bool
 
 
@@ -128,6 +129,7 @@ class PredictOptions(BaseModel):
     vrt_repeat_penalty: float | None = Field(default=None, ge=0)
     vrt_reuse_penalty: float | None = Field(default=None, ge=0)
     mask_box_weight: float | None = Field(default=None, ge=0, le=1)
+    ovd_end_penalty: float | None = Field(default=None, ge=0)
     masks: bool = True
 
 
@@ -170,6 +172,7 @@ class ChatRequest(BaseModel):
     vrt_repeat_penalty: float | None = Field(default=None, ge=0)
     vrt_reuse_penalty: float | None = Field(default=None, ge=0)
     mask_box_weight: float | None = Field(default=None, ge=0, le=1)
+    ovd_end_penalty: float | None = Field(default=None, ge=0)
     masks: bool = True
 
 
@@ -294,6 +297,7 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
             vrt_repeat_penalty=options.vrt_repeat_penalty,
             vrt_reuse_penalty=options.vrt_reuse_penalty,
             mask_box_weight=options.mask_box_weight,
+            ovd_end_penalty=options.ovd_end_penalty,
             decode_masks=options.masks,
         )
 
@@ -388,6 +392,7 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
         vrt_repeat_penalty: float | None,
         vrt_reuse_penalty: float | None,
         mask_box_weight: float | None,
+        ovd_end_penalty: float | None,
         masks: bool,
     ) -> DecodeOptions:
         limit = settings.max_new_tokens
@@ -398,7 +403,12 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
                 f"max_new_tokens {max_new_tokens} is over this server's limit of {limit}",
             )
         return DecodeOptions(
-            max_new_tokens or limit, vrt_repeat_penalty, vrt_reuse_penalty, mask_box_weight, masks
+            max_new_tokens or limit,
+            vrt_repeat_penalty,
+            vrt_reuse_penalty,
+            mask_box_weight,
+            ovd_end_penalty,
+            masks,
         )
 
     def check_text(prompt: str, task: str | None) -> str | None:
@@ -527,7 +537,7 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
         """One image (or several) and a prompt -> ``padt predict``'s JSON, plus ``images`` sizes and ``timing``.
 
         Send multipart/form-data (file field ``image``, repeatable; fields ``task``, ``prompt``,
-        ``max_new_tokens``, ``vrt_repeat_penalty``, ``vrt_reuse_penalty``, ``mask_box_weight``, ``masks``) or JSON (``image``: base64 or a data: URL, or
+        ``max_new_tokens``, ``vrt_repeat_penalty``, ``vrt_reuse_penalty``, ``mask_box_weight``, ``ovd_end_penalty``, ``masks``) or JSON (``image``: base64 or a data: URL, or
         ``images``: a list of them, and the same fields)."""
         check_key(request)
         fields, sources = await _predict_body(request)
@@ -540,6 +550,7 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
             options.vrt_repeat_penalty,
             options.vrt_reuse_penalty,
             options.mask_box_weight,
+            options.ovd_end_penalty,
             options.masks,
         )
         task = check_text(options.prompt, options.task)
@@ -571,7 +582,12 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
         text, sources = _chat_inputs(chat)
         max_new = chat.max_completion_tokens or chat.max_tokens
         decode = options_for(
-            max_new, chat.vrt_repeat_penalty, chat.vrt_reuse_penalty, chat.mask_box_weight, chat.masks
+            max_new,
+            chat.vrt_repeat_penalty,
+            chat.vrt_reuse_penalty,
+            chat.mask_box_weight,
+            chat.ovd_end_penalty,
+            chat.masks,
         )
         task = check_text(text, chat.task)
         check_image_count(sources)

@@ -293,10 +293,10 @@ class TrainConfig(_Section):
     def _generation(cls, value: dict[str, Any]) -> dict[str, Any]:
         from transformers import GenerationConfig
 
-        from padt.generation import VRT_PENALTIES
+        from padt.generation import OVD_END_PENALTY, VRT_PENALTIES, ovd_end_penalty_of
         from padt.postprocess import MASK_BOX_WEIGHT, mask_box_weight_of
 
-        known = set(GenerationConfig().to_dict()) | set(VRT_PENALTIES) | {MASK_BOX_WEIGHT}
+        known = set(GenerationConfig().to_dict()) | set(VRT_PENALTIES) | {MASK_BOX_WEIGHT, OVD_END_PENALTY}
         for name in value:
             if name not in known:
                 raise ValueError(f"unknown generation_config field {name!r}{_did_you_mean(name, known)}")
@@ -305,10 +305,11 @@ class TrainConfig(_Section):
             number = isinstance(penalty, int | float) and not isinstance(penalty, bool)
             if penalty is not None and not (number and penalty >= 0):
                 raise ValueError(f"{name} must be a number >= 0 (0: off), got {penalty!r}")
+        # A PaDTError is a ValueError: these raise validation errors.
         if value.get(MASK_BOX_WEIGHT) is not None:
-            mask_box_weight_of(
-                None, value[MASK_BOX_WEIGHT]
-            )  # a PaDTError is a ValueError: a validation error
+            mask_box_weight_of(None, value[MASK_BOX_WEIGHT])
+        if value.get(OVD_END_PENALTY) is not None:
+            ovd_end_penalty_of(None, value[OVD_END_PENALTY])
         return value
 
     def to_yaml(self) -> str:
