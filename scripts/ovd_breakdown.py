@@ -78,7 +78,7 @@ def breakdown(eval_dir: Path) -> dict:
                 stated[count_row(k)][outcome] += 1
         w, h = pred["width"], pred["height"]
         truth = [[o.bbox[0] * w, o.bbox[1] * h, o.bbox[2] * w, o.bbox[3] * h] for o in record.objects]
-        ours = pred["objects"]
+        ours = [o for o in pred["objects"] if o.get("duplicate_of") is None]  # duplicates are not detections
         boxes += len(ours)
         objects += len(truth)
         short += len(ours) < len(truth)

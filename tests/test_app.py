@@ -140,6 +140,7 @@ def test_the_page_in_a_real_browser(tmp_path):
         shown_reuse = float(reuse.input_value())
         shown_box_weight = float(page.locator("#mask-box-weight input").input_value())
         shown_end = page.locator("#ovd-end-penalty input").input_value()
+        shown_duplicate = page.locator("#ovd-duplicate-iou input").input_value()
         reuse.fill("0")
         before = overlay.get_attribute("src")
         page.click("#run")
@@ -159,7 +160,11 @@ def test_the_page_in_a_real_browser(tmp_path):
     assert (shown_repeat, shown_reuse) == (config.vrt_repeat_penalty, config.vrt_reuse_penalty)
     assert shown_box_weight == config.mask_box_weight
     # off, as in the checkpoint
-    assert float(shown_end) == 0 and getattr(config, "ovd_end_penalty", None) is None
+    assert float(shown_end) == float(shown_duplicate) == 0
+    assert (
+        getattr(config, "ovd_end_penalty", None) is None
+        and getattr(config, "ovd_duplicate_iou", None) is None
+    )
     [ric] = pipe([scene.image], [""], task="ric", max_new_tokens=96, vrt_reuse_penalty=0.0)
     assert_same_prediction(shown_ric, ric.to_json(), [(scene.width, scene.height)])
     # on this scene the reuse penalty changes the caption, so the field really reached generation

@@ -6,6 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -173,3 +174,73 @@ def test_demo_answers_its_first_scenes(tmp_path, capsys):
         assert all(
             Image.open(tmp_path / f"scene{s}_{t}.png").size == size for t in ("rec", "res", "ovd", "ric")
         )
+
+
+def test_duplicates_of_an_ovd_answer_are_marked_and_left_out_of_the_detections(pipe, tmp_path):
+    """On the demo's second scene the OVD end penalty makes the answer go on after its two objects: a "star" on the
+    hexagon it has just listed, then a "star" on the large hexagon it missed. Duplicate marking marks the first
+    (it overlaps a higher-scored box), keeps it in the answer's objects (paired with its VRT run) and leaves it
+    out of COCO results, supervision detections, the overlay and the OVD score."""
+    from padt.data.records import Record
+    from padt.data.synthetic import make_scene, sample_referring_expression
+    from padt.evaluation.predictions import prediction_line
+    from padt.evaluation.score import score_ovd
+
+    rng = np.random.default_rng(2026)  # the demo's second scene, drawn as the demo test above draws it
+    sample_referring_expression(make_scene(rng, **dataclasses.asdict(BUNDLED_SCENES)), rng)
+    scene = make_scene(rng, **dataclasses.asdict(BUNDLED_SCENES))
+    options = dict(task="ovd", max_new_tokens=192, ovd_end_penalty=4.0)
+    [plain] = pipe([scene.image], ["hexagon, star"], **options)
+    [marked] = pipe([scene.image], ["hexagon, star"], ovd_duplicate_iou=0.5, **options)
+    assert marked.text == plain.text and [o.box_xyxy for o in marked.objects] == [
+        o.box_xyxy for o in plain.objects
+    ]
+    assert [o.label for o in marked.objects] == ["star", "hexagon", "star", "star"]
+    assert [o.duplicate_of for o in marked.objects] == [
+        None,
+        None,
+        1,
+        None,
+    ]  # the second star is on the hexagon
+    assert all(o.duplicate_of is None for o in plain.objects)
+    assert len(marked.to_coco([7])) == 3 and len(plain.to_coco([7])) == 4
+    assert list(marked.to_supervision().data["object_index"]) == [0, 1, 3]
+    # the answer's other rows: a REC prompt in the same batch is never marked
+    [rec, _] = pipe(
+        [scene.image] * 2, ["the star", "hexagon, star"], task=["rec", "ovd"], ovd_duplicate_iou=0.01
+    )
+    assert all(o.duplicate_of is None for o in rec.objects)
+
+    shapes = sorted({o.shape for o in scene.objects})
+    coco = {
+        "images": [{"id": 0, "width": scene.width, "height": scene.height}],
+        "categories": [{"id": k, "name": name} for k, name in enumerate(shapes)],
+        "annotations": [
+            {
+                "id": k + 1,  # COCO ids start at 1
+                "image_id": 0,
+                "category_id": shapes.index(o.shape),
+                "bbox": [o.box[0], o.box[1], o.box[2] - o.box[0], o.box[3] - o.box[1]],
+                "area": float(o.mask.sum()),
+                "iscrowd": 0,
+            }
+            for k, o in enumerate(scene.objects)
+        ],
+    }
+    record = Record.from_dict(
+        {
+            "id": 0,
+            "image": "scene.png",
+            "task": "ovd",
+            "conversations": [{"from": "human", "value": "x"}],
+            "answer_template": "",
+            "objects": [],
+        }
+    )
+    size = (scene.width, scene.height)
+    lines = [
+        prediction_line(0, record, "ovd", p, size, masks=False) | {"image_id": 0} for p in (plain, marked)
+    ]
+    assert [o.get("duplicate_of") for o in lines[1]["objects"]] == [None, None, 1, None]
+    scored = [score_ovd(coco, [line]) for line in lines]
+    assert [m["num_detections"] for m in scored] == [4, 3]  # the duplicate is not scored

@@ -353,11 +353,13 @@ def test_cli_eval_on_a_records_file(checkpoint, reference, tmp_path, capsys, mon
     # changed one refuses to resume into answers decoded the other way.
     calls.clear()
     blend = [str(tmp_path / "blend") if a == out else a for a in argv]
-    assert main([*blend, "--mask-box-weight", "0.5", "--ovd-end-penalty", "2"]) == 0
+    decoding = ["--mask-box-weight", "0.5", "--ovd-end-penalty", "2", "--ovd-duplicate-iou", "0.6"]
+    assert main([*blend, *decoding]) == 0
     capsys.readouterr()
     written = json.loads((tmp_path / "blend" / "eval.json").read_text())
-    assert (written["mask_box_weight"], written["ovd_end_penalty"]) == (0.5, 2.0)
-    assert calls and all((c["mask_box_weight"], c["ovd_end_penalty"]) == (0.5, 2.0) for c in calls)
+    names = ("mask_box_weight", "ovd_end_penalty", "ovd_duplicate_iou")
+    assert tuple(written[k] for k in names) == (0.5, 2.0, 0.6)
+    assert calls and all(tuple(c[k] for k in names) == (0.5, 2.0, 0.6) for c in calls)
     plain = [json.loads(x)["objects"][0]["bbox"] for x in _lines(tmp_path / "out")]
     blended = [json.loads(x)["objects"][0]["bbox"] for x in _lines(tmp_path / "blend")]
     assert blended != plain and len(blended) == len(plain)
@@ -367,7 +369,7 @@ def test_cli_eval_on_a_records_file(checkpoint, reference, tmp_path, capsys, mon
         config.write_text(json.dumps(json.loads(saved) | {"mask_box_weight": 0.5}))
         assert main(argv) == 2
         assert "other settings (mask_box_weight: None -> 0.5)" in capsys.readouterr().err
-        assert main([*blend, "--ovd-end-penalty", "2"]) == 0  # the same settings as given before
+        assert main([*blend, *decoding[2:]]) == 0  # the same settings as given before
     finally:
         config.write_text(saved)
 

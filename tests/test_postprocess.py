@@ -11,13 +11,16 @@ import torch
 from padt.errors import PaDTError
 from padt.postprocess import (
     DetectedObject,
+    Prediction,
     boxes_to_coco_xywh,
     boxes_to_pixel_xyxy,
     detected_objects,
+    mark_duplicates,
     mask_box_weight_of,
     mask_boxes_xyxy,
     mask_to_rle,
     masks_to_original,
+    ovd_duplicate_iou_of,
     rle_to_mask,
 )
 from parity import fixture_dirs
@@ -144,6 +147,32 @@ def test_mask_box_weight_comes_from_the_generation_config_and_is_checked():
     for bad in (-0.1, 1.5, float("nan"), "0.4", True):
         with pytest.raises(PaDTError, match="mask_box_weight must be a number from 0"):
             mask_box_weight_of(None, bad)
+
+
+def test_duplicates_are_marked_greedily_by_score_within_each_image():
+    def obj(box, score, label="star"):
+        return DetectedObject(label=label, vrt_ids=[0], box_xyxy=box, score=score)
+
+    objects = [
+        obj((0, 0, 10, 10), 0.6),  # IoU 81/100 with the next, which scores higher
+        obj((1, 1, 10, 10), 0.9, "cross"),  # kept: the best of the pair, whatever the labels
+        obj((20, 20, 30, 30), 0.8),  # alone
+        obj((0, 0, 10, 10), 0.7),  # same box as the first, but in the second image
+        obj((22, 20, 32, 30), 0.5),  # IoU 80/120 = 0.67 with the third
+    ]
+    prediction = Prediction(text="", objects=objects, object_images=[0, 0, 0, 1, 0])
+    assert mark_duplicates(prediction, 0.5) == 2
+    assert [o.duplicate_of for o in objects] == [1, None, None, None, 2]
+    assert objects[0].to_json()["duplicate_of"] == 1 and "duplicate_of" not in objects[1].to_json()
+    for o in objects:
+        o.duplicate_of = None
+    assert mark_duplicates(prediction, 0.7) == 1 and [o.duplicate_of for o in objects] == [1] + [None] * 4
+    objects[0].duplicate_of = None
+    assert mark_duplicates(prediction, 0.9) == 0 and mark_duplicates(prediction, 0.0) == 0
+    assert all(o.duplicate_of is None for o in objects)
+    assert ovd_duplicate_iou_of(None, 0.5) == 0.5 and ovd_duplicate_iou_of(object()) == 0.0
+    with pytest.raises(PaDTError, match="ovd_duplicate_iou must be a number from 0"):
+        ovd_duplicate_iou_of(None, 1.5)
 
 
 def test_reference_decoder_outputs_map_to_the_original_image():

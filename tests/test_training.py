@@ -149,6 +149,8 @@ def test_overrides_parse_types_and_nested_keys(tmp_path):
         ("generation.vrt_repeat_penalty=-1", "vrt_repeat_penalty must be a number >= 0"),
         ("generation.vrt_reuse_penalty=no", "vrt_reuse_penalty must be a number >= 0"),
         ("generation.mask_box_weight=1.5", "mask_box_weight must be a number from 0"),
+        ("generation.ovd_end_penalty=-1", "ovd_end_penalty must be a number >= 0"),
+        ("generation.ovd_duplicate_iou=2", "ovd_duplicate_iou must be a number from 0"),
         ("resume=maybe", "resume: Input should be 'auto', True or False, got 'maybe'"),
         (
             "data.synthetic={n: 3, form_weights: {extremes: 1}}",

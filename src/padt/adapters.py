@@ -49,9 +49,14 @@ def to_supervision(prediction: Prediction, image_index: int = 0) -> supervision.
     sample's distinct labels, in order of first appearance) and ``data``: ``class_name`` (the labels, which
     supervision's label annotators show), ``vrt_ids`` (each object's VRT indices within its image) and
     ``object_index`` (the object's position in ``prediction.objects``, which keeps colours consistent).
+    Duplicates (:func:`padt.postprocess.mark_duplicates`) are not detections and are left out.
     """
     sv = import_supervision()
-    picked = [k for k, image in enumerate(prediction.object_images) if image == image_index]
+    picked = [
+        k
+        for k, image in enumerate(prediction.object_images)
+        if image == image_index and prediction.objects[k].duplicate_of is None
+    ]
     objects = [prediction.objects[k] for k in picked]
     names = list(dict.fromkeys(o.label for o in prediction.objects))
     masks = [o.mask for o in objects]
@@ -76,9 +81,12 @@ def to_coco_results(prediction: Prediction, image_ids: Sequence[int]) -> list[di
     """COCO results of one prediction, one dict per object: ``image_id`` (``image_ids[object's image]``),
     ``category`` (the label, as ``padt score`` and the reference's result files name it), ``bbox`` ``[x, y, w, h]``
     in pixels of the original image, ``score`` and ``segmentation`` (COCO RLE; left out when masks were not
-    decoded). :func:`padt.evaluation.coco.results_from_named` maps ``category`` to a dataset's ``category_id``."""
+    decoded). :func:`padt.evaluation.coco.results_from_named` maps ``category`` to a dataset's ``category_id``.
+    Duplicates (:func:`padt.postprocess.mark_duplicates`) are left out."""
     results = []
     for obj, image in zip(prediction.objects, prediction.object_images):
+        if obj.duplicate_of is not None:
+            continue
         x0, y0, x1, y1 = (float(v) for v in obj.box_xyxy)
         result = {
             "image_id": int(image_ids[image]),

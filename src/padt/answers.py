@@ -25,7 +25,15 @@ import torch
 
 from padt.box_ops import normalise_xyxy, scale_xyxy
 from padt.errors import PaDTError
-from padt.postprocess import DetectedObject, Prediction, detected_objects, mask_box_weight_of
+from padt.generation import ovd_rows
+from padt.postprocess import (
+    DetectedObject,
+    Prediction,
+    detected_objects,
+    mark_duplicates,
+    mask_box_weight_of,
+    ovd_duplicate_iou_of,
+)
 from padt.processing.parsing import QuoteTracker
 from padt.training.sampling import fill_answer_template, sample_foreground_vrts
 
@@ -76,11 +84,14 @@ class AnswerFormat(ABC):
         *,
         decode_masks: bool = True,
         mask_box_weight: float | None = None,
+        ovd_duplicate_iou: float | None = None,
     ) -> list[Prediction]:
         """One :class:`Prediction` per sample from the generated LOCAL completion ids ``(B, L)`` (prompt
         removed, on the CPU). ``decode_masks``: attach each object's mask; ``mask_box_weight``: blend each
         mask's tight box into its box (:func:`~padt.postprocess.detected_objects`; None: the checkpoint's
-        ``generation_config``, :func:`~padt.postprocess.mask_box_weight_of`)."""
+        ``generation_config``, :func:`~padt.postprocess.mask_box_weight_of`); ``ovd_duplicate_iou``: in answers
+        to the OVD prompt, mark the objects that overlap a higher-scored one (:func:`~padt.postprocess.mark_duplicates`;
+        None: the checkpoint's)."""
 
 
 class VRTAnswers(AnswerFormat):
@@ -99,9 +110,20 @@ class VRTAnswers(AnswerFormat):
         return fill_answer_template(template, runs, eos=eos), runs
 
     def predictions(
-        self, model, processor, batch, completions, recorder, *, decode_masks=True, mask_box_weight=None
+        self,
+        model,
+        processor,
+        batch,
+        completions,
+        recorder,
+        *,
+        decode_masks=True,
+        mask_box_weight=None,
+        ovd_duplicate_iou=None,
     ):
         weight = mask_box_weight_of(model.generation_config, mask_box_weight)
+        duplicate_iou = ovd_duplicate_iou_of(model.generation_config, ovd_duplicate_iou)
+        ovd = ovd_rows(batch.inputs["input_ids"].cpu(), processor.encode) if duplicate_iou else None
         layout = batch.layout
         eos = model.generation_config.eos_token_id
         parsed = processor.parse(completions, eos_token_ids=eos, layout=layout.to("cpu"))
@@ -153,6 +175,8 @@ class VRTAnswers(AnswerFormat):
                 prediction.objects.append(detected)
                 prediction.object_images.append(k)
                 row += 1
+            if ovd is not None and bool(ovd[b]):
+                mark_duplicates(prediction, duplicate_iou)
             results.append(prediction)
         return results
 
@@ -207,9 +231,19 @@ class TextCoordinateAnswers(AnswerFormat):
         return fill_answer_template(template, boxes, eos=eos), [[] for _ in objects]
 
     def predictions(
-        self, model, processor, batch, completions, recorder, *, decode_masks=True, mask_box_weight=None
+        self,
+        model,
+        processor,
+        batch,
+        completions,
+        recorder,
+        *,
+        decode_masks=True,
+        mask_box_weight=None,
+        ovd_duplicate_iou=None,
     ):
         weight = mask_box_weight_of(model.generation_config, mask_box_weight)
+        ovd_duplicate_iou_of(model.generation_config, ovd_duplicate_iou)  # checked; text boxes all score 1
         layout = batch.layout.to("cpu")
         eos = model.generation_config.eos_token_id
         patch = processor.geometry.patch_px

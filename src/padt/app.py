@@ -136,6 +136,7 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
     default_reuse = getattr(pipe.model.generation_config, "vrt_reuse_penalty", None)
     default_box_weight = getattr(pipe.model.generation_config, "mask_box_weight", None)
     default_end = getattr(pipe.model.generation_config, "ovd_end_penalty", None)
+    default_duplicate = getattr(pipe.model.generation_config, "ovd_duplicate_iou", None)
     device = next(pipe.model.parameters()).device
     outputs_dir = workdir / "outputs"
     outputs_dir.mkdir(parents=True, exist_ok=True)
@@ -154,6 +155,7 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
         penalty,
         reuse,
         end,
+        duplicate,
         box_weight,
         show_vrt,
         progress=gr.Progress(),  # noqa: B008 (gradio injects it)
@@ -174,8 +176,9 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
         for name, value in (("VRT repeat", penalty), ("VRT reuse", reuse), ("OVD end", end)):
             if value is not None and not value >= 0:
                 raise gr.Error(f"The {name} penalty must be 0 or more.", print_exception=False)
-        if box_weight is not None and not 0 <= box_weight <= 1:
-            raise gr.Error("The mask-box weight must be from 0 to 1.", print_exception=False)
+        for name, value in (("mask-box weight", box_weight), ("OVD duplicate IoU", duplicate)):
+            if value is not None and not 0 <= value <= 1:
+                raise gr.Error(f"The {name} must be from 0 to 1.", print_exception=False)
         max_new = int(max_new)
         progress((0, max_new), desc="generating", unit="tokens")
         try:
@@ -188,6 +191,7 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
                 vrt_reuse_penalty=reuse,
                 mask_box_weight=box_weight,
                 ovd_end_penalty=end,
+                ovd_duplicate_iou=duplicate,
                 streamer=_TokenProgress(progress, max_new),
             )
         except PaDTError as error:
@@ -202,8 +206,11 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
         body = prediction.to_json()
         out = Path(tempfile.mkstemp(prefix="prediction_", suffix=".json", dir=outputs_dir)[1])
         out.write_text(json.dumps(body, indent=2))
-        summary = f"{len(prediction.objects)} object(s)" + (
-            "" if prediction.finished else " — stopped at max new tokens before the end"
+        duplicates = sum(o.duplicate_of is not None for o in prediction.objects)
+        summary = (
+            f"{len(prediction.objects)} object(s)"
+            + (f", {duplicates} of them duplicate(s), not drawn" if duplicates else "")
+            + ("" if prediction.finished else " — stopped at max new tokens before the end")
         )
         return (
             draw(image, prediction, show_vrt),
@@ -277,6 +284,14 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
                         minimum=0,
                         elem_id="ovd-end-penalty",
                     )
+                    duplicate = gr.Number(
+                        value=default_duplicate,
+                        label="OVD duplicate IoU: a box overlapping a higher-scored one by more is a duplicate "
+                        "(empty: the checkpoint's)",
+                        minimum=0,
+                        maximum=1,
+                        elem_id="ovd-duplicate-iou",
+                    )
                     box_weight = gr.Number(
                         value=default_box_weight,
                         label="Mask-box weight: 0 = the box head's box, 1 = the mask's tight box (empty: the "
@@ -316,7 +331,7 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
         )
         run_button.click(
             run,
-            [image, task, text, max_new, penalty, reuse, end, box_weight, show_vrt],
+            [image, task, text, max_new, penalty, reuse, end, duplicate, box_weight, show_vrt],
             [annotated, answer, as_json, download, prediction_state, summary],
         )
         show_vrt.change(redraw, [image, prediction_state, show_vrt], annotated)

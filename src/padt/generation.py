@@ -193,6 +193,15 @@ def ovd_end_penalty_of(generation_config: Any, override: float | None = None) ->
     return float(value)
 
 
+def ovd_rows(prompt_ids: torch.Tensor, encode: Callable[[str], list[int]]) -> torch.Tensor:
+    """``(B,)`` bool: which rows of ``prompt_ids`` ``(B, P)`` hold the OVD prompt (:func:`ovd_prompt_signature`)."""
+    signature = torch.tensor(ovd_prompt_signature(encode), device=prompt_ids.device)
+    width = signature.numel()
+    if width == 0 or prompt_ids.shape[1] < width:
+        return torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
+    return (prompt_ids.unfold(1, width, 1) == signature).all(-1).any(-1)
+
+
 class OVDEndPenaltyLogitsProcessor(LogitsProcessor):
     """Lowers by ``penalty`` the logits of the tokens that would end an OVD answer right after one of its object
     groups closes (:func:`ovd_list_ends`): the answer then ends only when that is more than ``exp(penalty)``
@@ -218,13 +227,7 @@ class OVDEndPenaltyLogitsProcessor(LogitsProcessor):
         self.vocab_size = int(vocab_size)
         self.penalty = float(penalty)
         self.ends = ovd_list_ends(encode)
-        signature = torch.tensor(ovd_prompt_signature(encode), device=prompt_ids.device)
-        width = signature.numel()
-        if width == 0 or prompt_ids.shape[1] < width:
-            self.rows = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
-        else:
-            windows = prompt_ids.unfold(1, width, 1)  # (B, P - width + 1, width)
-            self.rows = (windows == signature).all(-1).any(-1)
+        self.rows = ovd_rows(prompt_ids, encode)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.penalty == 0 or not bool(self.rows.any()):

@@ -20,7 +20,7 @@ from padt.answers import answer_format_of
 from padt.errors import PaDTError
 from padt.generation import OVDEndPenaltyLogitsProcessor, VRTStateRecorder, ovd_end_penalty_of
 from padt.modeling import PaDTForConditionalGeneration, PaDTMixin
-from padt.postprocess import Prediction, mask_box_weight_of
+from padt.postprocess import Prediction, mask_box_weight_of, ovd_duplicate_iou_of
 from padt.processing import PaDTProcessor
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -72,6 +72,7 @@ def predict(
     decode_masks: bool = True,
     mask_box_weight: float | None = None,
     ovd_end_penalty: float | None = None,
+    ovd_duplicate_iou: float | None = None,
     **generate_kwargs: Any,
 ) -> list[Prediction]:
     """Batched prediction.
@@ -87,6 +88,8 @@ def predict(
             box, as the reference; None: the checkpoint's ``generation_config``; docs/method.md §6.5).
         ovd_end_penalty: lower by this much the tokens that end an OVD answer after an object group (0: off, as
             the reference; None: the checkpoint's ``generation_config``; docs/method.md §6.3).
+        ovd_duplicate_iou: in OVD answers, mark as a duplicate each object whose box overlaps a higher-scored
+            one's by more than this IoU (0: off, as the reference; None: the checkpoint's; docs/method.md §6.5).
         max_new_tokens, generate_kwargs: passed to ``generate`` (greedy by default; the checkpoint's
             ``generation_config`` applies).
     Returns:
@@ -96,6 +99,7 @@ def predict(
         raise PaDTError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     mask_box_weight_of(model.generation_config, mask_box_weight)  # a bad weight fails before generating
     ovd_end_penalty = ovd_end_penalty_of(model.generation_config, ovd_end_penalty)
+    ovd_duplicate_iou_of(model.generation_config, ovd_duplicate_iou)
     if isinstance(prompts, str) or prompts is None:
         prompts = [prompts or ""]
         if not isinstance(images, (list, tuple)) or (images and not isinstance(images[0], (list, tuple))):
@@ -131,6 +135,7 @@ def predict(
         recorder,
         decode_masks=decode_masks,
         mask_box_weight=mask_box_weight,
+        ovd_duplicate_iou=ovd_duplicate_iou,
     )
 
 

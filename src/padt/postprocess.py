@@ -12,6 +12,9 @@ to the ORIGINAL image, whatever resizing the processor did.
 - :func:`mask_boxes_xyxy`: the tight box of each mask; :func:`detected_objects` blends it into the box head's box
   by ``mask_box_weight`` (a decoding setting, :func:`mask_box_weight_of`; 0, the reference's, keeps the box head's).
 - :func:`detected_objects`: all of it for one image's objects, as :class:`DetectedObject` records.
+- :func:`mark_duplicates`: in an OVD answer, the objects whose box overlaps a higher-scored one's
+  (``ovd_duplicate_iou``, :func:`ovd_duplicate_iou_of`) are marked, not removed, so that the objects still pair
+  with the answer's VRT runs; detections (COCO results, supervision, overlays, OVD scores) leave them out.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from padt.box_ops import box_cxcywh_to_xyxy
+from padt.box_ops import box_cxcywh_to_xyxy, box_iou
 from padt.errors import PaDTError
 from padt.masks import decode_rle, encode_rle
 
@@ -32,6 +35,8 @@ from padt.masks import decode_rle, encode_rle
 MASK_PER_PATCH = 4
 #: The ``generation_config`` field (and option of every command) that blends each mask's tight box into its box.
 MASK_BOX_WEIGHT = "mask_box_weight"
+#: The ``generation_config`` field (and option of every command) above which an OVD box is another's duplicate.
+OVD_DUPLICATE_IOU = "ovd_duplicate_iou"
 
 
 @dataclass
@@ -45,6 +50,8 @@ class DetectedObject:
         score: confidence ``sigmoid(score_logit)`` (trained as a GIoU proxy, docs/method.md §8.5).
         mask: ``(height, width)`` bool mask at the original size, or None when masks were not decoded.
         mask_rle: the same mask as COCO RLE ``{"size": [h, w], "counts": str}``, or None.
+        duplicate_of: the index (in the prediction's objects) of the higher-scored object whose box this one's
+            overlaps (:func:`mark_duplicates`), or None. A duplicate is not a detection.
     """
 
     label: str
@@ -53,16 +60,21 @@ class DetectedObject:
     score: float
     mask: np.ndarray | None = None
     mask_rle: dict[str, Any] | None = None
+    duplicate_of: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict: ``label, vrt_ids, box_xyxy, score, mask_rle`` (the bool mask is left out)."""
-        return {
+        """JSON-ready dict: ``label, vrt_ids, box_xyxy, score, mask_rle``, and ``duplicate_of`` when set (the bool
+        mask is left out)."""
+        out = {
             "label": self.label,
             "vrt_ids": [int(v) for v in self.vrt_ids],
             "box_xyxy": [float(v) for v in self.box_xyxy],
             "score": float(self.score),
             "mask_rle": self.mask_rle,
         }
+        if self.duplicate_of is not None:
+            out["duplicate_of"] = int(self.duplicate_of)
+        return out
 
 
 def _scale(image_size: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
@@ -147,6 +159,17 @@ def mask_box_weight_of(generation_config: Any, override: float | None = None) ->
     return float(weight)
 
 
+def ovd_duplicate_iou_of(generation_config: Any, override: float | None = None) -> float:
+    """The IoU above which an OVD object is marked a duplicate: ``override`` when given, else the checkpoint's
+    ``generation_config`` field ``ovd_duplicate_iou``, else 0 (off, as the reference). Outside [0, 1] is a
+    one-line error."""
+    value = override if override is not None else getattr(generation_config, OVD_DUPLICATE_IOU, None)
+    value = 0.0 if value is None else value
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise PaDTError(f"{OVD_DUPLICATE_IOU} must be a number from 0 (off) to 1, got {value!r}")
+    return float(value)
+
+
 @dataclass
 class Prediction:
     """What the model said about one sample.
@@ -185,6 +208,27 @@ class Prediction:
         from padt.adapters import to_coco_results
 
         return to_coco_results(self, image_ids)
+
+
+def mark_duplicates(prediction: Prediction, iou: float) -> int:
+    """Mark each object of ``prediction`` whose box overlaps, by IoU above ``iou``, the box of a higher-scored
+    unmarked object of the same image (greedily by score, whatever the labels: class-agnostic NMS); sets its
+    ``duplicate_of`` and returns how many were marked. ``iou`` 0 marks nothing."""
+    if not iou or len(prediction.objects) < 2:
+        return 0
+    boxes = torch.tensor([o.box_xyxy for o in prediction.objects], dtype=torch.float64)
+    overlap, _ = box_iou(boxes, boxes)
+    kept: list[int] = []
+    marked = 0
+    for k in sorted(range(len(boxes)), key=lambda i: -prediction.objects[i].score):
+        image = prediction.object_images[k] if k < len(prediction.object_images) else 0
+        over = [j for j in kept if prediction.object_images[j] == image and overlap[k, j] > iou]
+        if over:
+            prediction.objects[k].duplicate_of = max(over, key=lambda j: float(overlap[k, j]))
+            marked += 1
+        else:
+            kept.append(k)
+    return marked
 
 
 #: Deprecated names (the mask codecs live in :mod:`padt.masks`).
@@ -252,14 +296,17 @@ def detected_objects(
 
 __all__ = [
     "MASK_BOX_WEIGHT",
+    "OVD_DUPLICATE_IOU",
     "DetectedObject",
     "Prediction",
     "boxes_to_coco_xywh",
     "boxes_to_pixel_xyxy",
     "detected_objects",
+    "mark_duplicates",
     "mask_box_weight_of",
     "mask_boxes_xyxy",
     "mask_to_rle",
     "masks_to_original",
+    "ovd_duplicate_iou_of",
     "rle_to_mask",
 ]

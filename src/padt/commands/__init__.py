@@ -78,8 +78,8 @@ def probability(text: str) -> float:
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--vrt-repeat-penalty``, ``--vrt-reuse-penalty``, ``--ovd-end-penalty`` and ``--mask-box-weight`` (predict,
-    eval)."""
+    """``--vrt-repeat-penalty``, ``--vrt-reuse-penalty``, ``--ovd-end-penalty``, ``--ovd-duplicate-iou`` and
+    ``--mask-box-weight`` (predict, eval)."""
     parser.add_argument(
         "--vrt-repeat-penalty",
         type=non_negative_float,
@@ -103,6 +103,14 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="E",
         help="OVD: lower the tokens that end the answer after an object group by E, so it stops only when that is "
         "e^E times likelier than naming another kind (0: off; default: the checkpoint's generation_config)",
+    )
+    parser.add_argument(
+        "--ovd-duplicate-iou",
+        type=probability,
+        default=None,
+        metavar="T",
+        help="OVD: mark each object whose box overlaps a higher-scored one's by IoU above T as a duplicate, left "
+        "out of the detections (0: off; default: the checkpoint's generation_config)",
     )
     parser.add_argument(
         "--mask-box-weight",

@@ -92,12 +92,16 @@ def run(args: argparse.Namespace) -> int:
         vrt_reuse_penalty=args.vrt_reuse_penalty,
         mask_box_weight=args.mask_box_weight,
         ovd_end_penalty=args.ovd_end_penalty,
+        ovd_duplicate_iou=args.ovd_duplicate_iou,
     )
     print(prediction.text)
     for obj, image in zip(prediction.objects, prediction.object_images):
         where = f" [image {image}]" if len(args.image) > 1 else ""
         box = ", ".join(f"{v:.1f}" for v in obj.box_xyxy)
-        print(f"  {obj.label or '(no label)'}{where}: box [{box}] score {obj.score:.3f} VRTs {obj.vrt_ids}")
+        duplicate = "" if obj.duplicate_of is None else f" (duplicate of object {obj.duplicate_of + 1})"
+        print(
+            f"  {obj.label or '(no label)'}{where}: box [{box}] score {obj.score:.3f} VRTs {obj.vrt_ids}{duplicate}"
+        )
     for warning in prediction.warnings:
         print(f"padt: warning: {warning}", file=sys.stderr)
     if task is not None and task.refers_to_objects and not prediction.objects:

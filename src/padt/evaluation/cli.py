@@ -135,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         vrt_reuse_penalty=args.vrt_reuse_penalty,
         mask_box_weight=args.mask_box_weight,
         ovd_end_penalty=args.ovd_end_penalty,
+        ovd_duplicate_iou=args.ovd_duplicate_iou,
     )
     if metrics is not None:
         print(json.dumps(metrics, indent=2))

@@ -6,7 +6,7 @@ every query in batches (:func:`~padt.evaluation.predictions.predict_shard`), mer
 (:func:`~padt.evaluation.protocols.score_predictions`). The output folder holds:
 
 - ``eval.json``: what is evaluated (model, data, task, ``max_new_tokens``, and the decoding settings
-  ``vrt_repeat_penalty``, ``vrt_reuse_penalty``, ``ovd_end_penalty`` and ``mask_box_weight`` that are not off: given, or else the
+  ``vrt_repeat_penalty``, ``vrt_reuse_penalty``, ``ovd_end_penalty``, ``ovd_duplicate_iou`` and ``mask_box_weight`` that are not off: given, or else the
   checkpoint's ``generation_config``).
   A folder evaluated with other settings is refused, so that a resumed run never mixes two evaluations.
 - ``predictions.jsonl``: one line per query in the per-query format of ``padt score`` (``index``, ``objects``
@@ -56,7 +56,7 @@ from padt.evaluation.predictions import (
 )
 from padt.evaluation.protocols import ovd_official_from_records, read_vlmr1_index, score_predictions
 from padt.generation import OVD_END_PENALTY
-from padt.postprocess import MASK_BOX_WEIGHT
+from padt.postprocess import MASK_BOX_WEIGHT, OVD_DUPLICATE_IOU
 from padt.tasks import get_task
 
 if TYPE_CHECKING:
@@ -221,6 +221,7 @@ def evaluate(
     vrt_reuse_penalty: float | None = None,
     mask_box_weight: float | None = None,
     ovd_end_penalty: float | None = None,
+    ovd_duplicate_iou: float | None = None,
 ) -> dict[str, Any] | None:
     """Predict every query of ``data`` with ``pipe``, resumably, and score the predictions.
 
@@ -240,6 +241,7 @@ def evaluate(
         vrt_reuse_penalty: penalty on the VRTs of the answer's earlier objects, likewise.
         mask_box_weight: weight of each mask's tight box in its box (0: the box head's), likewise.
         ovd_end_penalty: penalty on ending an OVD answer after an object group (0: off), likewise.
+        ovd_duplicate_iou: IoU above which an OVD object is marked a duplicate and not scored (0: off), likewise.
     Returns:
         The metrics (also in ``metrics.json``), or None in a non-main process of a distributed run.
     """
@@ -287,6 +289,7 @@ def evaluate(
         "vrt_reuse_penalty": vrt_reuse_penalty,
         MASK_BOX_WEIGHT: mask_box_weight,
         OVD_END_PENALTY: ovd_end_penalty,
+        OVD_DUPLICATE_IOU: ovd_duplicate_iou,
     }
     settings |= decoding_settings(pipe, given)
 
@@ -335,6 +338,7 @@ def evaluate(
         vrt_reuse_penalty=vrt_reuse_penalty,
         mask_box_weight=mask_box_weight,
         ovd_end_penalty=ovd_end_penalty,
+        ovd_duplicate_iou=ovd_duplicate_iou,
     )
     if state is not None:
         state.wait_for_everyone()

@@ -108,6 +108,8 @@ def prediction_line(
         }
         if masks and obj.mask_rle is not None:
             item["mask"] = obj.mask_rle
+        if obj.duplicate_of is not None:  # kept for the answer's runs; not a detection (padt score skips it)
+            item["duplicate_of"] = int(obj.duplicate_of)
         objects.append(item)
     line: dict[str, Any] = {
         "index": index,
@@ -172,12 +174,13 @@ def predict_shard(
     vrt_reuse_penalty: float | None = None,
     mask_box_weight: float | None = None,
     ovd_end_penalty: float | None = None,
+    ovd_duplicate_iou: float | None = None,
 ) -> int:
     """Predict this process's share of the queries (every ``world_size``-th, from ``rank``) and append their
     lines to :func:`shard_file`, flushed after every batch. Indices already in any prediction file of
     ``out_dir`` are skipped. ``masks`` (default: RES only) stores each object's RLE mask. Returns the number
     of new predictions. ``vrt_repeat_penalty``, ``vrt_reuse_penalty`` (:meth:`~padt.modeling.PaDTForConditionalGeneration.generate`)
-    ``mask_box_weight`` and ``ovd_end_penalty`` (:func:`~padt.inference.predict`) override the checkpoint's settings."""
+    ``mask_box_weight``, ``ovd_end_penalty`` and ``ovd_duplicate_iou`` (:func:`~padt.inference.predict`) override the checkpoint's settings."""
     from tqdm import tqdm
 
     if not 0 <= rank < world_size:
@@ -219,6 +222,7 @@ def predict_shard(
                 vrt_reuse_penalty=vrt_reuse_penalty,
                 mask_box_weight=mask_box_weight,
                 ovd_end_penalty=ovd_end_penalty,
+                ovd_duplicate_iou=ovd_duplicate_iou,
             )
             lines = [
                 prediction_line(i, records[i], task, p, size, masks=masks)

@@ -35,6 +35,7 @@ per-query lines (rec, res, ric, ovd):
   - objects: in the order the model produced them; bbox in pixels, xyxy; mask a COCO RLE at the
     original image size (res); label: the quoted text the model wrote (the echoed sentence for
     rec/res, the class name for ovd).
+  - an object with "duplicate_of" (padt's OVD duplicate suppression) is not scored.
   - caption (ric): the generated text; grounding tokens (<|VRT_i|> runs, <|Obj_k|>) are removed.
   - width/height: original image size, needed to compare with normalised ground-truth boxes unless
     the ground truth has masks (their size is used) or --image-root lets the image be read.
@@ -382,6 +383,8 @@ def score_ovd(
                 f"{_w(p)}: an ovd prediction line needs 'image_id' (or 'index' with records as --gt)"
             )
         for o in p.get("objects", []):
+            if o.get("duplicate_of") is not None:  # marked by padt's duplicate suppression: not a detection
+                continue
             box = xyxy_to_xywh(_pred_box(o, _w(p)))
             named.append(
                 {

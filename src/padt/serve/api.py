@@ -106,6 +106,7 @@ class DecodeOptions:
     vrt_reuse_penalty: float | None
     mask_box_weight: float | None
     ovd_end_penalty: float | None
+    ovd_duplicate_iou: float | None
     masks: bool
 
 
@@ -130,6 +131,7 @@ class PredictOptions(BaseModel):
     vrt_reuse_penalty: float | None = Field(default=None, ge=0)
     mask_box_weight: float | None = Field(default=None, ge=0, le=1)
     ovd_end_penalty: float | None = Field(default=None, ge=0)
+    ovd_duplicate_iou: float | None = Field(default=None, ge=0, le=1)
     masks: bool = True
 
 
@@ -173,6 +175,7 @@ class ChatRequest(BaseModel):
     vrt_reuse_penalty: float | None = Field(default=None, ge=0)
     mask_box_weight: float | None = Field(default=None, ge=0, le=1)
     ovd_end_penalty: float | None = Field(default=None, ge=0)
+    ovd_duplicate_iou: float | None = Field(default=None, ge=0, le=1)
     masks: bool = True
 
 
@@ -298,6 +301,7 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
             vrt_reuse_penalty=options.vrt_reuse_penalty,
             mask_box_weight=options.mask_box_weight,
             ovd_end_penalty=options.ovd_end_penalty,
+            ovd_duplicate_iou=options.ovd_duplicate_iou,
             decode_masks=options.masks,
         )
 
@@ -393,6 +397,7 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
         vrt_reuse_penalty: float | None,
         mask_box_weight: float | None,
         ovd_end_penalty: float | None,
+        ovd_duplicate_iou: float | None,
         masks: bool,
     ) -> DecodeOptions:
         limit = settings.max_new_tokens
@@ -408,6 +413,7 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
             vrt_reuse_penalty,
             mask_box_weight,
             ovd_end_penalty,
+            ovd_duplicate_iou,
             masks,
         )
 
@@ -537,7 +543,7 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
         """One image (or several) and a prompt -> ``padt predict``'s JSON, plus ``images`` sizes and ``timing``.
 
         Send multipart/form-data (file field ``image``, repeatable; fields ``task``, ``prompt``,
-        ``max_new_tokens``, ``vrt_repeat_penalty``, ``vrt_reuse_penalty``, ``mask_box_weight``, ``ovd_end_penalty``, ``masks``) or JSON (``image``: base64 or a data: URL, or
+        ``max_new_tokens``, ``vrt_repeat_penalty``, ``vrt_reuse_penalty``, ``mask_box_weight``, ``ovd_end_penalty``, ``ovd_duplicate_iou``, ``masks``) or JSON (``image``: base64 or a data: URL, or
         ``images``: a list of them, and the same fields)."""
         check_key(request)
         fields, sources = await _predict_body(request)
@@ -551,6 +557,7 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
             options.vrt_reuse_penalty,
             options.mask_box_weight,
             options.ovd_end_penalty,
+            options.ovd_duplicate_iou,
             options.masks,
         )
         task = check_text(options.prompt, options.task)
@@ -587,6 +594,7 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
             chat.vrt_reuse_penalty,
             chat.mask_box_weight,
             chat.ovd_end_penalty,
+            chat.ovd_duplicate_iou,
             chat.masks,
         )
         task = check_text(text, chat.task)

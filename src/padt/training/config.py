@@ -294,9 +294,15 @@ class TrainConfig(_Section):
         from transformers import GenerationConfig
 
         from padt.generation import OVD_END_PENALTY, VRT_PENALTIES, ovd_end_penalty_of
-        from padt.postprocess import MASK_BOX_WEIGHT, mask_box_weight_of
+        from padt.postprocess import (
+            MASK_BOX_WEIGHT,
+            OVD_DUPLICATE_IOU,
+            mask_box_weight_of,
+            ovd_duplicate_iou_of,
+        )
 
-        known = set(GenerationConfig().to_dict()) | set(VRT_PENALTIES) | {MASK_BOX_WEIGHT, OVD_END_PENALTY}
+        known = set(GenerationConfig().to_dict()) | set(VRT_PENALTIES)
+        known |= {MASK_BOX_WEIGHT, OVD_END_PENALTY, OVD_DUPLICATE_IOU}
         for name in value:
             if name not in known:
                 raise ValueError(f"unknown generation_config field {name!r}{_did_you_mean(name, known)}")
@@ -310,6 +316,8 @@ class TrainConfig(_Section):
             mask_box_weight_of(None, value[MASK_BOX_WEIGHT])
         if value.get(OVD_END_PENALTY) is not None:
             ovd_end_penalty_of(None, value[OVD_END_PENALTY])
+        if value.get(OVD_DUPLICATE_IOU) is not None:
+            ovd_duplicate_iou_of(None, value[OVD_DUPLICATE_IOU])
         return value
 
     def to_yaml(self) -> str:
