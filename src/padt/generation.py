@@ -22,6 +22,7 @@ What PaDT adds to stock ``generate`` (docs/method.md §6.1-§6.3, §12):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -180,17 +181,28 @@ def ovd_prompt_signature(encode: Callable[[str], list[int]]) -> list[int]:
     return encode(prompts.OVD_PROMPT.split("{}", 1)[0])[:-1]
 
 
-def ovd_end_penalty_of(generation_config: Any, override: float | None = None) -> float:
-    """The OVD end penalty to decode with: ``override`` when given, else the checkpoint's ``generation_config``
-    field ``ovd_end_penalty``, else 0 (off, as the reference). A negative or non-numeric one is a one-line
-    error."""
-    value = override if override is not None else getattr(generation_config, OVD_END_PENALTY, None)
+def decoding_setting(
+    generation_config: Any,
+    name: str,
+    override: float | None = None,
+    *,
+    maximum: float = math.inf,
+    zero: str = "off",
+) -> float:
+    """A padt decoding setting: ``override`` when given, else the checkpoint's ``generation_config`` field
+    ``name``, else 0 (off, as the reference). A value that is no number from 0 to ``maximum`` is a one-line
+    error naming the setting; ``zero`` says what 0 means."""
+    value = override if override is not None else getattr(generation_config, name, None)
     value = 0.0 if value is None else value
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise PaDTError(
-            f"{OVD_END_PENALTY} must be a number >= 0 (0: off, inf: never end early), got {value!r}"
-        )
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= maximum:
+        bound = ">= 0" if maximum == math.inf else f"from 0 to {maximum:g}"
+        raise PaDTError(f"{name} must be a number {bound} (0: {zero}), got {value!r}")
     return float(value)
+
+
+def ovd_end_penalty_of(generation_config: Any, override: float | None = None) -> float:
+    """The OVD end penalty to decode with (:func:`decoding_setting`)."""
+    return decoding_setting(generation_config, OVD_END_PENALTY, override)
 
 
 def ovd_rows(prompt_ids: torch.Tensor, encode: Callable[[str], list[int]]) -> torch.Tensor:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from padt.box_ops import box_cxcywh_to_xyxy, box_iou
-from padt.errors import PaDTError
+from padt.generation import decoding_setting
 from padt.masks import decode_rle, encode_rle
 
 #: Mask logits per ViT patch side (the decoder's 4x4 upsampling, docs/method.md §7.6).
@@ -146,28 +146,17 @@ def mask_boxes_xyxy(masks: np.ndarray) -> np.ndarray:
 
 
 def mask_box_weight_of(generation_config: Any, override: float | None = None) -> float:
-    """The mask-box weight to decode with: ``override`` when given, else the checkpoint's ``generation_config``
-    field ``mask_box_weight``, else 0 (the box head's boxes, as the reference). A weight outside [0, 1] is a
-    one-line error."""
-    weight = override if override is not None else getattr(generation_config, MASK_BOX_WEIGHT, None)
-    weight = 0.0 if weight is None else weight
-    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 1:
-        raise PaDTError(
-            f"{MASK_BOX_WEIGHT} must be a number from 0 (the box head's box) to 1 (the mask's tight box), "
-            f"got {weight!r}"
-        )
-    return float(weight)
+    """The mask-box weight to decode with, from 0 (the box head's boxes) to 1 (the masks' tight boxes)
+    (:func:`padt.generation.decoding_setting`)."""
+    return decoding_setting(
+        generation_config, MASK_BOX_WEIGHT, override, maximum=1, zero="the box head's box"
+    )
 
 
 def ovd_duplicate_iou_of(generation_config: Any, override: float | None = None) -> float:
-    """The IoU above which an OVD object is marked a duplicate: ``override`` when given, else the checkpoint's
-    ``generation_config`` field ``ovd_duplicate_iou``, else 0 (off, as the reference). Outside [0, 1] is a
-    one-line error."""
-    value = override if override is not None else getattr(generation_config, OVD_DUPLICATE_IOU, None)
-    value = 0.0 if value is None else value
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise PaDTError(f"{OVD_DUPLICATE_IOU} must be a number from 0 (off) to 1, got {value!r}")
-    return float(value)
+    """The IoU above which an OVD object is marked a duplicate, from 0 (off) to 1
+    (:func:`padt.generation.decoding_setting`)."""
+    return decoding_setting(generation_config, OVD_DUPLICATE_IOU, override, maximum=1)
 
 
 @dataclass
@@ -218,11 +207,11 @@ def mark_duplicates(prediction: Prediction, iou: float) -> int:
         return 0
     boxes = torch.tensor([o.box_xyxy for o in prediction.objects], dtype=torch.float64)
     overlap, _ = box_iou(boxes, boxes)
+    images = prediction.object_images or [0] * len(boxes)
     kept: list[int] = []
     marked = 0
     for k in sorted(range(len(boxes)), key=lambda i: -prediction.objects[i].score):
-        image = prediction.object_images[k] if k < len(prediction.object_images) else 0
-        over = [j for j in kept if prediction.object_images[j] == image and overlap[k, j] > iou]
+        over = [j for j in kept if images[j] == images[k] and overlap[k, j] > iou]
         if over:
             prediction.objects[k].duplicate_of = max(over, key=lambda j: float(overlap[k, j]))
             marked += 1
