@@ -73,7 +73,6 @@ class AnswerFormat(ABC):
         local VRT indices written (empty lists when objects are not VRTs). ``resized_hw`` is the processor's
         ``(h, w)`` in pixels of each batch image."""
 
-    @abstractmethod
     def predictions(
         self,
         model: Any,
@@ -88,10 +87,26 @@ class AnswerFormat(ABC):
     ) -> list[Prediction]:
         """One :class:`Prediction` per sample from the generated LOCAL completion ids ``(B, L)`` (prompt
         removed, on the CPU). ``decode_masks``: attach each object's mask; ``mask_box_weight``: blend each
-        mask's tight box into its box (:func:`~padt.postprocess.detected_objects`; None: the checkpoint's
-        ``generation_config``, :func:`~padt.postprocess.mask_box_weight_of`); ``ovd_duplicate_iou``: in answers
-        to the OVD prompt, mark the objects that overlap a higher-scored one (:func:`~padt.postprocess.mark_duplicates`;
-        None: the checkpoint's)."""
+        mask's tight box into its box (:func:`~padt.postprocess.detected_objects`); ``ovd_duplicate_iou``: in
+        answers to the OVD prompt, mark the objects that overlap a higher-scored one
+        (:func:`~padt.postprocess.mark_duplicates`). None: the checkpoint's ``generation_config`` decides."""
+        weight = mask_box_weight_of(model.generation_config, mask_box_weight)
+        duplicate_iou = ovd_duplicate_iou_of(model.generation_config, ovd_duplicate_iou)
+        results = self._predictions(
+            model, processor, batch, completions, recorder, decode_masks=decode_masks, mask_box_weight=weight
+        )
+        if duplicate_iou:
+            ovd = ovd_rows(batch.inputs["input_ids"].cpu(), processor.encode).tolist()
+            for prediction, is_ovd in zip(results, ovd, strict=True):
+                if is_ovd:
+                    mark_duplicates(prediction, duplicate_iou)
+        return results
+
+    @abstractmethod
+    def _predictions(
+        self, model, processor, batch, completions, recorder, *, decode_masks: bool, mask_box_weight: float
+    ) -> list[Prediction]:
+        """:meth:`predictions` before duplicates are marked, with the mask-box weight resolved."""
 
 
 class VRTAnswers(AnswerFormat):
@@ -109,21 +124,7 @@ class VRTAnswers(AnswerFormat):
             runs.append([obj.local_offset + p for p in picked])
         return fill_answer_template(template, runs, eos=eos), runs
 
-    def predictions(
-        self,
-        model,
-        processor,
-        batch,
-        completions,
-        recorder,
-        *,
-        decode_masks=True,
-        mask_box_weight=None,
-        ovd_duplicate_iou=None,
-    ):
-        weight = mask_box_weight_of(model.generation_config, mask_box_weight)
-        duplicate_iou = ovd_duplicate_iou_of(model.generation_config, ovd_duplicate_iou)
-        ovd = ovd_rows(batch.inputs["input_ids"].cpu(), processor.encode) if duplicate_iou else None
+    def _predictions(self, model, processor, batch, completions, recorder, *, decode_masks, mask_box_weight):
         layout = batch.layout
         eos = model.generation_config.eos_token_id
         parsed = processor.parse(completions, eos_token_ids=eos, layout=layout.to("cpu"))
@@ -155,12 +156,12 @@ class VRTAnswers(AnswerFormat):
                 text=completion.text, warnings=list(completion.warnings), finished=completion.finished
             )
             own_images = (layout.image_sample == b).nonzero().flatten().tolist()
-            if weight > 0 and completion.objects and decoded.pred_mask is None:
+            if mask_box_weight > 0 and completion.objects and decoded.pred_mask is None:
                 prediction.warnings.append(NO_MASK_BOXES)
             for obj, image, patches in zip(completion.objects, object_images[b], object_patches[b]):
                 k = own_images.index(image)
                 sl = slice(row, row + 1)
-                masks = (decode_masks or weight > 0) and decoded.pred_mask is not None
+                masks = (decode_masks or mask_box_weight > 0) and decoded.pred_mask is not None
                 [detected] = detected_objects(
                     decoded.pred_boxes[sl].float(),
                     decoded.pred_score[sl].float(),
@@ -169,14 +170,12 @@ class VRTAnswers(AnswerFormat):
                     vrt_ids=[patches],
                     pred_mask=decoded.pred_mask[sl].float() if masks else None,
                     pred_mask_valid_hw=decoded.pred_mask_valid_hw[sl],
-                    mask_box_weight=weight if masks else 0.0,
+                    mask_box_weight=mask_box_weight if masks else 0.0,
                     keep_masks=decode_masks,
                 )
                 prediction.objects.append(detected)
                 prediction.object_images.append(k)
                 row += 1
-            if ovd is not None and bool(ovd[b]):
-                mark_duplicates(prediction, duplicate_iou)
             results.append(prediction)
         return results
 
@@ -230,20 +229,7 @@ class TextCoordinateAnswers(AnswerFormat):
         boxes = [self.box_text(o.bbox, resized_hw[o.image]) for o in objects]
         return fill_answer_template(template, boxes, eos=eos), [[] for _ in objects]
 
-    def predictions(
-        self,
-        model,
-        processor,
-        batch,
-        completions,
-        recorder,
-        *,
-        decode_masks=True,
-        mask_box_weight=None,
-        ovd_duplicate_iou=None,
-    ):
-        weight = mask_box_weight_of(model.generation_config, mask_box_weight)
-        ovd_duplicate_iou_of(model.generation_config, ovd_duplicate_iou)  # checked; text boxes all score 1
+    def _predictions(self, model, processor, batch, completions, recorder, *, decode_masks, mask_box_weight):
         layout = batch.layout.to("cpu")
         eos = model.generation_config.eos_token_id
         patch = processor.geometry.patch_px
@@ -257,7 +243,7 @@ class TextCoordinateAnswers(AnswerFormat):
                 _, gh, gw = (int(v) for v in layout.image_grid_thw[images[0]].tolist())
                 width, height = batch.image_sizes[b][0]
                 found = self.parse_boxes(completion.text, (gh * patch, gw * patch))
-                if weight > 0 and found:
+                if mask_box_weight > 0 and found:
                     prediction.warnings.append(NO_MASK_BOXES)
                 for label, box in found:
                     pixel_box = tuple(scale_xyxy(box, width, height))
