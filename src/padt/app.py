@@ -132,11 +132,16 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
 
     from padt.visualize import draw_prediction
 
-    default_penalty = getattr(pipe.model.generation_config, "vrt_repeat_penalty", None)
-    default_reuse = getattr(pipe.model.generation_config, "vrt_reuse_penalty", None)
-    default_box_weight = getattr(pipe.model.generation_config, "mask_box_weight", None)
-    default_end = getattr(pipe.model.generation_config, "ovd_end_penalty", None)
-    default_duplicate = getattr(pipe.model.generation_config, "ovd_duplicate_iou", None)
+    def decoding_number(setting: str, label: str, elem_id: str, maximum: float | None = None) -> Any:
+        """A field of the Decoding panel for one of padt's decoding settings, showing the checkpoint's value."""
+        return gr.Number(
+            value=getattr(pipe.model.generation_config, setting, None),
+            label=f"{label} (empty: the checkpoint's)",
+            minimum=0,
+            maximum=maximum,
+            elem_id=elem_id,
+        )
+
     device = next(pipe.model.parameters()).device
     outputs_dir = workdir / "outputs"
     outputs_dir.mkdir(parents=True, exist_ok=True)
@@ -173,12 +178,9 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
             raise gr.Error(
                 f"The text is empty: write {what.get(task, 'a prompt')} first.", print_exception=False
             )
-        for name, value in (("VRT repeat", penalty), ("VRT reuse", reuse), ("OVD end", end)):
+        for name, value in (("repeat", penalty), ("reuse", reuse)):
             if value is not None and not value >= 0:
-                raise gr.Error(f"The {name} penalty must be 0 or more.", print_exception=False)
-        for name, value in (("mask-box weight", box_weight), ("OVD duplicate IoU", duplicate)):
-            if value is not None and not 0 <= value <= 1:
-                raise gr.Error(f"The {name} must be from 0 to 1.", print_exception=False)
+                raise gr.Error(f"The VRT {name} penalty must be 0 or more.", print_exception=False)
         max_new = int(max_new)
         progress((0, max_new), desc="generating", unit="tokens")
         try:
@@ -266,39 +268,26 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
                         label="Max new tokens",
                         elem_id="max-new-tokens",
                     )
-                    penalty = gr.Number(
-                        value=default_penalty,
-                        label="VRT repeat penalty (empty: the checkpoint's)",
-                        minimum=0,
-                        elem_id="penalty",
+                    penalty = decoding_number("vrt_repeat_penalty", "VRT repeat penalty", "penalty")
+                    reuse = decoding_number(
+                        "vrt_reuse_penalty", "VRT reuse penalty, on earlier objects' patches", "reuse-penalty"
                     )
-                    reuse = gr.Number(
-                        value=default_reuse,
-                        label="VRT reuse penalty, on earlier objects' patches (empty: the checkpoint's)",
-                        minimum=0,
-                        elem_id="reuse-penalty",
+                    end = decoding_number(
+                        "ovd_end_penalty",
+                        "OVD end penalty, on ending the list after an object group",
+                        "ovd-end-penalty",
                     )
-                    end = gr.Number(
-                        value=default_end,
-                        label="OVD end penalty, on ending the list after an object group (empty: the checkpoint's)",
-                        minimum=0,
-                        elem_id="ovd-end-penalty",
-                    )
-                    duplicate = gr.Number(
-                        value=default_duplicate,
-                        label="OVD duplicate IoU: a box overlapping a higher-scored one by more is a duplicate "
-                        "(empty: the checkpoint's)",
-                        minimum=0,
+                    duplicate = decoding_number(
+                        "ovd_duplicate_iou",
+                        "OVD duplicate IoU: a box overlapping a higher-scored one by more is a duplicate",
+                        "ovd-duplicate-iou",
                         maximum=1,
-                        elem_id="ovd-duplicate-iou",
                     )
-                    box_weight = gr.Number(
-                        value=default_box_weight,
-                        label="Mask-box weight: 0 = the box head's box, 1 = the mask's tight box (empty: the "
-                        "checkpoint's)",
-                        minimum=0,
+                    box_weight = decoding_number(
+                        "mask_box_weight",
+                        "Mask-box weight: 0 = the box head's box, 1 = the mask's tight box",
+                        "mask-box-weight",
                         maximum=1,
-                        elem_id="mask-box-weight",
                     )
                 show_vrt = gr.Checkbox(
                     value=False, label="Show the VRT cells of each object", elem_id="show-vrt"

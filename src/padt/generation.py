@@ -161,8 +161,10 @@ def ovd_list_ends(encode: Callable[[str], list[int]]) -> list[tuple[tuple[int, .
     with what follows) and ``token`` the one that ends the answer there. The text after a VRT is tokenized on
     its own (:meth:`~padt.processing.PaDTProcessor.encode`), as in training, so these are the answer's tokens."""
 
-    def after(template: str, k: int) -> str:  # the text that follows object k's placeholder
-        return template.split(prompts.object_placeholder(k), 1)[1].split("<|Obj_", 1)[0]
+    def after(template: str, k: int) -> str:  # the text between object k's placeholder and the next one's
+        return template.split(prompts.object_placeholder(k), 1)[1].split(
+            prompts.object_placeholder(k + 1), 1
+        )[0]
 
     several = prompts.ovd_answer_template(["a", "b"], [1, 1])
     going_on = encode(after(several, 0))
@@ -234,10 +236,8 @@ class OVDEndPenaltyLogitsProcessor(LogitsProcessor):
         penalty: float,
         prompt_ids: torch.Tensor,
     ) -> None:
-        if not penalty >= 0:
-            raise PaDTError(f"{OVD_END_PENALTY} must be >= 0 (0: off), got {penalty}")
         self.vocab_size = int(vocab_size)
-        self.penalty = float(penalty)
+        self.penalty = ovd_end_penalty_of(None, penalty)
         self.ends = ovd_list_ends(encode)
         self.rows = ovd_rows(prompt_ids, encode)
 

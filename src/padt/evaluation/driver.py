@@ -6,8 +6,8 @@ every query in batches (:func:`~padt.evaluation.predictions.predict_shard`), mer
 (:func:`~padt.evaluation.protocols.score_predictions`). The output folder holds:
 
 - ``eval.json``: what is evaluated (model, data, task, ``max_new_tokens``, and the decoding settings
-  ``vrt_repeat_penalty``, ``vrt_reuse_penalty``, ``ovd_end_penalty``, ``ovd_duplicate_iou`` and ``mask_box_weight`` that are not off: given, or else the
-  checkpoint's ``generation_config``).
+  ``vrt_repeat_penalty``, ``vrt_reuse_penalty``, ``ovd_end_penalty``, ``ovd_duplicate_iou`` and
+  ``mask_box_weight`` that are not off: given, or else the checkpoint's ``generation_config``).
   A folder evaluated with other settings is refused, so that a resumed run never mixes two evaluations.
 - ``predictions.jsonl``: one line per query in the per-query format of ``padt score`` (``index``, ``objects``
   with pixel xyxy ``bbox``, ``score``, ``label``, ``mask`` RLE, ``width``, ``height``, ``caption`` for RIC) plus

@@ -179,8 +179,8 @@ def predict_shard(
     """Predict this process's share of the queries (every ``world_size``-th, from ``rank``) and append their
     lines to :func:`shard_file`, flushed after every batch. Indices already in any prediction file of
     ``out_dir`` are skipped. ``masks`` (default: RES only) stores each object's RLE mask. Returns the number
-    of new predictions. ``vrt_repeat_penalty``, ``vrt_reuse_penalty`` (:meth:`~padt.modeling.PaDTForConditionalGeneration.generate`)
-    ``mask_box_weight``, ``ovd_end_penalty`` and ``ovd_duplicate_iou`` (:func:`~padt.inference.predict`) override the checkpoint's settings."""
+    of new predictions. ``vrt_repeat_penalty``, ``vrt_reuse_penalty``, ``mask_box_weight``, ``ovd_end_penalty`` and
+    ``ovd_duplicate_iou`` override the checkpoint's decoding settings (:func:`~padt.inference.predict`)."""
     from tqdm import tqdm
 
     if not 0 <= rank < world_size:

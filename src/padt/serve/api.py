@@ -543,7 +543,8 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
         """One image (or several) and a prompt -> ``padt predict``'s JSON, plus ``images`` sizes and ``timing``.
 
         Send multipart/form-data (file field ``image``, repeatable; fields ``task``, ``prompt``,
-        ``max_new_tokens``, ``vrt_repeat_penalty``, ``vrt_reuse_penalty``, ``mask_box_weight``, ``ovd_end_penalty``, ``ovd_duplicate_iou``, ``masks``) or JSON (``image``: base64 or a data: URL, or
+        ``max_new_tokens``, ``vrt_repeat_penalty``, ``vrt_reuse_penalty``, ``mask_box_weight``,
+        ``ovd_end_penalty``, ``ovd_duplicate_iou``, ``masks``) or JSON (``image``: base64 or a data: URL, or
         ``images``: a list of them, and the same fields)."""
         check_key(request)
         fields, sources = await _predict_body(request)

@@ -30,7 +30,7 @@ import difflib
 import re
 import typing
 from collections.abc import Mapping, Sequence
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -293,7 +293,7 @@ class TrainConfig(_Section):
     def _generation(cls, value: dict[str, Any]) -> dict[str, Any]:
         from transformers import GenerationConfig
 
-        from padt.generation import OVD_END_PENALTY, VRT_PENALTIES, ovd_end_penalty_of
+        from padt.generation import OVD_END_PENALTY, VRT_PENALTIES, decoding_setting, ovd_end_penalty_of
         from padt.postprocess import (
             MASK_BOX_WEIGHT,
             OVD_DUPLICATE_IOU,
@@ -301,23 +301,18 @@ class TrainConfig(_Section):
             ovd_duplicate_iou_of,
         )
 
-        known = set(GenerationConfig().to_dict()) | set(VRT_PENALTIES)
-        known |= {MASK_BOX_WEIGHT, OVD_END_PENALTY, OVD_DUPLICATE_IOU}
+        checks = {name: partial(decoding_setting, None, name) for name in VRT_PENALTIES} | {
+            OVD_END_PENALTY: partial(ovd_end_penalty_of, None),
+            OVD_DUPLICATE_IOU: partial(ovd_duplicate_iou_of, None),
+            MASK_BOX_WEIGHT: partial(mask_box_weight_of, None),
+        }
+        known = set(GenerationConfig().to_dict()) | set(checks)
         for name in value:
             if name not in known:
                 raise ValueError(f"unknown generation_config field {name!r}{_did_you_mean(name, known)}")
-        for name in VRT_PENALTIES:
-            penalty = value.get(name)
-            number = isinstance(penalty, int | float) and not isinstance(penalty, bool)
-            if penalty is not None and not (number and penalty >= 0):
-                raise ValueError(f"{name} must be a number >= 0 (0: off), got {penalty!r}")
-        # A PaDTError is a ValueError: these raise validation errors.
-        if value.get(MASK_BOX_WEIGHT) is not None:
-            mask_box_weight_of(None, value[MASK_BOX_WEIGHT])
-        if value.get(OVD_END_PENALTY) is not None:
-            ovd_end_penalty_of(None, value[OVD_END_PENALTY])
-        if value.get(OVD_DUPLICATE_IOU) is not None:
-            ovd_duplicate_iou_of(None, value[OVD_DUPLICATE_IOU])
+        for name, check in checks.items():
+            if value.get(name) is not None:
+                check(value[name])  # a PaDTError is a ValueError: a validation error
         return value
 
     def to_yaml(self) -> str:
