@@ -141,6 +141,7 @@ def test_the_page_in_a_real_browser(tmp_path):
         shown_box_weight = float(page.locator("#mask-box-weight input").input_value())
         shown_end = page.locator("#ovd-end-penalty input").input_value()
         shown_duplicate = page.locator("#ovd-duplicate-iou input").input_value()
+        shown_grammar = page.locator("#ovd-grammar input").is_checked()
         reuse.fill("0")
         before = overlay.get_attribute("src")
         page.click("#run")
@@ -159,6 +160,7 @@ def test_the_page_in_a_real_browser(tmp_path):
     config = pipe.model.generation_config
     assert (shown_repeat, shown_reuse) == (config.vrt_repeat_penalty, config.vrt_reuse_penalty)
     assert shown_box_weight == config.mask_box_weight
+    assert shown_grammar is config.ovd_grammar is True
     # off, as in the checkpoint
     assert float(shown_end) == float(shown_duplicate) == 0
     assert (

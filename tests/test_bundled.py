@@ -102,10 +102,12 @@ def test_the_stage_1_tower_knows_each_object_s_kind(pipe):
 
 def test_ovd_end_penalty_lists_more_of_the_objects(pipe, tmp_path):
     """The OVD end penalty (off in the shipped generation_config: README): on 8 fresh scenes the answers go on to
-    name more objects than without it and find more of the true ones; an answer to any other prompt is the same
-    with any penalty."""
+    name more objects than without it and find more of the true ones; pushed hard, the answers still end in time
+    under the shipped OVD grammar, and not without it; an answer to any other prompt is the same with any
+    penalty."""
     from padt.evaluation.data import load_data
     from padt.evaluation.metrics import greedy_match
+    from padt.prompts import ovd_prompt_names
 
     assert getattr(pipe.model.generation_config, "ovd_end_penalty", 0) == 0
     data = load_data(SPEC.format(n=8), "ovd", out_dir=tmp_path)
@@ -124,6 +126,15 @@ def test_ovd_end_penalty_lists_more_of_the_objects(pipe, tmp_path):
 
     (listed, found), (listed_plain, found_plain) = listed_and_found(ovd_end_penalty=4.0), listed_and_found()
     assert listed > listed_plain and found > found_plain, (listed, found, listed_plain, found_plain)
+    # Pushed hard, the penalty would have the model write past its budget; the shipped OVD grammar ends every
+    # answer in time, in the answer format, with the prompt's names only.
+    assert pipe.model.generation_config.ovd_grammar is True
+    pushed = dict(max_new_tokens=96, ovd_end_penalty=8.0)
+    held, loose = pipe(images, prompts, **pushed), pipe(images, prompts, ovd_grammar=False, **pushed)
+    assert sum(not p.finished or bool(p.warnings) for p in loose) >= 2, [p.text for p in loose]
+    for record, prediction in zip(data.records, held, strict=True):
+        assert prediction.finished and not prediction.warnings, prediction.text
+        assert {o.label for o in prediction.objects} <= set(ovd_prompt_names(record.prompt)), prediction.text
     [ric] = pipe(images[:1], [""], task="ric", max_new_tokens=96, ovd_end_penalty=float("inf"))
     [ric_plain] = pipe(images[:1], [""], task="ric", max_new_tokens=96, ovd_end_penalty=0.0)
     assert ric.text == ric_plain.text and ric.objects

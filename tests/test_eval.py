@@ -353,13 +353,21 @@ def test_cli_eval_on_a_records_file(checkpoint, reference, tmp_path, capsys, mon
     # changed one refuses to resume into answers decoded the other way.
     calls.clear()
     blend = [str(tmp_path / "blend") if a == out else a for a in argv]
-    decoding = ["--mask-box-weight", "0.5", "--ovd-end-penalty", "2", "--ovd-duplicate-iou", "0.6"]
+    decoding = [
+        "--mask-box-weight",
+        "0.5",
+        "--ovd-end-penalty",
+        "2",
+        "--ovd-duplicate-iou",
+        "0.6",
+        "--ovd-grammar",
+    ]
     assert main([*blend, *decoding]) == 0
     capsys.readouterr()
     written = json.loads((tmp_path / "blend" / "eval.json").read_text())
-    names = ("mask_box_weight", "ovd_end_penalty", "ovd_duplicate_iou")
-    assert tuple(written[k] for k in names) == (0.5, 2.0, 0.6)
-    assert calls and all(tuple(c[k] for k in names) == (0.5, 2.0, 0.6) for c in calls)
+    names = ("mask_box_weight", "ovd_end_penalty", "ovd_duplicate_iou", "ovd_grammar")
+    assert tuple(written[k] for k in names) == (0.5, 2.0, 0.6, True)
+    assert calls and all(tuple(c[k] for k in names) == (0.5, 2.0, 0.6, True) for c in calls)
     plain = [json.loads(x)["objects"][0]["bbox"] for x in _lines(tmp_path / "out")]
     blended = [json.loads(x)["objects"][0]["bbox"] for x in _lines(tmp_path / "blend")]
     assert blended != plain and len(blended) == len(plain)

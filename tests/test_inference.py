@@ -362,3 +362,137 @@ def test_ovd_end_penalty_lowers_the_ends_after_a_group_of_ovd_answers_only():
     assert torch.equal(off, scores)
     with pytest.raises(PaDTError, match="ovd_end_penalty must be a number >= 0"):
         OVDEndPenaltyLogitsProcessor(processor.encode, vocab, -1.0, prompts)
+
+
+def _answer_ids(encode, template: str, vocab: int, run: int = 2) -> list[int]:
+    """An answer template's ids as a model writes them: each placeholder a run of ``run`` VRTs, the text between
+    runs tokenized on its own."""
+    import re
+
+    ids: list[int] = []
+    for k, text in enumerate(re.split(r"<\|Obj_\d+\|>", template)):
+        ids += [vocab + 3 + k] * run if k else []
+        ids += encode(text)
+    return ids
+
+
+def _merging_encode(text: str) -> list[int]:
+    """A toy tokenizer that merges ')' with what follows (')."', '),') and spells everything else by character."""
+    merged = {").": 1, "),": 2}
+    out = []
+    while text:
+        piece = text[:2] if text[:2] in merged else text[0]
+        out.append(merged[piece] if piece in merged else 100 + ord(piece))
+        text = text[len(piece) :]
+    return out
+
+
+@pytest.mark.parametrize("tokenizer", ["tiny", "merging"])
+def test_ovd_grammar_follows_every_answer_the_template_writes_and_nothing_else(tokenizer):
+    """Each of the reference's answer forms (none, one object, one class of three, three classes) is followed
+    token by token: every next token is allowed, and the end allows nothing more. A name outside the prompt's
+    list, a count's runs cut short and a run added to a full group are refused."""
+    from padt.generation import OVDAnswerGrammar
+    from padt.prompts import ovd_answer_template
+
+    vocab = 2048
+    encode = PaDTProcessor(tiny_processor(), vocab).encode if tokenizer == "tiny" else _merging_encode
+    names = ["person", "dog", "cat"]
+    grammar = OVDAnswerGrammar(names, encode, max_count=5)
+    for counts in ([0, 0, 0], [0, 1, 0], [3, 0, 0], [2, 1, 3], [1, 1, 1]):
+        ids = _answer_ids(encode, ovd_answer_template(names, counts), vocab)
+        for i, token in enumerate(ids):
+            text, vrt = grammar.allowed(ids[:i], vocab, 10_000)
+            assert vrt if token >= vocab else token in text, (counts, i, ids[:i])
+        assert grammar.allowed(ids, vocab, 10_000) == (set(), False)  # only the end of the answer is left
+    assert grammar.allowed(encode('There is 1 "horse" ('), vocab, 10_000) is None
+    lead = encode('There is 1 "')
+    assert encode("horse")[0] not in grammar.allowed(lead, vocab, 10_000)[0]
+    # a count of 2 needs a second run: after the first only ", " may follow; after the second only the end
+    two = _answer_ids(encode, ovd_answer_template(names, [0, 2, 0]), vocab)
+    first_run_end = two.index(vocab + 4) + 2
+    text, vrt = grammar.allowed(two[:first_run_end], vocab, 10_000)
+    assert text == {encode(", ")[0]} and vrt
+    second_run_end = len(two) - len(encode(") in this image."))
+    text, vrt = grammar.allowed(two[:second_run_end], vocab, 10_000)
+    assert text == {encode(") in this image.")[0]}
+    # in the several-classes form a group's end may start another group or end the answer
+    several = _answer_ids(encode, ovd_answer_template(names, [1, 1, 0]), vocab)
+    after_first = several.index(vocab + 4) + 2
+    text, _ = grammar.allowed(several[:after_first], vocab, 10_000)
+    assert {encode('), 1 "dog" (')[0], encode(").")[0]} == text
+
+
+def test_ovd_grammar_ends_the_answer_within_its_token_budget():
+    """With little room left no new object begins: a full group may only end the answer, a group still short of its
+    count ends too, and a run stops taking VRTs when only the end still fits."""
+    from padt.generation import RUN_BUDGET, OVDAnswerGrammar
+    from padt.prompts import ovd_answer_template
+
+    vocab = 2048
+    encode = PaDTProcessor(tiny_processor(), vocab).encode
+    grammar = OVDAnswerGrammar(["person", "dog"], encode, max_count=3)
+    several = _answer_ids(encode, ovd_answer_template(["person", "dog"], [1, 2]), vocab)
+    after_first = several.index(vocab + 4) + 2
+    end, group = encode(").")[0], encode('), 1 "dog" (')[0]
+    roomy = grammar.end_length + 1 + grammar.group_length + RUN_BUDGET + 1
+    assert grammar.allowed(several[:after_first], vocab, roomy)[0] == {end, group}
+    assert grammar.allowed(several[:after_first], vocab, roomy - 1)[0] == {end}
+    # the walk judges each past choice by the room there was then: the group begun with room goes on with less
+    assert grammar.allowed(several[: after_first + 3], vocab, roomy - 3) is not None
+    # a group of 2 whose second run no longer fits ends after its first; a run takes no VRT once only the end fits
+    two = _answer_ids(encode, ovd_answer_template(["person", "dog"], [0, 2]), vocab)
+    first = two.index(vocab + 4) + 2
+    more, close = encode(", ")[0], encode(") in this image.")[0]
+    assert grammar.allowed(two[:first], vocab, 10_000) == ({more}, True)
+    assert grammar.allowed(two[:first], vocab, grammar.end_length + 2) == ({close}, True)
+    assert grammar.allowed(two[:first], vocab, grammar.end_length + 1) == ({close}, False)
+
+
+def test_ovd_grammar_processor_masks_ovd_rows_only_and_ends_with_eos():
+    from padt.generation import OVDGrammarLogitsProcessor
+
+    vocab = 2048
+    processor = PaDTProcessor(tiny_processor(), vocab)
+    ovd = processor.encode(
+        'Please carefully check the image and detect the following objects: ["dog", "cat"].'
+    )
+    rec = processor.encode(
+        'Please carefully check the image and detect the object this sentence describes: "x".'
+    )
+    width, pad, eos = max(len(ovd), len(rec)), processor.pad_token_id, processor.eos_token_id
+    prompts = torch.tensor([[pad] * (width - len(p)) + p for p in (ovd, rec, ovd, ovd)])
+    grammar = OVDGrammarLogitsProcessor(processor.encode, processor.decode, vocab, prompts, eos, 64)
+    scores = torch.randn(4, vocab + 10)
+
+    def step(completions):  # the rows' answers so far, all as long
+        return grammar(torch.cat([prompts, torch.tensor(completions)], dim=1), scores.clone())
+
+    started = processor.encode('There is 1 "')
+    out = step([started] * 4)  # the REC row (1) writes an OVD answer's words too: it is not held to them
+    allowed = torch.isfinite(out[0]).nonzero().flatten().tolist()
+    assert sorted(allowed) == sorted({processor.encode(n + '"')[0] for n in ("dog", "cat")})
+    assert torch.equal(out[0, allowed], scores[0, allowed])
+    assert torch.equal(out[1], scores[1])
+    done = [*processor.encode('There is 1 "cat" ('), vocab + 1, *processor.encode(") in this image.")]
+    out = step([done, done, done, [*done[:-1], eos]])
+    assert torch.isfinite(out[0]).nonzero().flatten().tolist() == [eos]  # the answer is complete: only EOS
+    assert torch.equal(out[1], scores[1]) and torch.equal(out[3], scores[3])  # REC, and a row that has ended
+
+
+def test_ovd_grammar_makes_a_random_model_write_answers_that_parse(pipe):
+    """A random model writes noise; held to the grammar its OVD answers parse without a warning, name only the
+    prompt's classes and end with EOS within a tight budget. A REC prompt in the same batch is unchanged."""
+    img = image(6, 140, 112)
+    names = ["dog", "cat"]
+    batch = dict(task=["ovd", "ovd", "rec"], max_new_tokens=40, vrt_repeat_penalty=float("inf"))
+    texts = [", ".join(names), "cat", "the dog"]
+    plain = pipe([img] * 3, texts, ovd_grammar=False, **batch)
+    held = pipe([img] * 3, texts, ovd_grammar=True, **batch)
+    assert any(p.warnings or not p.finished for p in plain[:2])  # without it, not an answer
+    for prediction, listed in zip(held[:2], (names, ["cat"]), strict=True):
+        assert prediction.finished and not prediction.warnings, prediction.text
+        assert prediction.objects and {o.label for o in prediction.objects} <= set(listed), prediction.text
+    assert held[2].text == plain[2].text
+    with pytest.raises(PaDTError, match="ovd_grammar must be true or false"):
+        pipe([img], ["cat"], task="ovd", ovd_grammar=1)

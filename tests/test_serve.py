@@ -320,6 +320,7 @@ def test_bad_input_gets_one_line_errors(client, scene):
         (client.post("/v1/predict", json=ok | {"mask_box_weight": 1.5}), 422, "invalid_parameter"),
         (client.post("/v1/predict", json=ok | {"ovd_end_penalty": -1}), 422, "invalid_parameter"),
         (client.post("/v1/predict", json=ok | {"ovd_duplicate_iou": 1.5}), 422, "invalid_parameter"),
+        (client.post("/v1/predict", json=ok | {"ovd_grammar": "maybe"}), 422, "invalid_parameter"),
         (client.post("/v1/predict", json=ok | {"temprature": 0.5}), 422, "invalid_parameter"),
         (client.post("/v1/predict", json=ok | {"images": [data_url(image)] * 2}), 413, "too_many_images"),
         (

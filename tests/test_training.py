@@ -151,6 +151,7 @@ def test_overrides_parse_types_and_nested_keys(tmp_path):
         ("generation.mask_box_weight=1.5", "mask_box_weight must be a number from 0"),
         ("generation.ovd_end_penalty=-1", "ovd_end_penalty must be a number >= 0"),
         ("generation.ovd_duplicate_iou=2", "ovd_duplicate_iou must be a number from 0"),
+        ("generation.ovd_grammar=1", "ovd_grammar must be true or false"),
         ("resume=maybe", "resume: Input should be 'auto', True or False, got 'maybe'"),
         (
             "data.synthetic={n: 3, form_weights: {extremes: 1}}",

@@ -130,6 +130,7 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
+    from padt.generation import ovd_grammar_of
     from padt.visualize import draw_prediction
 
     def decoding_number(setting: str, label: str, elem_id: str, maximum: float | None = None) -> Any:
@@ -161,6 +162,7 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
         reuse,
         end,
         duplicate,
+        grammar,
         box_weight,
         show_vrt,
         progress=gr.Progress(),  # noqa: B008 (gradio injects it)
@@ -194,6 +196,7 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
                 mask_box_weight=box_weight,
                 ovd_end_penalty=end,
                 ovd_duplicate_iou=duplicate,
+                ovd_grammar=bool(grammar),
                 streamer=_TokenProgress(progress, max_new),
             )
         except PaDTError as error:
@@ -283,6 +286,12 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
                         "ovd-duplicate-iou",
                         maximum=1,
                     )
+                    grammar = gr.Checkbox(
+                        value=ovd_grammar_of(pipe.model.generation_config),
+                        label="OVD grammar: only the prompt's class names, a well-formed answer (default: the "
+                        "checkpoint's)",
+                        elem_id="ovd-grammar",
+                    )
                     box_weight = decoding_number(
                         "mask_box_weight",
                         "Mask-box weight: 0 = the box head's box, 1 = the mask's tight box",
@@ -320,7 +329,7 @@ def build_demo(pipe: Any, *, model_name: str, workdir: Path, max_new_tokens: int
         )
         run_button.click(
             run,
-            [image, task, text, max_new, penalty, reuse, end, duplicate, box_weight, show_vrt],
+            [image, task, text, max_new, penalty, reuse, end, duplicate, grammar, box_weight, show_vrt],
             [annotated, answer, as_json, download, prediction_state, summary],
         )
         show_vrt.change(redraw, [image, prediction_state, show_vrt], annotated)

@@ -18,12 +18,16 @@ What PaDT adds to stock ``generate`` (docs/method.md §6.1-§6.3, §12):
 - optionally (:class:`OVDEndPenaltyLogitsProcessor`, ``ovd_end_penalty``), a penalty on ending an OVD answer's
   list: where an object group has just closed and the answer may go on to another kind or end, the tokens that
   end it are lowered. A small model tends to stop listing before every object is named.
+- optionally (:class:`OVDGrammarLogitsProcessor`, ``ovd_grammar``), OVD answers held to the answer format: only
+  the prompt's class names, a count's worth of object runs per group, and an end within ``max_new_tokens``, so
+  the answer always parses (:class:`OVDAnswerGrammar`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +42,8 @@ FLUSH_EVERY = 16  # steps between the recorder's (only) host synchronisations
 VRT_PENALTIES = ("vrt_repeat_penalty", "vrt_reuse_penalty")
 #: The generation_config field of :class:`OVDEndPenaltyLogitsProcessor`.
 OVD_END_PENALTY = "ovd_end_penalty"
+#: The generation_config field of :class:`OVDGrammarLogitsProcessor`.
+OVD_GRAMMAR = "ovd_grammar"
 
 
 @dataclass
@@ -253,4 +259,211 @@ class OVDEndPenaltyLogitsProcessor(LogitsProcessor):
                 here &= (input_ids[:, -n:] == torch.tensor(context, device=input_ids.device)).all(-1)
             if bool(here.any()):
                 scores[here, token] -= self.penalty
+        return scores
+
+
+# ---------------------------------------------------------------------------------------------------- OVD grammar
+#: Kinds of the text pieces an OVD answer is made of (:class:`OVDAnswerGrammar`).
+GROUP, MORE, END, NONE = "group", "more", "end", "none"
+#: The largest count :class:`OVDAnswerGrammar` lets an answer state (the reference's cap on objects of one class
+#: per image, ``max_bboxes_per_class_per_image``).
+OVD_MAX_COUNT = 50
+#: VRTs a run is budgeted when the grammar decides whether another object still fits in ``max_new_tokens``.
+RUN_BUDGET = 8
+
+
+@dataclass
+class _Node:
+    next: dict[int, _Node] = field(default_factory=dict)
+    piece: tuple[str, int, str] | None = None  # (kind, count, form) of the piece that ends here
+
+
+def _trie(pieces: Sequence[tuple[list[int], tuple[str, int, str]]]) -> _Node:
+    root = _Node()
+    for ids, piece in pieces:
+        node = root
+        for token in ids:
+            node = node.next.setdefault(token, _Node())
+        node.piece = piece
+    return root
+
+
+class OVDAnswerGrammar:
+    """The OVD answers a prompt's class list allows, as tries over the text pieces between object runs.
+
+    An answer is a start piece, then runs and the pieces between them. Pieces come from
+    :func:`padt.prompts.ovd_answer_template` (nothing is worded here), each tokenized on its own as the text
+    after a VRT is in training:
+
+    - start: ``There is 1 "NAME" (``, ``There are N "NAME" (``, ``In this image, there are N "NAME" (`` (a group of
+      N runs opens) or the answer for no objects;
+    - after a run of a group that needs more: ``, `` (MORE);
+    - after a group's last run: ``), N "NAME" (`` (another group, in the several-classes form) or the end,
+      ``).`` or ``) in this image.`` as the form asks.
+
+    NAME is one of the prompt's names, N from 1 to ``max_count``. A name may come back in a later group (a small
+    model lists a second object of a kind that way); counts match runs, the class order is the model's.
+    """
+
+    def __init__(
+        self, names: Sequence[str], encode: Callable[[str], list[int]], max_count: int = OVD_MAX_COUNT
+    ) -> None:
+        def texts(
+            template: str, runs: int
+        ) -> list[str]:  # the template's text before, between, after its runs
+            out = []
+            for k in range(runs):
+                before, template = template.split(prompts.object_placeholder(k), 1)
+                out.append(before)
+            return [*out, template]
+
+        names = list(dict.fromkeys(names))
+        other = "b" if "a" in names else "a"  # a stand-in class: only text beside it is kept
+        start, groups = [], []
+        for name in names:
+            for n in range(1, max_count + 1):
+                start.append((texts(prompts.ovd_answer_template([name], [n]), n)[0], (GROUP, n, "one")))
+                several = texts(prompts.ovd_answer_template([name, other], [n, 1]), n + 1)[0]
+                start.append((several, (GROUP, n, "several")))
+                groups.append(
+                    (
+                        texts(prompts.ovd_answer_template([other, name], [1, n]), n + 1)[1],
+                        (GROUP, n, "several"),
+                    )
+                )
+        start.append((prompts.OVD_ANSWER_NONE, (NONE, 0, "")))
+        one = texts(prompts.ovd_answer_template([other], [2]), 2)
+        ends = {
+            "one": one[2],
+            "several": texts(prompts.ovd_answer_template([other, other + "x"], [1, 1]), 2)[2],
+        }
+
+        def trie(entries: list[tuple[str, tuple[str, int, str]]]) -> tuple[_Node, int]:
+            encoded = [(encode(text), piece) for text, piece in entries]
+            return _trie(encoded), max((len(ids) for ids, _ in encoded), default=0)
+
+        self.start, _ = trie(start)
+        self.more, self.more_length = trie([(one[1], (MORE, 0, ""))])
+        self.groups, self.group_length = trie(groups)
+        built = {form: trie([(text, (END, 0, form))]) for form, text in ends.items()}
+        self.ends = {form: node for form, (node, _) in built.items()}
+        self.end_length = max(length for _, length in built.values())
+
+    def allowed(
+        self, completion: Sequence[int], vocab_size: int, remaining: int
+    ) -> tuple[set[int], bool] | None:
+        """What may follow ``completion`` (local or global ids; ids ``>= vocab_size`` are VRTs) with room for
+        ``remaining`` more tokens: ``(text ids, whether a VRT may)``, the end of the answer being the empty
+        set, False. None when ``completion`` has left the grammar."""
+        nodes, form, need, have, in_run = [self.start], "", 0, 0, False
+        for i, token in enumerate(completion):
+            if token >= vocab_size:
+                if in_run:
+                    continue
+                piece = next((n.piece for n in nodes if n.piece and n.piece[0] in (GROUP, MORE)), None)
+                if piece is None:
+                    return None
+                if piece[0] == GROUP:
+                    form, need, have = piece[2], piece[1], 1
+                else:
+                    have += 1
+                nodes, in_run = [], True
+                continue
+            if in_run:  # what could follow the run was decided with the room there was then
+                nodes, in_run = self._after_run(form, need, have, remaining + len(completion) - i), False
+            nodes = [n.next[token] for n in nodes if token in n.next]
+            if not nodes:
+                return None
+        if in_run:
+            return {t for n in self._after_run(form, need, have, remaining) for t in n.next}, (
+                remaining > self.end_length + 1
+            )
+        text = {t for n in nodes for t in n.next}
+        vrt = any(n.piece and n.piece[0] in (GROUP, MORE) for n in nodes)
+        return text, vrt
+
+    def _after_run(self, form: str, need: int, have: int, remaining: float) -> list[_Node]:
+        room = remaining - self.end_length - 1  # tokens left once the answer's end is kept
+        if have < need:
+            return [self.more] if room > self.more_length + RUN_BUDGET else [self.ends[form]]
+        if form == "several" and room > self.group_length + RUN_BUDGET:
+            return [self.ends[form], self.groups]
+        return [self.ends[form]]
+
+
+@functools.lru_cache(maxsize=64)
+def _grammar(encode: Callable[[str], list[int]], names: tuple[str, ...], max_count: int) -> OVDAnswerGrammar:
+    return OVDAnswerGrammar(names, encode, max_count)
+
+
+def ovd_grammar_of(generation_config: Any, override: bool | None = None) -> bool:
+    """Whether OVD answers are held to their grammar: ``override`` when given, else the checkpoint's
+    ``generation_config`` field ``ovd_grammar``, else False (off, as the reference)."""
+    value = override if override is not None else getattr(generation_config, OVD_GRAMMAR, None)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise PaDTError(f"{OVD_GRAMMAR} must be true or false (false: off), got {value!r}")
+    return value
+
+
+class OVDGrammarLogitsProcessor(LogitsProcessor):
+    """Holds the answers to OVD prompts to :class:`OVDAnswerGrammar` for the class names of their prompt: every
+    token that would leave it gets ``-inf``. Near ``max_new_tokens`` no further object is begun and the answer
+    closes, so it ends with its end-of-sequence token instead of being cut off. Rows without an OVD prompt
+    (:func:`ovd_rows`), or whose list of names cannot be read, are left alone.
+
+    Args:
+        encode: the processor's ``encode`` (text -> token ids, no special tokens).
+        decode: the processor's ``decode`` (ids -> text), to read each prompt's list of names.
+        vocab_size: ids ``>= vocab_size`` are VRTs.
+        prompt_ids: ``(B, P)`` the prompts, in the batch's order.
+        eos_token_ids: the ids that end an answer.
+        max_new_tokens: the answer's token budget.
+    """
+
+    def __init__(
+        self,
+        encode: Callable[[str], list[int]],
+        decode: Callable[[list[int]], str],
+        vocab_size: int,
+        prompt_ids: torch.Tensor,
+        eos_token_ids: int | Collection[int],
+        max_new_tokens: int,
+        max_count: int = OVD_MAX_COUNT,
+    ) -> None:
+        self.vocab_size = int(vocab_size)
+        self.prompt_length = prompt_ids.shape[1]
+        self.batch_size = prompt_ids.shape[0]
+        self.eos = sorted(
+            {int(eos_token_ids)} if isinstance(eos_token_ids, int) else set(map(int, eos_token_ids))
+        )
+        if not self.eos:
+            raise PaDTError("the OVD grammar needs the model's eos_token_id (generation_config)")
+        self.max_new_tokens = int(max_new_tokens)
+        self.grammars: dict[int, OVDAnswerGrammar] = {}
+        for row in ovd_rows(prompt_ids, encode).nonzero().flatten().tolist():
+            names = prompts.ovd_prompt_names(decode(prompt_ids[row].tolist()))
+            if names:
+                self.grammars[row] = _grammar(encode, tuple(sorted(set(names))), max_count)  # order is free
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if not self.grammars:
+            return scores
+        completions = input_ids[:, self.prompt_length :].tolist()
+        remaining = self.max_new_tokens - len(completions[0])
+        beams = max(1, input_ids.shape[0] // self.batch_size)
+        eos = set(self.eos)
+        for row, completion in enumerate(completions):
+            grammar = self.grammars.get(row // beams)
+            if grammar is None or eos.intersection(completion):
+                continue
+            allowed = grammar.allowed(completion, self.vocab_size, remaining)
+            if allowed is None:
+                continue
+            text, vrt = allowed
+            keep = torch.zeros(scores.shape[1], dtype=torch.bool, device=scores.device)
+            keep[sorted(text) if text or vrt else self.eos] = True
+            keep[self.vocab_size :] = vrt
+            scores[row] = scores[row].masked_fill(~keep, -math.inf)
         return scores

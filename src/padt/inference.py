@@ -18,7 +18,13 @@ from transformers import LogitsProcessorList
 
 from padt.answers import answer_format_of
 from padt.errors import PaDTError
-from padt.generation import OVDEndPenaltyLogitsProcessor, VRTStateRecorder, ovd_end_penalty_of
+from padt.generation import (
+    OVDEndPenaltyLogitsProcessor,
+    OVDGrammarLogitsProcessor,
+    VRTStateRecorder,
+    ovd_end_penalty_of,
+    ovd_grammar_of,
+)
 from padt.modeling import PaDTForConditionalGeneration, PaDTMixin
 from padt.postprocess import Prediction, mask_box_weight_of, ovd_duplicate_iou_of
 from padt.processing import PaDTProcessor
@@ -73,6 +79,7 @@ def predict(
     mask_box_weight: float | None = None,
     ovd_end_penalty: float | None = None,
     ovd_duplicate_iou: float | None = None,
+    ovd_grammar: bool | None = None,
     **generate_kwargs: Any,
 ) -> list[Prediction]:
     """Batched prediction.
@@ -90,6 +97,9 @@ def predict(
             the reference; None: the checkpoint's ``generation_config``; docs/method.md §6.3).
         ovd_duplicate_iou: in OVD answers, mark as a duplicate each object whose box overlaps a higher-scored
             one's by more than this IoU (0: off, as the reference; None: the checkpoint's; docs/method.md §6.5).
+        ovd_grammar: hold OVD answers to their format: the prompt's class names only, as many runs as each
+            count says, an end within ``max_new_tokens`` (False: off, as the reference; None: the checkpoint's;
+            docs/method.md §6.3).
         max_new_tokens, generate_kwargs: passed to ``generate`` (greedy by default; the checkpoint's
             ``generation_config`` applies).
     Returns:
@@ -100,6 +110,7 @@ def predict(
     mask_box_weight_of(model.generation_config, mask_box_weight)  # a bad weight fails before generating
     ovd_end_penalty = ovd_end_penalty_of(model.generation_config, ovd_end_penalty)
     ovd_duplicate_iou_of(model.generation_config, ovd_duplicate_iou)
+    ovd_grammar = ovd_grammar_of(model.generation_config, ovd_grammar)
     if isinstance(prompts, str) or prompts is None:
         prompts = [prompts or ""]
         if not isinstance(images, (list, tuple)) or (images and not isinstance(images[0], (list, tuple))):
@@ -111,13 +122,27 @@ def predict(
     prompt_length = inputs["input_ids"].shape[1]
     recorder = VRTStateRecorder(model.vocab_size, prompt_length)
     generate_kwargs.setdefault("do_sample", False)
+    added: list[Any] = []
     if ovd_end_penalty > 0:
-        processors = LogitsProcessorList(generate_kwargs.pop("logits_processor", None) or [])
-        processors.append(
+        added.append(
             OVDEndPenaltyLogitsProcessor(
                 processor.encode, model.vocab_size, ovd_end_penalty, inputs["input_ids"]
             )
         )
+    if ovd_grammar:  # last: what the penalties leave is then held to the grammar
+        added.append(
+            OVDGrammarLogitsProcessor(
+                processor.encode,
+                processor.decode,
+                model.vocab_size,
+                inputs["input_ids"],
+                model.generation_config.eos_token_id,
+                max_new_tokens,
+            )
+        )
+    if added:
+        processors = LogitsProcessorList(generate_kwargs.pop("logits_processor", None) or [])
+        processors.extend(added)
         generate_kwargs["logits_processor"] = processors
     sequences = model.generate(
         **inputs,

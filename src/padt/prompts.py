@@ -39,6 +39,22 @@ def ovd_prompt(class_names: Sequence[str]) -> str:
     return OVD_PROMPT.format(json.dumps(list(class_names)))
 
 
+def ovd_prompt_names(text: str) -> list[str] | None:
+    """The class names of the last OVD prompt in ``text`` (a prompt, or a whole rendered conversation): the
+    inverse of :func:`ovd_prompt`; None when ``text`` holds no OVD prompt with a JSON list of names."""
+    prefix = OVD_PROMPT.split("{}", 1)[0]
+    start = text.rfind(prefix)
+    if start < 0:
+        return None
+    try:
+        listed, _ = json.JSONDecoder().raw_decode(text, start + len(prefix))
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(listed, list) or not all(isinstance(n, str) for n in listed):
+        return None
+    return listed
+
+
 def ovd_answer_template(class_names: Sequence[str], counts: Sequence[int]) -> str:
     """OVD answer for the classes of the prompt, in prompt order, with their instance counts.
 

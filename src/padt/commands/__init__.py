@@ -78,8 +78,8 @@ def probability(text: str) -> float:
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--vrt-repeat-penalty``, ``--vrt-reuse-penalty``, ``--ovd-end-penalty``, ``--ovd-duplicate-iou`` and
-    ``--mask-box-weight`` (predict, eval)."""
+    """``--vrt-repeat-penalty``, ``--vrt-reuse-penalty``, ``--ovd-end-penalty``, ``--ovd-duplicate-iou``,
+    ``--ovd-grammar`` and ``--mask-box-weight`` (predict, eval)."""
     parser.add_argument(
         "--vrt-repeat-penalty",
         type=non_negative_float,
@@ -111,6 +111,14 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="T",
         help="OVD: mark each object whose box overlaps a higher-scored one's by IoU above T as a duplicate, left "
         "out of the detections (0: off; default: the checkpoint's generation_config)",
+    )
+    parser.add_argument(
+        "--ovd-grammar",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="OVD: hold the answer to its format (only the prompt's class names, as many objects as each count "
+        "says, an end within --max-new-tokens), so it always parses (default: the checkpoint's "
+        "generation_config)",
     )
     parser.add_argument(
         "--mask-box-weight",

@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         mask_box_weight=args.mask_box_weight,
         ovd_end_penalty=args.ovd_end_penalty,
         ovd_duplicate_iou=args.ovd_duplicate_iou,
+        ovd_grammar=args.ovd_grammar,
     )
     print(prediction.text)
     for obj, image in zip(prediction.objects, prediction.object_images):

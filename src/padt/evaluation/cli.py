@@ -136,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         mask_box_weight=args.mask_box_weight,
         ovd_end_penalty=args.ovd_end_penalty,
         ovd_duplicate_iou=args.ovd_duplicate_iou,
+        ovd_grammar=args.ovd_grammar,
     )
     if metrics is not None:
         print(json.dumps(metrics, indent=2))

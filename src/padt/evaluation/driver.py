@@ -6,8 +6,8 @@ every query in batches (:func:`~padt.evaluation.predictions.predict_shard`), mer
 (:func:`~padt.evaluation.protocols.score_predictions`). The output folder holds:
 
 - ``eval.json``: what is evaluated (model, data, task, ``max_new_tokens``, and the decoding settings
-  ``vrt_repeat_penalty``, ``vrt_reuse_penalty``, ``ovd_end_penalty``, ``ovd_duplicate_iou`` and
-  ``mask_box_weight`` that are not off: given, or else the checkpoint's ``generation_config``).
+  ``vrt_repeat_penalty``, ``vrt_reuse_penalty``, ``ovd_end_penalty``, ``ovd_duplicate_iou``, ``ovd_grammar``
+  and ``mask_box_weight`` that are not off: given, or else the checkpoint's ``generation_config``).
   A folder evaluated with other settings is refused, so that a resumed run never mixes two evaluations.
 - ``predictions.jsonl``: one line per query in the per-query format of ``padt score`` (``index``, ``objects``
   with pixel xyxy ``bbox``, ``score``, ``label``, ``mask`` RLE, ``width``, ``height``, ``caption`` for RIC) plus
@@ -55,7 +55,7 @@ from padt.evaluation.predictions import (
     shard_file,
 )
 from padt.evaluation.protocols import ovd_official_from_records, read_vlmr1_index, score_predictions
-from padt.generation import OVD_END_PENALTY
+from padt.generation import OVD_END_PENALTY, OVD_GRAMMAR
 from padt.postprocess import MASK_BOX_WEIGHT, OVD_DUPLICATE_IOU
 from padt.tasks import get_task
 
@@ -102,7 +102,7 @@ def weights_fingerprint(folder: str | os.PathLike) -> str | None:
     return digest.hexdigest()[:16]
 
 
-def decoding_settings(pipe: Any, given: Mapping[str, float | None]) -> dict[str, float]:
+def decoding_settings(pipe: Any, given: Mapping[str, float | bool | None]) -> dict[str, float | bool]:
     """The decoding settings an evaluation runs with, for ``eval.json``: each of ``given`` (name -> value, None:
     not given) or else the checkpoint's ``generation_config`` entry (``pipe`` a pipeline or a checkpoint
     folder), left out when off (0 or unset), so that a folder evaluated before a setting existed still
@@ -222,6 +222,7 @@ def evaluate(
     mask_box_weight: float | None = None,
     ovd_end_penalty: float | None = None,
     ovd_duplicate_iou: float | None = None,
+    ovd_grammar: bool | None = None,
 ) -> dict[str, Any] | None:
     """Predict every query of ``data`` with ``pipe``, resumably, and score the predictions.
 
@@ -242,6 +243,7 @@ def evaluate(
         mask_box_weight: weight of each mask's tight box in its box (0: the box head's), likewise.
         ovd_end_penalty: penalty on ending an OVD answer after an object group (0: off), likewise.
         ovd_duplicate_iou: IoU above which an OVD object is marked a duplicate and not scored (0: off), likewise.
+        ovd_grammar: hold OVD answers to their format (False: off), likewise.
     Returns:
         The metrics (also in ``metrics.json``), or None in a non-main process of a distributed run.
     """
@@ -290,6 +292,7 @@ def evaluate(
         MASK_BOX_WEIGHT: mask_box_weight,
         OVD_END_PENALTY: ovd_end_penalty,
         OVD_DUPLICATE_IOU: ovd_duplicate_iou,
+        OVD_GRAMMAR: ovd_grammar,
     }
     settings |= decoding_settings(pipe, given)
 
@@ -339,6 +342,7 @@ def evaluate(
         mask_box_weight=mask_box_weight,
         ovd_end_penalty=ovd_end_penalty,
         ovd_duplicate_iou=ovd_duplicate_iou,
+        ovd_grammar=ovd_grammar,
     )
     if state is not None:
         state.wait_for_everyone()

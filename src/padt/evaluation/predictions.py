@@ -175,12 +175,13 @@ def predict_shard(
     mask_box_weight: float | None = None,
     ovd_end_penalty: float | None = None,
     ovd_duplicate_iou: float | None = None,
+    ovd_grammar: bool | None = None,
 ) -> int:
     """Predict this process's share of the queries (every ``world_size``-th, from ``rank``) and append their
     lines to :func:`shard_file`, flushed after every batch. Indices already in any prediction file of
     ``out_dir`` are skipped. ``masks`` (default: RES only) stores each object's RLE mask. Returns the number
-    of new predictions. ``vrt_repeat_penalty``, ``vrt_reuse_penalty``, ``mask_box_weight``, ``ovd_end_penalty`` and
-    ``ovd_duplicate_iou`` override the checkpoint's decoding settings (:func:`~padt.inference.predict`)."""
+    of new predictions. ``vrt_repeat_penalty``, ``vrt_reuse_penalty``, ``mask_box_weight``, ``ovd_end_penalty``,
+    ``ovd_duplicate_iou`` and ``ovd_grammar`` override the checkpoint's decoding settings (:func:`~padt.inference.predict`)."""
     from tqdm import tqdm
 
     if not 0 <= rank < world_size:
@@ -223,6 +224,7 @@ def predict_shard(
                 mask_box_weight=mask_box_weight,
                 ovd_end_penalty=ovd_end_penalty,
                 ovd_duplicate_iou=ovd_duplicate_iou,
+                ovd_grammar=ovd_grammar,
             )
             lines = [
                 prediction_line(i, records[i], task, p, size, masks=masks)

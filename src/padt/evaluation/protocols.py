@@ -12,7 +12,7 @@ from typing import Any
 
 from padt.data.records import Record
 from padt.errors import PaDTError
-from padt.prompts import OVD_PROMPT
+from padt.prompts import OVD_PROMPT, ovd_prompt_names
 from padt.tasks import get_task
 
 
@@ -119,11 +119,7 @@ def ovd_official_from_records(
             )
         names.update(o.label for o in rec.objects)
         if rec.prompt.startswith(prefix):
-            try:
-                listed = json.loads(rec.prompt[len(prefix) :].rstrip("."))
-                names.update(str(n) for n in listed if isinstance(n, str))
-            except json.JSONDecodeError:
-                pass
+            names.update(ovd_prompt_names(rec.prompt) or [])
         if i in sizes and rec.id not in images:
             w, h = sizes[i]
             images[rec.id] = {"id": rec.id, "file_name": rec.images[0], "width": w, "height": h}

@@ -107,6 +107,7 @@ class DecodeOptions:
     mask_box_weight: float | None
     ovd_end_penalty: float | None
     ovd_duplicate_iou: float | None
+    ovd_grammar: bool | None
     masks: bool
 
 
@@ -132,6 +133,7 @@ class PredictOptions(BaseModel):
     mask_box_weight: float | None = Field(default=None, ge=0, le=1)
     ovd_end_penalty: float | None = Field(default=None, ge=0)
     ovd_duplicate_iou: float | None = Field(default=None, ge=0, le=1)
+    ovd_grammar: bool | None = None
     masks: bool = True
 
 
@@ -176,6 +178,7 @@ class ChatRequest(BaseModel):
     mask_box_weight: float | None = Field(default=None, ge=0, le=1)
     ovd_end_penalty: float | None = Field(default=None, ge=0)
     ovd_duplicate_iou: float | None = Field(default=None, ge=0, le=1)
+    ovd_grammar: bool | None = None
     masks: bool = True
 
 
@@ -302,6 +305,7 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
             mask_box_weight=options.mask_box_weight,
             ovd_end_penalty=options.ovd_end_penalty,
             ovd_duplicate_iou=options.ovd_duplicate_iou,
+            ovd_grammar=options.ovd_grammar,
             decode_masks=options.masks,
         )
 
@@ -398,6 +402,7 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
         mask_box_weight: float | None,
         ovd_end_penalty: float | None,
         ovd_duplicate_iou: float | None,
+        ovd_grammar: bool | None,
         masks: bool,
     ) -> DecodeOptions:
         limit = settings.max_new_tokens
@@ -414,6 +419,7 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
             mask_box_weight,
             ovd_end_penalty,
             ovd_duplicate_iou,
+            ovd_grammar,
             masks,
         )
 
@@ -544,8 +550,8 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
 
         Send multipart/form-data (file field ``image``, repeatable; fields ``task``, ``prompt``,
         ``max_new_tokens``, ``vrt_repeat_penalty``, ``vrt_reuse_penalty``, ``mask_box_weight``,
-        ``ovd_end_penalty``, ``ovd_duplicate_iou``, ``masks``) or JSON (``image``: base64 or a data: URL, or
-        ``images``: a list of them, and the same fields)."""
+        ``ovd_end_penalty``, ``ovd_duplicate_iou``, ``ovd_grammar``, ``masks``) or JSON (``image``: base64 or a
+        data: URL, or ``images``: a list of them, and the same fields)."""
         check_key(request)
         fields, sources = await _predict_body(request)
         try:
@@ -559,6 +565,7 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
             options.mask_box_weight,
             options.ovd_end_penalty,
             options.ovd_duplicate_iou,
+            options.ovd_grammar,
             options.masks,
         )
         task = check_text(options.prompt, options.task)
@@ -596,6 +603,7 @@ def create_app(pipe: Any, settings: ServeSettings) -> FastAPI:
             chat.mask_box_weight,
             chat.ovd_end_penalty,
             chat.ovd_duplicate_iou,
+            chat.ovd_grammar,
             chat.masks,
         )
         task = check_text(text, chat.task)

@@ -293,7 +293,14 @@ class TrainConfig(_Section):
     def _generation(cls, value: dict[str, Any]) -> dict[str, Any]:
         from transformers import GenerationConfig
 
-        from padt.generation import OVD_END_PENALTY, VRT_PENALTIES, decoding_setting, ovd_end_penalty_of
+        from padt.generation import (
+            OVD_END_PENALTY,
+            OVD_GRAMMAR,
+            VRT_PENALTIES,
+            decoding_setting,
+            ovd_end_penalty_of,
+            ovd_grammar_of,
+        )
         from padt.postprocess import (
             MASK_BOX_WEIGHT,
             OVD_DUPLICATE_IOU,
@@ -303,6 +310,7 @@ class TrainConfig(_Section):
 
         checks = {name: partial(decoding_setting, None, name) for name in VRT_PENALTIES} | {
             OVD_END_PENALTY: partial(ovd_end_penalty_of, None),
+            OVD_GRAMMAR: partial(ovd_grammar_of, None),
             OVD_DUPLICATE_IOU: partial(ovd_duplicate_iou_of, None),
             MASK_BOX_WEIGHT: partial(mask_box_weight_of, None),
         }
