@@ -496,3 +496,25 @@ def test_ovd_grammar_makes_a_random_model_write_answers_that_parse(pipe):
     assert held[2].text == plain[2].text
     with pytest.raises(PaDTError, match="ovd_grammar must be true or false"):
         pipe([img], ["cat"], task="ovd", ovd_grammar=1)
+
+
+def test_ovd_grammar_holds_only_prompts_that_end_with_the_ovd_prompt():
+    """A free prompt that asks for more after an OVD prompt is left alone; the rendered OVD prompt is held."""
+    from padt.generation import OVDGrammarLogitsProcessor
+    from padt.prompts import ovd_prompt, ovd_prompt_names
+
+    vocab = 2048
+    processor = PaDTProcessor(tiny_processor(), vocab)
+    ovd = ovd_prompt(["dog", "cat"])
+    end = processor.prompt_end
+    assert end and processor.render_prompt(ovd, 0).endswith(ovd + end)
+    assert ovd_prompt_names(ovd + end, followed_by=end) == ["dog", "cat"]
+    assert ovd_prompt_names(ovd + " Then describe it." + end, followed_by=end) is None
+    assert ovd_prompt_names(ovd + " Then describe it.") == ["dog", "cat"]  # without followed_by: anywhere
+    rows = [processor.encode(processor.render_prompt(t, 0)) for t in (ovd, ovd + " Then describe it.")]
+    width, pad = max(map(len, rows)), processor.pad_token_id
+    prompts = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    held = OVDGrammarLogitsProcessor(
+        processor.encode, processor.decode, vocab, prompts, processor.eos_token_id, 64, prompt_end=end
+    )
+    assert list(held.grammars) == [0]

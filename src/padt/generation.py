@@ -308,9 +308,8 @@ class OVDAnswerGrammar:
     def __init__(
         self, names: Sequence[str], encode: Callable[[str], list[int]], max_count: int = OVD_MAX_COUNT
     ) -> None:
-        def texts(
-            template: str, runs: int
-        ) -> list[str]:  # the template's text before, between, after its runs
+        def texts(template: str, runs: int) -> list[str]:
+            """The template's text before its first run, between its runs and after its last."""
             out = []
             for k in range(runs):
                 before, template = template.split(prompts.object_placeholder(k), 1)
@@ -420,6 +419,8 @@ class OVDGrammarLogitsProcessor(LogitsProcessor):
         prompt_ids: ``(B, P)`` the prompts, in the batch's order.
         eos_token_ids: the ids that end an answer.
         max_new_tokens: the answer's token budget.
+        prompt_end: the text a prompt holds after its last user message (the chat template's), when known: a row
+            is held to the grammar only when its last message is the OVD prompt, not an earlier turn.
     """
 
     def __init__(
@@ -431,6 +432,7 @@ class OVDGrammarLogitsProcessor(LogitsProcessor):
         eos_token_ids: int | Collection[int],
         max_new_tokens: int,
         max_count: int = OVD_MAX_COUNT,
+        prompt_end: str | None = None,
     ) -> None:
         self.vocab_size = int(vocab_size)
         self.prompt_length = prompt_ids.shape[1]
@@ -443,7 +445,7 @@ class OVDGrammarLogitsProcessor(LogitsProcessor):
         self.max_new_tokens = int(max_new_tokens)
         self.grammars: dict[int, OVDAnswerGrammar] = {}
         for row in ovd_rows(prompt_ids, encode).nonzero().flatten().tolist():
-            names = prompts.ovd_prompt_names(decode(prompt_ids[row].tolist()))
+            names = prompts.ovd_prompt_names(decode(prompt_ids[row].tolist()), followed_by=prompt_end)
             if names:
                 self.grammars[row] = _grammar(encode, tuple(sorted(set(names))), max_count)  # order is free
 

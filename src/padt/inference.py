@@ -138,6 +138,7 @@ def predict(
                 inputs["input_ids"],
                 model.generation_config.eos_token_id,
                 max_new_tokens,
+                prompt_end=processor.prompt_end,
             )
         )
     if added:

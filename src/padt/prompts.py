@@ -39,18 +39,23 @@ def ovd_prompt(class_names: Sequence[str]) -> str:
     return OVD_PROMPT.format(json.dumps(list(class_names)))
 
 
-def ovd_prompt_names(text: str) -> list[str] | None:
+def ovd_prompt_names(text: str, *, followed_by: str | None = None) -> list[str] | None:
     """The class names of the last OVD prompt in ``text`` (a prompt, or a whole rendered conversation): the
-    inverse of :func:`ovd_prompt`; None when ``text`` holds no OVD prompt with a JSON list of names."""
+    inverse of :func:`ovd_prompt`; None when ``text`` holds no OVD prompt with a JSON list of names, or, with
+    ``followed_by``, when the prompt is not followed by exactly that to the end of ``text`` (e.g. the chat
+    template's text after the last user message, so that an OVD prompt of an earlier turn does not count)."""
     prefix = OVD_PROMPT.split("{}", 1)[0]
     start = text.rfind(prefix)
     if start < 0:
         return None
     try:
-        listed, _ = json.JSONDecoder().raw_decode(text, start + len(prefix))
+        listed, end = json.JSONDecoder().raw_decode(text, start + len(prefix))
     except json.JSONDecodeError:
         return None
     if not isinstance(listed, list) or not all(isinstance(n, str) for n in listed):
+        return None
+    rest = OVD_PROMPT.split("{}", 1)[1]
+    if followed_by is not None and text[end:] != rest + followed_by:
         return None
     return listed
 

@@ -285,6 +285,13 @@ class PaDTProcessor:
         )
         return rendered if isinstance(rendered, str) else rendered[0]
 
+    @property
+    def prompt_end(self) -> str:
+        """What a rendered prompt holds after the text of its last user message (end of turn, generation
+        prompt)."""
+        marker = "\x00padt\x00"
+        return self.render_prompt(marker).split(marker, 1)[1]
+
     # ------------------------------------------------------------------ prompt batches
     def __call__(
         self,
