@@ -239,3 +239,17 @@ def test_a_short_training_run_lowers_the_losses(tmp_path):
     assert logs[-1]["loss_token"] < logs[0]["loss_token"]
     loaded = PaDTForConditionalGeneration.from_pretrained(out)
     assert loaded.config.model_type == "qwen3_vl"
+
+
+def test_the_ovd_grammar_holds_qwen3_vl_answers(model, processor):
+    """The OVD grammar reads its pieces off the answer template with Qwen3-VL's tokenizer and chat template: a
+    random model's OVD answer parses, names only listed classes and ends within the budget."""
+    from padt.inference import PaDT
+
+    pipe = PaDT(model, processor)
+    options = dict(task="ovd", max_new_tokens=40, vrt_repeat_penalty=float("inf"))
+    [loose] = pipe([noise(100, 70, 4)], ["dog, cat"], ovd_grammar=False, **options)
+    [held] = pipe([noise(100, 70, 4)], ["dog, cat"], ovd_grammar=True, **options)
+    assert loose.warnings or not loose.finished or not loose.objects
+    assert held.finished and not held.warnings and held.objects, held.text
+    assert {o.label for o in held.objects} <= {"dog", "cat"}
