@@ -365,12 +365,12 @@ def test_ovd_end_penalty_lowers_the_ends_after_a_group_of_ovd_answers_only():
 
 
 def _answer_ids(encode, template: str, vocab: int, run: int = 2) -> list[int]:
-    """An answer template's ids as a model writes them: each placeholder a run of ``run`` VRTs, the text between
-    runs tokenized on its own."""
-    import re
+    """An answer template's ids as a model writes them: its objects as runs of ``run`` VRTs (``vocab + 4``,
+    ``vocab + 5``, ... in order), the text between runs tokenized on its own."""
+    from padt.prompts import template_texts
 
     ids: list[int] = []
-    for k, text in enumerate(re.split(r"<\|Obj_\d+\|>", template)):
+    for k, text in enumerate(template_texts(template)):
         ids += [vocab + 3 + k] * run if k else []
         ids += encode(text)
     return ids
@@ -385,6 +385,19 @@ def _merging_encode(text: str) -> list[int]:
         out.append(merged[piece] if piece in merged else 100 + ord(piece))
         text = text[len(piece) :]
     return out
+
+
+def test_template_texts_cut_an_answer_template_at_its_objects():
+    from padt.prompts import ovd_answer_template, rec_answer_template, template_texts
+
+    assert template_texts(ovd_answer_template(["cat", "dog"], [2, 1])) == [
+        'In this image, there are 2 "cat" (',
+        ", ",
+        '), 1 "dog" (',
+        ").",
+    ]
+    assert template_texts(rec_answer_template("the cat")) == ['The "the cat" refers to ', " in this image."]
+    assert template_texts("No objects.") == ["No objects."]
 
 
 @pytest.mark.parametrize("tokenizer", ["tiny", "merging"])

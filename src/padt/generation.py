@@ -167,14 +167,9 @@ def ovd_list_ends(encode: Callable[[str], list[int]]) -> list[tuple[tuple[int, .
     with what follows) and ``token`` the one that ends the answer there. The text after a VRT is tokenized on
     its own (:meth:`~padt.processing.PaDTProcessor.encode`), as in training, so these are the answer's tokens."""
 
-    def after(template: str, k: int) -> str:  # the text between object k's placeholder and the next one's
-        return template.split(prompts.object_placeholder(k), 1)[1].split(
-            prompts.object_placeholder(k + 1), 1
-        )[0]
-
-    several = prompts.ovd_answer_template(["a", "b"], [1, 1])
-    going_on = encode(after(several, 0))
-    ends = [encode(after(several, 1)), encode(after(prompts.ovd_answer_template(["a"], [1]), 0))]
+    several = prompts.template_texts(prompts.ovd_answer_template(["a", "b"], [1, 1]))
+    going_on = encode(several[1])  # between the first group's run and the second's
+    ends = [encode(several[2]), encode(prompts.template_texts(prompts.ovd_answer_template(["a"], [1]))[1])]
     out = []
     for end in ends:
         n = _common_prefix(going_on, end)
@@ -308,33 +303,26 @@ class OVDAnswerGrammar:
     def __init__(
         self, names: Sequence[str], encode: Callable[[str], list[int]], max_count: int = OVD_MAX_COUNT
     ) -> None:
-        def texts(template: str, runs: int) -> list[str]:
-            """The template's text before its first run, between its runs and after its last."""
-            out = []
-            for k in range(runs):
-                before, template = template.split(prompts.object_placeholder(k), 1)
-                out.append(before)
-            return [*out, template]
-
+        texts = prompts.template_texts
         names = list(dict.fromkeys(names))
         other = "b" if "a" in names else "a"  # a stand-in class: only text beside it is kept
         start, groups = [], []
         for name in names:
             for n in range(1, max_count + 1):
-                start.append((texts(prompts.ovd_answer_template([name], [n]), n)[0], (GROUP, n, "one")))
-                several = texts(prompts.ovd_answer_template([name, other], [n, 1]), n + 1)[0]
+                start.append((texts(prompts.ovd_answer_template([name], [n]))[0], (GROUP, n, "one")))
+                several = texts(prompts.ovd_answer_template([name, other], [n, 1]))[0]
                 start.append((several, (GROUP, n, "several")))
                 groups.append(
                     (
-                        texts(prompts.ovd_answer_template([other, name], [1, n]), n + 1)[1],
+                        texts(prompts.ovd_answer_template([other, name], [1, n]))[1],
                         (GROUP, n, "several"),
                     )
                 )
         start.append((prompts.OVD_ANSWER_NONE, (NONE, 0, "")))
-        one = texts(prompts.ovd_answer_template([other], [2]), 2)
+        one = texts(prompts.ovd_answer_template([other], [2]))
         ends = {
             "one": one[2],
-            "several": texts(prompts.ovd_answer_template([other, other + "x"], [1, 1]), 2)[2],
+            "several": texts(prompts.ovd_answer_template([other, other + "x"], [1, 1]))[2],
         }
 
         def trie(entries: list[tuple[str, tuple[str, int, str]]]) -> tuple[_Node, int]:
@@ -381,7 +369,7 @@ class OVDAnswerGrammar:
         vrt = any(n.piece and n.piece[0] in (GROUP, MORE) for n in nodes)
         return text, vrt
 
-    def _after_run(self, form: str, need: int, have: int, remaining: float) -> list[_Node]:
+    def _after_run(self, form: str, need: int, have: int, remaining: int) -> list[_Node]:
         room = remaining - self.end_length - 1  # tokens left once the answer's end is kept
         if have < need:
             return [self.more] if room > self.more_length + RUN_BUDGET else [self.ends[form]]

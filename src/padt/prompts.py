@@ -19,9 +19,19 @@ RIC_PROMPT = "Please describe this image."
 OVD_COUNT_PATTERN = re.compile(r'(\d+) "([^"]*)"')
 
 
+#: An object's placeholder in an answer template (:func:`object_placeholder`); group 1 is its number.
+PLACEHOLDER_PATTERN = re.compile(r"<\|Obj_(\d+)\|>")
+
+
 def object_placeholder(k: int) -> str:
     """The placeholder of the k-th object of an answer template."""
     return f"<|Obj_{k}|>"
+
+
+def template_texts(template: str) -> list[str]:
+    """An answer template's text before its first object, between its objects and after its last (one more
+    piece than it has objects)."""
+    return PLACEHOLDER_PATTERN.split(template)[::2]
 
 
 def rec_prompt(sentence: str) -> str:

@@ -31,7 +31,6 @@ import itertools
 import json
 import math
 import numbers
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,10 +38,8 @@ from typing import Any
 
 from padt.errors import PaDTError
 from padt.masks import check_rle
-from padt.prompts import object_placeholder
+from padt.prompts import PLACEHOLDER_PATTERN, object_placeholder
 from padt.tasks import TASK_NAMES
-
-PLACEHOLDER_PATTERN = re.compile(r"<\|Obj_(\d+)\|>")
 
 # Reference spellings of task names (docs/method.md §9.1) mapped to ours.
 TASK_ALIASES = {"refering": "rec", "referring": "rec"}
