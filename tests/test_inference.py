@@ -512,8 +512,9 @@ def test_ovd_grammar_makes_a_random_model_write_answers_that_parse(pipe):
 
 
 def test_ovd_grammar_holds_only_prompts_that_end_with_the_ovd_prompt():
-    """A free prompt that asks for more after an OVD prompt is left alone; the rendered OVD prompt is held."""
-    from padt.generation import OVDGrammarLogitsProcessor
+    """A free prompt that asks for more after an OVD prompt is left alone; the rendered OVD prompt is held. The
+    OVD end penalty and duplicate marking take their rows by the same rule (:func:`ovd_rows`)."""
+    from padt.generation import OVDEndPenaltyLogitsProcessor, OVDGrammarLogitsProcessor, ovd_rows
     from padt.prompts import ovd_prompt, ovd_prompt_names
 
     vocab = 2048
@@ -531,3 +532,10 @@ def test_ovd_grammar_holds_only_prompts_that_end_with_the_ovd_prompt():
         processor.encode, processor.decode, vocab, prompts, processor.eos_token_id, 64, prompt_end=end
     )
     assert list(held.grammars) == [0]
+    assert ovd_rows(prompts, processor.encode).tolist() == [True, True]  # the prompt's words, anywhere
+    rows = ovd_rows(prompts, processor.encode, decode=processor.decode, prompt_end=end)
+    assert rows.tolist() == [True, False]
+    penalty = OVDEndPenaltyLogitsProcessor(
+        processor.encode, vocab, 4.0, prompts, decode=processor.decode, prompt_end=end
+    )
+    assert penalty.rows.tolist() == [True, False]

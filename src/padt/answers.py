@@ -96,7 +96,12 @@ class AnswerFormat(ABC):
             model, processor, batch, completions, recorder, decode_masks=decode_masks, mask_box_weight=weight
         )
         if duplicate_iou:
-            ovd = ovd_rows(batch.inputs["input_ids"].cpu(), processor.encode).tolist()
+            ovd = ovd_rows(
+                batch.inputs["input_ids"].cpu(),
+                processor.encode,
+                decode=processor.decode,
+                prompt_end=processor.prompt_end,
+            ).tolist()
             for prediction, is_ovd in zip(results, ovd, strict=True):
                 if is_ovd:
                     mark_duplicates(prediction, duplicate_iou)

@@ -208,13 +208,29 @@ def ovd_end_penalty_of(generation_config: Any, override: float | None = None) ->
     return decoding_setting(generation_config, OVD_END_PENALTY, override)
 
 
-def ovd_rows(prompt_ids: torch.Tensor, encode: Callable[[str], list[int]]) -> torch.Tensor:
-    """``(B,)`` bool: which rows of ``prompt_ids`` ``(B, P)`` hold the OVD prompt (:func:`ovd_prompt_signature`)."""
+def ovd_rows(
+    prompt_ids: torch.Tensor,
+    encode: Callable[[str], list[int]],
+    *,
+    decode: Callable[[list[int]], str] | None = None,
+    prompt_end: str | None = None,
+) -> torch.Tensor:
+    """``(B,)`` bool: which rows of ``prompt_ids`` ``(B, P)`` hold the OVD prompt (:func:`ovd_prompt_signature`).
+
+    With ``decode`` (the processor's) and ``prompt_end`` (the chat template's text after the last user message,
+    ``processor.prompt_end``), a row counts only when its last user message is the OVD prompt with a readable
+    list of names (:func:`padt.prompts.ovd_prompt_names`): an OVD prompt of an earlier turn, or one followed by
+    more text, does not make the answer an OVD answer."""
     signature = torch.tensor(ovd_prompt_signature(encode), device=prompt_ids.device)
     width = signature.numel()
     if width == 0 or prompt_ids.shape[1] < width:
         return torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
-    return (prompt_ids.unfold(1, width, 1) == signature).all(-1).any(-1)
+    rows = (prompt_ids.unfold(1, width, 1) == signature).all(-1).any(-1)
+    if decode is not None and prompt_end is not None:
+        for row in rows.nonzero().flatten().tolist():
+            text = decode(prompt_ids[row].tolist())
+            rows[row] = prompts.ovd_prompt_names(text, followed_by=prompt_end) is not None
+    return rows
 
 
 class OVDEndPenaltyLogitsProcessor(LogitsProcessor):
@@ -228,6 +244,8 @@ class OVDEndPenaltyLogitsProcessor(LogitsProcessor):
         vocab_size: ids ``>= vocab_size`` are VRTs.
         penalty: ``>= 0``; 0 is off.
         prompt_ids: ``(B, P)`` the prompts, in the batch's order.
+        decode, prompt_end: the processor's ``decode`` and ``prompt_end``, when known: a row is then an OVD row
+            only when its last user message is the OVD prompt (:func:`ovd_rows`).
     """
 
     def __init__(
@@ -236,11 +254,14 @@ class OVDEndPenaltyLogitsProcessor(LogitsProcessor):
         vocab_size: int,
         penalty: float,
         prompt_ids: torch.Tensor,
+        *,
+        decode: Callable[[list[int]], str] | None = None,
+        prompt_end: str | None = None,
     ) -> None:
         self.vocab_size = int(vocab_size)
         self.penalty = ovd_end_penalty_of(None, penalty)
         self.ends = ovd_list_ends(encode)
-        self.rows = ovd_rows(prompt_ids, encode)
+        self.rows = ovd_rows(prompt_ids, encode, decode=decode, prompt_end=prompt_end)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.penalty == 0 or not bool(self.rows.any()):
@@ -432,7 +453,8 @@ class OVDGrammarLogitsProcessor(LogitsProcessor):
             raise PaDTError("the OVD grammar needs the model's eos_token_id (generation_config)")
         self.max_new_tokens = int(max_new_tokens)
         self.grammars: dict[int, OVDAnswerGrammar] = {}
-        for row in ovd_rows(prompt_ids, encode).nonzero().flatten().tolist():
+        rows = ovd_rows(prompt_ids, encode, decode=decode, prompt_end=prompt_end)
+        for row in rows.nonzero().flatten().tolist():
             names = prompts.ovd_prompt_names(decode(prompt_ids[row].tolist()), followed_by=prompt_end)
             if names:
                 self.grammars[row] = _grammar(encode, tuple(sorted(set(names))), max_count)  # order is free

@@ -126,7 +126,12 @@ def predict(
     if ovd_end_penalty > 0:
         added.append(
             OVDEndPenaltyLogitsProcessor(
-                processor.encode, model.vocab_size, ovd_end_penalty, inputs["input_ids"]
+                processor.encode,
+                model.vocab_size,
+                ovd_end_penalty,
+                inputs["input_ids"],
+                decode=processor.decode,
+                prompt_end=processor.prompt_end,
             )
         )
     if ovd_grammar:  # last: what the penalties leave is then held to the grammar
