@@ -367,6 +367,17 @@ def test_one_command_runs_resumes_and_skips_stages(tmp_path, capsys):
     assert main(["train", "--config", str(recipe), *COMMON, "stages.vision.training.learning_rate=0.1"]) == 2
     assert "trained with another config" in capsys.readouterr().err
 
+    # Decoding settings are not training: changed, the finished stage is kept and its model takes them.
+    times = json.loads((run / "stages.json").read_text())
+    assert (
+        main(["train", "--config", str(recipe), *COMMON, "stages.padt.generation.vrt_repeat_penalty=5"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "'padt' (PaDT training): generation settings changed" in out and out.count("finished earlier") == 2
+    assert json.loads((padt / "generation_config.json").read_text())["vrt_repeat_penalty"] == 5.0
+    assert yaml.safe_load((padt / "stage_config.yaml").read_text())["generation"]["vrt_repeat_penalty"] == 5.0
+    assert json.loads((run / "stages.json").read_text()) == times
+
 
 def test_vision_from_copies_only_the_vision_component(tmp_path):
     source, _ = _build({"tiny": TINY | {"seed": 1}})
@@ -388,3 +399,92 @@ def test_vision_from_copies_only_the_vision_component(tmp_path):
     wide, _ = _build({"tiny": TINY | {"vision_hidden_size": 32}})
     with pytest.raises(PaDTError, match="does not match"):
         load_vision_from(wide, tmp_path / "vision")
+
+
+def test_average_checkpoints_by_hand(tmp_path):
+    from safetensors.torch import load_file
+
+    from padt.modeling import PaDTForConditionalGeneration
+    from padt.training.average import average_checkpoints
+
+    for seed in (1, 2):
+        model, processor = _build({"tiny": TINY | {"seed": seed}})
+        model.save_pretrained(tmp_path / f"m{seed}")
+        processor.save_pretrained(tmp_path / f"m{seed}")
+    out = average_checkpoints([tmp_path / "m1", tmp_path / "m2"], tmp_path / "avg", [1, 3])
+    a, b, avg = (load_file(tmp_path / name / "model.safetensors") for name in ("m1", "m2", "avg"))
+    assert set(avg) == set(a) and len(avg) > 50
+    differ = 0
+    for key, value in avg.items():
+        assert value.dtype == a[key].dtype, key
+        torch.testing.assert_close(value, 0.25 * a[key] + 0.75 * b[key], rtol=1e-6, atol=1e-7)
+        differ += not torch.equal(a[key], b[key])
+    assert differ > 10  # the two seeds are different models
+    assert (out / "tokenizer.json").read_bytes() == (tmp_path / "m1" / "tokenizer.json").read_bytes()
+    # It loads as a model whose every parameter is the weighted mean of the two models' parameters.
+    states = [
+        PaDTForConditionalGeneration.from_pretrained(tmp_path / f).state_dict() for f in ("m1", "m2", "avg")
+    ]
+    for key, value in states[2].items():
+        torch.testing.assert_close(value, 0.25 * states[0][key] + 0.75 * states[1][key], rtol=1e-6, atol=1e-7)
+    # The plain mean when no weights are given.
+    average_checkpoints([tmp_path / "m1", tmp_path / "m2"], tmp_path / "mean")
+    for key, value in load_file(tmp_path / "mean" / "model.safetensors").items():
+        torch.testing.assert_close(value, 0.5 * (a[key] + b[key]))
+
+    wide, processor = _build({"tiny": TINY | {"hidden_size": 32}})
+    wide.save_pretrained(tmp_path / "wide")
+    with pytest.raises(PaDTError, match="different architectures"):
+        average_checkpoints([tmp_path / "m1", tmp_path / "wide"], tmp_path / "bad")
+    with pytest.raises(PaDTError, match="one positive weight per model"):
+        average_checkpoints([tmp_path / "m1", tmp_path / "m2"], tmp_path / "bad", [1])
+    with pytest.raises(PaDTError, match="model folder not found"):
+        average_checkpoints([tmp_path / "m1", tmp_path / "nope"], tmp_path / "bad")
+    with pytest.raises(PaDTError, match="one of the models being averaged"):
+        average_checkpoints([tmp_path / "m1", tmp_path / "m2"], tmp_path / "m2")
+    (tmp_path / "m2" / "model.safetensors").write_bytes(b"")
+    with pytest.raises(PaDTError, match="empty or cut short"):
+        average_checkpoints([tmp_path / "m1", tmp_path / "m2"], tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_recipe_averages_its_stages(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    raw = yaml.safe_load(_recipe(tmp_path).read_text())
+    padt = raw["stages"]["padt"]
+    raw["stages"] = {
+        "padt": padt | {"model": {}},
+        "tune": {"model": {"path": "padt"}, "data": padt["data"], "training": {"max_steps": 1}},
+        "soup": {"kind": "average", "average": {"models": ["padt", "tune"], "weights": [1, 1]}},
+    }
+    recipe = tmp_path / "soup.yaml"
+    recipe.write_text(yaml.safe_dump(raw, sort_keys=False))
+    # The shared sections and the overrides of every stage do not reach the averaging stage.
+    root, stages = resolve_stages(recipe, ["training.max_steps=2", "seed=3"])
+    soup = stages[2][2]
+    assert stages[2][1] == "average" and soup.average.models == [str(root / "padt"), str(root / "tune")]
+    assert soup.training.output_dir == str(root / "soup")
+    bad = tmp_path / "bad.yaml"
+    raw["stages"]["soup"]["average"]["weights"] = [1]
+    bad.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(PaDTError, match=r"stages\.soup: .*weights has 1 entries for 2 models"):
+        resolve_stages(bad)
+    raw["stages"] = {"soup": raw["stages"]["soup"], **{k: v for k, v in raw["stages"].items() if k != "soup"}}
+    bad.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(PaDTError, match=r"average\.models names stage 'padt', which runs later"):
+        resolve_stages(bad)
+
+    assert main(["train", "--config", str(recipe), *COMMON]) == 0
+    assert "stage 3/3 'soup' (weight averaging)" in capsys.readouterr().out
+    run = tmp_path / "run"
+    a, b, avg = (load_file(run / name / "model.safetensors") for name in ("padt", "tune", "soup"))
+    assert sum(not torch.equal(a[k], b[k]) for k in a) > 10
+    for key in avg:
+        torch.testing.assert_close(avg[key], 0.5 * (a[key] + b[key]))
+    summary = json.loads((run / "soup" / "train_summary.json").read_text())
+    assert summary["models"] == [str(run / "padt"), str(run / "tune")] and summary["weights"] == [0.5, 0.5]
+    assert yaml.safe_load((run / "soup" / "stage_config.yaml").read_text())["kind"] == "average"
+    assert json.loads((run / "soup" / "generation_config.json").read_text())["vrt_repeat_penalty"] == 3.0
+    assert main(["train", "--config", str(recipe), *COMMON]) == 0
+    assert capsys.readouterr().out.count("finished earlier") == 3

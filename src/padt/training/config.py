@@ -42,6 +42,7 @@ from pydantic import (
     Field,
     NonNegativeFloat,
     NonNegativeInt,
+    PositiveFloat,
     PositiveInt,
     Tag,
     TypeAdapter,
@@ -369,6 +370,38 @@ class VisionStageConfig(_Section):
     vision: VisionSection = Field(default_factory=VisionSection)
     training: TrainingSection
     seed: int = 42
+    resume: Literal["auto", True, False] = "auto"
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------------- weight-averaging stage
+class AverageSection(_Section):
+    #: the checkpoints to average: earlier stages' names or folders, all of one architecture.
+    models: list[str] = Field(min_length=2)
+    #: one weight per model (normalised to sum to 1); unset: the plain mean.
+    weights: list[PositiveFloat] | None = None
+
+    @model_validator(mode="after")
+    def _one_weight_per_model(self) -> AverageSection:
+        if self.weights is not None and len(self.weights) != len(self.models):
+            raise ValueError(
+                f"weights has {len(self.weights)} entries for {len(self.models)} models; give one per model"
+            )
+        return self
+
+
+class OutputSection(_Section):
+    output_dir: str
+
+
+class AverageStageConfig(_Section):
+    """A stage that averages the weights of earlier stages' models (:mod:`padt.training.average`). It trains
+    nothing, so it takes none of the recipe's shared sections: only ``average`` and ``training.output_dir``."""
+
+    average: AverageSection
+    training: OutputSection
     resume: Literal["auto", True, False] = "auto"
 
     def to_yaml(self) -> str:

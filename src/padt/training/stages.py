@@ -49,6 +49,7 @@ import yaml
 
 from padt.errors import PaDTError
 from padt.training.config import (
+    AverageStageConfig,
     TrainConfig,
     VisionStageConfig,
     _merge,
@@ -57,8 +58,8 @@ from padt.training.config import (
     validate_config,
 )
 
-KINDS = {"vision": "vision pretraining", "padt": "PaDT training"}
-SCHEMAS = {"vision": VisionStageConfig, "padt": TrainConfig}
+KINDS = {"vision": "vision pretraining", "padt": "PaDT training", "average": "weight averaging"}
+SCHEMAS = {"vision": VisionStageConfig, "padt": TrainConfig, "average": AverageStageConfig}
 STAGE_CONFIG = "stage_config.yaml"
 SUMMARY = "train_summary.json"
 TIMES = "stages.json"
@@ -117,9 +118,16 @@ def resolve_stages(
         kind = stage.pop("kind", "padt")
         if kind not in KINDS:
             raise PaDTError(f"{path}: stages.{name}.kind must be one of {', '.join(KINDS)}, got {kind!r}")
-        config = _merge(shared, stage)
-        for keys, value, item in everywhere + per_stage[name]:
-            set_override(config, keys, value, item)
+        if kind == "average":
+            # It trains nothing: the shared sections and the overrides of every stage are not its own, except
+            # the resume setting.
+            config = stage
+            for keys, value, item in [o for o in everywhere if o[0] == ["resume"]] + per_stage[name]:
+                set_override(config, keys, value, item)
+        else:
+            config = _merge(shared, stage)
+            for keys, value, item in everywhere + per_stage[name]:
+                set_override(config, keys, value, item)
         config.setdefault("training", {})
         if not config["training"].get("output_dir"):
             config["training"]["output_dir"] = os.fspath(Path(root) / name)
@@ -129,6 +137,15 @@ def resolve_stages(
                 config["model"][key] = outputs[source]
             elif source in stages:
                 raise PaDTError(f"{path}: stages.{name}.model.{key} names stage {source!r}, which runs later")
+        average = config.get("average")
+        if kind == "average" and isinstance(average, dict) and isinstance(average.get("models"), list):
+            for i, source in enumerate(average["models"]):
+                if source in outputs:
+                    average["models"][i] = outputs[source]
+                elif source in stages:
+                    raise PaDTError(
+                        f"{path}: stages.{name}.average.models names stage {source!r}, which runs later"
+                    )
         synthetic = (config.get("data") or {}).get("synthetic")
         for spec in synthetic if isinstance(synthetic, list) else [synthetic]:
             source = spec.get("out") if isinstance(spec, dict) else None
@@ -150,6 +167,11 @@ def resolve_stages(
 
 
 def _run_stage(kind: str, config: Any) -> None:
+    if kind == "average":
+        from padt.training.average import run_average_stage
+
+        run_average_stage(config)
+        return
     if kind == "vision":
         from padt.training.vision_pretrain import pretrain_vision
 
@@ -180,18 +202,26 @@ def run_stages(
         out = Path(config.training.output_dir)
         folders.append(out)
         stage_file = out / STAGE_CONFIG
-        # A PaDT stage's file is a plain padt train config; a vision stage's says what it is. The resume
+        # A PaDT stage's file is a plain padt train config; another kind's says what it is. The resume
         # setting is not part of what was trained.
         settings = {k: v for k, v in _plain(config).items() if k != "resume"}
-        text = yaml.safe_dump({"kind": kind, **settings} if kind == "vision" else settings, sort_keys=False)
+        text = yaml.safe_dump({"kind": kind, **settings} if kind != "padt" else settings, sort_keys=False)
         fresh = config.resume is False
         previous = stage_file.read_text() if stage_file.is_file() else None
-        if previous is not None and not fresh and not _same_settings(previous, text, kind, stage_file):
-            raise PaDTError(
-                f"stage {name!r}: {out} was trained with another config ({stage_file}); use another "
-                "output_dir, or --no-resume to retrain every stage"
-            )
         label = f"padt train: stage {number}/{len(stages)} {name!r} ({KINDS[kind]})"
+        if previous is not None and not fresh and not _same_settings(previous, text, kind, stage_file):
+            if not _same_settings(previous, text, kind, stage_file, ignore=("generation",)):
+                raise PaDTError(
+                    f"stage {name!r}: {out} was trained with another config ({stage_file}); use another "
+                    "output_dir, or --no-resume to retrain every stage"
+                )
+            # Only the decoding settings changed: they are not training, so the stage keeps its weights and
+            # its model takes the new settings.
+            if main:
+                if (out / SUMMARY).is_file():
+                    _set_generation(out, _generation_of(previous), config.generation)
+                stage_file.write_text(text)
+                print(f"{label}: generation settings changed; written into {out}/generation_config.json")
         if (out / SUMMARY).is_file() and not fresh:
             if main:
                 print(f"{label}: finished earlier in {out}; skipped")
@@ -213,10 +243,11 @@ def _plain(config: Any) -> dict[str, Any]:
     return config.model_dump(mode="json", exclude_none=True)
 
 
-def _same_settings(previous: str, current: str, kind: str, where: Path) -> bool:
+def _same_settings(previous: str, current: str, kind: str, where: Path, ignore: Sequence[str] = ()) -> bool:
     """Whether a stage file written earlier describes the same training as ``current``: the same text, or the
     same settings once each is read back and the values at their defaults are dropped, so that an option added
-    by a later padt (at its default) does not make a finished stage look different."""
+    by a later padt (at its default) does not make a finished stage look different. Sections in ``ignore``
+    are left out of the comparison."""
     if previous == current:
         return True
 
@@ -229,10 +260,30 @@ def _same_settings(previous: str, current: str, kind: str, where: Path) -> bool:
             config = validate_config(data, os.fspath(where), SCHEMAS[kind])
         except PaDTError:  # e.g. an option a later padt removed
             return None
-        return config.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+        return config.model_dump(mode="json", exclude_none=True, exclude_defaults=True, exclude=set(ignore))
 
     before = settings(previous)
     return before is not None and before == settings(current)
+
+
+def _generation_of(text: str) -> dict[str, Any]:
+    data = yaml.safe_load(text)
+    return dict(data.get("generation") or {}) if isinstance(data, dict) else {}
+
+
+def _set_generation(out: Path, before: dict[str, Any], after: dict[str, Any]) -> None:
+    """Rewrite the ``generation`` settings of the finished model in ``out``: those no longer set are removed,
+    the others take their new values."""
+    from transformers import GenerationConfig
+
+    generation = GenerationConfig.from_pretrained(out)
+    for key in set(before) - set(after):
+        if hasattr(generation, key):
+            delattr(generation, key)
+    for key, value in after.items():
+        setattr(generation, key, value)
+    generation._from_model_config = False  # else loading rebuilds it from the model config
+    generation.save_pretrained(out)
 
 
 def _add_time(root: Path, name: str, seconds: float, config: Any) -> None:
