@@ -427,10 +427,14 @@ def test_average_checkpoints_by_hand(tmp_path):
     ]
     for key, value in states[2].items():
         torch.testing.assert_close(value, 0.25 * states[0][key] + 0.75 * states[1][key], rtol=1e-6, atol=1e-7)
-    # The plain mean when no weights are given.
-    average_checkpoints([tmp_path / "m1", tmp_path / "m2"], tmp_path / "mean")
+    # The plain mean when no weights are given; a model saved in another dtype is the same architecture, and the
+    # average keeps the first model's dtype.
+    half = PaDTForConditionalGeneration.from_pretrained(tmp_path / "m2").to(torch.bfloat16)
+    half.save_pretrained(tmp_path / "m2_bf16")
+    average_checkpoints([tmp_path / "m1", tmp_path / "m2_bf16"], tmp_path / "mean")
     for key, value in load_file(tmp_path / "mean" / "model.safetensors").items():
-        torch.testing.assert_close(value, 0.5 * (a[key] + b[key]))
+        assert value.dtype == a[key].dtype
+        torch.testing.assert_close(value, 0.5 * (a[key] + b[key].bfloat16().float()))
 
     wide, processor = _build({"tiny": TINY | {"hidden_size": 32}})
     wide.save_pretrained(tmp_path / "wide")

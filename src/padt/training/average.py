@@ -10,8 +10,8 @@ them ("model soups", Wortsman et al., 2022). In a recipe it is a stage of its ow
 
 The averaged folder is a plain ``from_pretrained`` checkpoint: the weights are averaged in float32 and saved in
 the first model's dtype; everything else (config, generation settings, tokenizer, processor) is the first
-model's. The models must share one architecture (the same ``config.json`` up to its dtype, the same weight
-names and shapes).
+model's. The models must share one architecture: the same ``config.json`` up to how it was saved (dtype,
+``use_cache``), the same weight names and shapes.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 SUMMARY = "train_summary.json"
 #: what a training run writes about itself beside its model: not the average's.
 _RUN_FILES = (SUMMARY, "stage_config.yaml", "training_args.bin")
-_DTYPE_KEYS = ("torch_dtype", "dtype")
+#: config.json keys that say how a model was saved or run, not what it is.
+_NOT_ARCHITECTURE = ("torch_dtype", "dtype", "use_cache", "transformers_version", "_name_or_path")
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -46,7 +47,8 @@ def _weight_files(folder: Path) -> list[Path]:
 
 
 def _architecture(folder: Path) -> dict:
-    """A model's ``config.json`` without its dtype: what must agree for weights to be averaged."""
+    """A model's ``config.json`` without what says how it was saved or run (its dtype, ``use_cache``, ...):
+    what must agree for weights to be averaged."""
     file = folder / "config.json"
     try:
         config = json.loads(file.read_text())
@@ -55,7 +57,7 @@ def _architecture(folder: Path) -> dict:
 
     def strip(value: object) -> object:
         if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k not in _DTYPE_KEYS}
+            return {k: strip(v) for k, v in value.items() if k not in _NOT_ARCHITECTURE}
         return value
 
     return strip(config)  # type: ignore[return-value]
