@@ -143,6 +143,7 @@ def test_the_page_in_a_real_browser(tmp_path):
         shown_duplicate = page.locator("#ovd-duplicate-iou input").input_value()
         shown_grammar = page.locator("#ovd-grammar input").is_checked()
         reuse.fill("0")
+        page.locator("#penalty input").fill("0")
         before = overlay.get_attribute("src")
         page.click("#run")
         page.wait_for_function(
@@ -167,9 +168,11 @@ def test_the_page_in_a_real_browser(tmp_path):
         getattr(config, "ovd_end_penalty", None) is None
         and getattr(config, "ovd_duplicate_iou", None) is None
     )
-    [ric] = pipe([scene.image], [""], task="ric", max_new_tokens=96, vrt_reuse_penalty=0.0)
+    [ric] = pipe(
+        [scene.image], [""], task="ric", max_new_tokens=96, vrt_reuse_penalty=0.0, vrt_repeat_penalty=0.0
+    )
     assert_same_prediction(shown_ric, ric.to_json(), [(scene.width, scene.height)])
-    # on this scene the reuse penalty changes the caption, so the field really reached generation
+    # on this scene the penalties change the caption, so the fields really reached generation
     [ric_default] = pipe([scene.image], [""], task="ric", max_new_tokens=96)
     assert ric.text != ric_default.text
     assert not [u for u in requested if not u.startswith(app.url) and not u.startswith(("data:", "blob:"))]

@@ -203,10 +203,10 @@ def test_mask_box_weight_reaches_the_boxes(client):
 
 def test_decoding_penalties_reach_generation(client):
     """``vrt_reuse_penalty`` (and ``vrt_repeat_penalty``) in a request decode as the pipeline does with them: on this
-    scene the bundled model's caption points at an earlier object again without the reuse penalty."""
+    scene the bundled model's caption changes without the reuse penalty."""
     from padt.inference import PaDT, default_model
 
-    png, sc = scene_png(0)
+    png, sc = scene_png(1)
     pipe = PaDT.from_pretrained(default_model())
     fields = {"image": data_url(png), "task": "ric", "max_new_tokens": 96}
     default = client.post("/v1/predict", json=fields).json()
