@@ -503,3 +503,57 @@ def test_cli_writes_the_dataset(tmp_path, monkeypatch, capsys):
     assert cli_main(args) == 0 and "3 already present" in capsys.readouterr().out
     assert cli_main([*args[:-5], "--max-size", "336"]) == 2  # other settings, same folder
     assert "other settings" in capsys.readouterr().err
+
+
+def test_absent_rate_asks_for_kinds_the_scene_does_not_hold():
+    """With ``absent_rate`` a share of the OVD records list only absent kinds and answer that none is there; the
+    other OVD records list every kind present, as always; the scenes stay as they were, and at 0 no byte
+    changes."""
+    from padt.prompts import OVD_ANSWER_NONE, ovd_answer_counts, ovd_prompt_names
+
+    plain = [syn.synthetic_sample("ovd", 9, i) for i in range(40)]
+    at_zero = [syn.synthetic_sample("ovd", 9, i, absent_rate=0.0) for i in range(40)]
+    assert [r for _, r in at_zero] == [r for _, r in plain]
+    mixed = [syn.synthetic_sample("ovd", 9, i, absent_rate=0.5) for i in range(40)]
+    absent_only = 0
+    for (scene, [record]), (same, _) in zip(mixed, plain, strict=True):
+        assert np.array_equal(np.asarray(scene.image), np.asarray(same.image))
+        names = ovd_prompt_names(record["conversations"][0]["value"])
+        present = {o.shape for o in scene.objects}
+        assert names and set(names) <= set(syn.SHAPES)
+        if record["objects"]:
+            assert present <= set(names)
+            counts = dict(ovd_answer_counts(record["answer_template"]))
+            assert counts == {k: sum(o.shape == k for o in scene.objects) for k in present}
+            continue
+        absent_only += 1
+        assert not present & set(names) and record["answer_template"] == OVD_ANSWER_NONE
+    assert 10 <= absent_only <= 30  # about half of 40
+    everything = [syn.synthetic_sample("ovd", 9, i, absent_rate=1.0)[1][0] for i in range(10)]
+    assert all(r["answer_template"] == OVD_ANSWER_NONE and not r["objects"] for r in everything)
+    # Other tasks do not change.
+    assert syn.synthetic_sample("rec", 9, 0, absent_rate=1.0)[1] == syn.synthetic_sample("rec", 9, 0)[1]
+
+
+def test_absent_rate_is_kept_with_the_dataset_and_checked(tmp_path, monkeypatch, capsys):
+    from padt.evaluation.data import canonical_data_name, parse_synthetic_spec
+
+    syn.generate_dataset("ovd", 3, 1, tmp_path / "a", progress=False)
+    assert "absent_rate" not in json.loads((tmp_path / "a" / "synthetic.json").read_text())
+    with pytest.raises(PaDTError, match="other settings"):
+        syn.generate_dataset("ovd", 3, 1, tmp_path / "a", absent_rate=0.3, progress=False)
+    with pytest.raises(PaDTError, match="absent_rate must be a number from 0 to 1"):
+        syn.generate_dataset("ovd", 3, 1, tmp_path / "c", absent_rate=1.5, progress=False)
+    monkeypatch.setattr(sys, "argv", ["padt"])
+    args = ["data", "synthetic", "--task", "ovd", "--n", "3", "--out", str(tmp_path / "b"), "--no-progress"]
+    assert cli_main([*args, "--absent-rate", "0.25"]) == 0
+    assert json.loads((tmp_path / "b" / "synthetic.json").read_text())["absent_rate"] == 0.25
+    with pytest.raises(SystemExit):
+        cli_main([*args, "--absent-rate", "2"])
+    assert "not a share from 0 to 1" in capsys.readouterr().err
+    # padt eval's data spec: the key is recorded only when set, so folders evaluated before keep their name.
+    assert parse_synthetic_spec("synthetic:n=4,absent_rate=0.5", "ovd")["absent_rate"] == 0.5
+    assert "absent_rate" not in canonical_data_name("synthetic:n=4", "ovd")
+    assert canonical_data_name("synthetic:n=4,absent_rate=1", "ovd").endswith(",absent_rate=1.0")
+    with pytest.raises(PaDTError, match="absent_rate must be a share from 0 to 1"):
+        parse_synthetic_spec("synthetic:n=4,absent_rate=x", "ovd")

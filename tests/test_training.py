@@ -686,6 +686,28 @@ def test_synthetic_data_of_a_config_takes_its_form_weights(tmp_path):
     assert [expression_form(label) for label in labels] == ["attribute", "extreme", "extreme", "extreme"]
 
 
+def test_ovd_records_without_objects_train(tmp_path):
+    """A config's synthetic data with ``absent_rate: 1``: every OVD record asks only for absent kinds and answers
+    that none is there; training on them runs, the token loss on and the decoder's losses at zero (no object)."""
+    from padt.prompts import OVD_ANSWER_NONE
+
+    config = make_config(
+        tmp_path / "unused.jsonl",
+        tmp_path / "run",
+        "data.train=[]",
+        "data.synthetic={task: ovd, n: 4, seed: 2, max_size: 112, absent_rate: 1}",
+        "padt.patches=record",
+    )
+    assert config.data.synthetic.absent_rate == 1.0
+    out = train(config)
+    summary = json.loads((out / "train_summary.json").read_text())
+    records = read_records(tmp_path / "run" / "data" / "records.jsonl")
+    assert all(r.answer_template == OVD_ANSWER_NONE and not r.objects for r in records)
+    assert json.loads((tmp_path / "run" / "data" / "synthetic.json").read_text())["absent_rate"] == 1.0
+    history = [h for h in summary["log_history"] if "loss_token" in h]
+    assert len(history) == 2 and all(h["loss_token"] > 0 and h["loss_bbox_l1"] == 0 for h in history)
+
+
 def test_several_synthetic_datasets_are_mixed_into_one(tmp_path):
     """A list under data.synthetic: each dataset generated into its own folder (data, data_1, ...) with its own
     task, size and seed, and all their records trained on together."""

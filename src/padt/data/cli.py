@@ -68,6 +68,14 @@ def _add_synthetic(parser: argparse.ArgumentParser) -> None:
         help="rec/res: how often each expression form is drawn, e.g. extreme=0.5,relation=0.35 (forms: "
         "attribute, extreme, relation; default attribute=0.4,extreme=0.3,relation=0.3)",
     )
+    parser.add_argument(
+        "--absent-rate",
+        type=_share,
+        default=0.0,
+        metavar="P",
+        help="ovd: the share of records whose class list holds only kinds the scene does not have, answered "
+        "'No objects from the list are present in the image.' (0 to 1; default 0)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
 
 
@@ -90,6 +98,17 @@ def _form_weights(text: str) -> dict[str, float]:
     return weights
 
 
+def _share(text: str) -> float:
+    """A number from 0 to 1, checked by :func:`padt.data.synthetic.check_absent_rate`."""
+    from padt.data.synthetic import check_absent_rate
+    from padt.errors import PaDTError
+
+    try:
+        return check_absent_rate(float(text))
+    except (ValueError, PaDTError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share from 0 to 1 (e.g. 0.2)") from None
+
+
 def _run_synthetic(args: argparse.Namespace) -> int:
     from padt.commands import writable_folder
     from padt.data.synthetic import generate_dataset
@@ -105,6 +124,7 @@ def _run_synthetic(args: argparse.Namespace) -> int:
         max_objects=args.max_objects,
         refs_per_scene=args.refs_per_scene,
         form_weights=args.form_weights,
+        absent_rate=args.absent_rate,
         progress=not args.no_progress,
     )
     skipped = summary.scenes - summary.new_scenes

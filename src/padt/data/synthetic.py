@@ -23,7 +23,8 @@ reference prompts of :mod:`padt.prompts`:
   is used only if it resolves to exactly its target. RES is the mask output of the same records.
 - OVD: the class list is the shape names, present classes plus a random subset of absent ones, shuffled.
   Answer objects follow the prompt's class order; within a class they run left to right (box centre x, then
-  y, then drawing order).
+  y, then drawing order). With ``absent_rate`` > 0, that share of the OVD records asks only for kinds the scene
+  does not hold (a random non-empty subset of them), answered with the reference's "no objects" sentence.
 - RIC: a caption from a fixed grammar (:func:`ric_caption`) that mentions every object exactly once.
 
 :func:`generate_dataset` writes PNG images and ``records.jsonl``. Scene ``i`` is a pure function of
@@ -607,6 +608,13 @@ def referring_expressions(scene: Scene, index: int) -> dict[str, list[ReferringE
 FORM_WEIGHTS: dict[str, float] = {"attribute": 0.4, "extreme": 0.3, "relation": 0.3}
 
 
+def check_absent_rate(rate: float) -> float:
+    """``rate`` as a float if it is a share from 0 to 1, else a one-line error."""
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
+        raise PaDTError(f"absent_rate must be a number from 0 to 1 (the share of OVD records), got {rate!r}")
+    return float(rate)
+
+
 def check_form_weights(weights: dict[str, float] | None) -> dict[str, float]:
     """``weights`` checked and completed from :data:`FORM_WEIGHTS` (forms it leaves out keep their default)."""
     if weights is None:
@@ -749,12 +757,15 @@ def scene_records(
     image_id: int,
     refs_per_scene: int = 1,
     form_weights: dict[str, float] | None = None,
+    absent_rate: float = 0.0,
 ) -> list[dict]:
     """The records of one scene for ``task`` (``rec``, ``res``, ``ovd`` or ``ric``) in the reference schema.
 
     REC/RES give up to ``refs_per_scene`` records, each about a different object (fewer if fewer objects can
     be referred to, none if none can), expression forms drawn with ``form_weights``
-    (:func:`sample_referring_expression`); OVD and RIC give one.
+    (:func:`sample_referring_expression`); OVD and RIC give one. With probability ``absent_rate`` the OVD
+    record lists only kinds the scene does not hold and its answer is that none is there (at 0, the default,
+    no draw is made for it: the records are those of earlier padt versions).
     """
     task = task.lower()
     if task in ("rec", "res"):
@@ -774,6 +785,11 @@ def scene_records(
     if task == "ovd":
         present = {o.shape for o in scene.objects}
         absent = [s for s in SHAPES if s not in present]
+        if absent_rate > 0 and rng.random() < absent_rate and absent:
+            names = [s for s in absent if rng.random() < 0.5] or [absent[int(rng.integers(len(absent)))]]
+            names = [names[i] for i in rng.permutation(len(names))]
+            prompt, answer = ovd_prompt(names), ovd_answer_template(names, [0] * len(names))
+            return [_record(image_id, image, prompt, answer, [], task)]
         # As the reference's drop_rate: half of the prompts list every class, the others a random subset of
         # the absent ones.
         if rng.random() < 0.5:
@@ -817,6 +833,7 @@ def synthetic_sample(
     max_objects: int = DEFAULT_SCENES.max_objects,
     refs_per_scene: int = 1,
     form_weights: dict[str, float] | None = None,
+    absent_rate: float = 0.0,
 ) -> tuple[Scene, list[dict]]:
     """Scene ``index`` of the dataset ``(task, seed)`` and its records.
 
@@ -836,6 +853,7 @@ def synthetic_sample(
             image_id=index,
             refs_per_scene=refs_per_scene,
             form_weights=form_weights,
+            absent_rate=absent_rate,
         )
         if records:
             return scene, records
@@ -930,6 +948,7 @@ def generate_dataset(
     max_objects: int = DEFAULT_SCENES.max_objects,
     refs_per_scene: int = 1,
     form_weights: dict[str, float] | None = None,
+    absent_rate: float = 0.0,
     progress: bool = True,
 ) -> GenerationSummary:
     """Write scenes ``0 .. n-1`` of the dataset ``(task, seed)`` to ``out_dir``: PNGs and ``records.jsonl``.
@@ -948,6 +967,8 @@ def generate_dataset(
         form_weights: how often REC/RES draw each expression form (``attribute``, ``extreme``, ``relation``;
             default :data:`FORM_WEIGHTS`); a form left out keeps its default weight. Only the expressions
             change, not the scenes.
+        absent_rate: the share of OVD records that list only kinds the scene does not hold (answer: none is
+            there), from 0 (default) to 1; only the OVD records change, not the scenes.
         progress: show a progress bar.
     """
     task = task.lower()
@@ -963,6 +984,7 @@ def generate_dataset(
     if refs_per_scene < 1:
         raise PaDTError(f"refs_per_scene must be >= 1, got {refs_per_scene}")
     weights = check_form_weights(form_weights)
+    absent_rate = check_absent_rate(absent_rate)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -978,6 +1000,8 @@ def generate_dataset(
     }
     if weights != FORM_WEIGHTS:  # folders written with the default mix keep their settings file as before
         settings["form_weights"] = weights
+    if absent_rate:  # likewise
+        settings["absent_rate"] = absent_rate
     _check_settings(out, settings)
     records_path = out / RECORDS_FILE
     done = _completed_ids(records_path)
@@ -997,6 +1021,7 @@ def generate_dataset(
                     max_objects=max_objects,
                     refs_per_scene=refs_per_scene,
                     form_weights=weights,
+                    absent_rate=absent_rate,
                 )
                 path = out / image_name(index)
                 if not path.exists():

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from padt.data.records import Record, read_records
-from padt.data.synthetic import DEFAULT_SCENES
+from padt.data.synthetic import DEFAULT_SCENES, check_absent_rate
 from padt.errors import PaDTError
 from padt.tasks import TASK_NAMES, get_task
 
@@ -22,7 +22,10 @@ SYNTHETIC_KEYS: dict[str, int | str | None] = {
     "seed": 0,
     **dataclasses.asdict(DEFAULT_SCENES),
     "refs_per_scene": 1,
+    "absent_rate": 0,
 }
+#: Keys left out of the recorded data name at their default (added after eval folders were first written).
+_LATER_KEYS = {"absent_rate": 0}
 
 
 @dataclass
@@ -35,8 +38,9 @@ class EvalData:
 
 
 def parse_synthetic_spec(spec: str, task: str) -> dict[str, int | str]:
-    """``synthetic:task=rec,n=500,seed=123[,min_size=..,max_size=..,max_objects=..,refs_per_scene=..]`` as
-    :func:`padt.data.synthetic.generate_dataset` arguments; ``task`` defaults to the evaluated task."""
+    """``synthetic:task=rec,n=500,seed=123[,min_size=..,max_size=..,max_objects=..,refs_per_scene=..,
+    absent_rate=..]`` as :func:`padt.data.synthetic.generate_dataset` arguments; ``task`` defaults to the
+    evaluated task. ``absent_rate`` (a share from 0 to 1) is the only key that is not an integer."""
     body = spec[len(SYNTHETIC_PREFIX) :]
     values: dict[str, int | str | None] = dict(SYNTHETIC_KEYS)
     for item in filter(None, (part.strip() for part in body.split(","))):
@@ -49,6 +53,14 @@ def parse_synthetic_spec(spec: str, task: str) -> dict[str, int | str]:
             )
         if key == "task":
             values[key] = value.strip().lower()
+            continue
+        if key == "absent_rate":
+            try:
+                values[key] = check_absent_rate(float(value))
+            except (ValueError, PaDTError):
+                raise PaDTError(
+                    f"synthetic data spec {spec!r}: absent_rate must be a share from 0 to 1, got {value!r}"
+                ) from None
             continue
         try:
             values[key] = int(value)
@@ -77,7 +89,8 @@ def canonical_data_name(spec: str | os.PathLike, task: str) -> str:
     text = os.fspath(spec)
     if text.startswith(SYNTHETIC_PREFIX):
         values = parse_synthetic_spec(text, task)
-        return SYNTHETIC_PREFIX + ",".join(f"{k}={values[k]}" for k in SYNTHETIC_KEYS)
+        keys = [k for k in SYNTHETIC_KEYS if not (k in _LATER_KEYS and values[k] == _LATER_KEYS[k])]
+        return SYNTHETIC_PREFIX + ",".join(f"{k}={values[k]}" for k in keys)
     return str(_records_file(text).resolve())
 
 

@@ -108,6 +108,8 @@ class SyntheticData(_Section):
     refs_per_scene: PositiveInt | None = None
     #: REC/RES expression forms' weights, e.g. ``{extreme: 0.5}`` (padt.data.synthetic.FORM_WEIGHTS)
     form_weights: dict[Literal["attribute", "extreme", "relation"], NonNegativeFloat] | None = None
+    #: the share of OVD records that list only kinds the scene does not hold (answer: none is there)
+    absent_rate: float | None = Field(None, ge=0.0, le=1.0)
 
 
 # One synthetic dataset, or a list of them mixed into one (e.g. a second, OVD-only one that weighs that task
