@@ -60,7 +60,10 @@ def coco_bbox_map(
 
     results = checked_results(gt, results)
     if not gt.get("annotations"):
-        raise PaDTError("the ground truth has no annotations, so mAP is undefined; check the annotation file")
+        raise PaDTError(
+            "the ground truth has no annotations, so mAP is undefined; check the annotation file, or evaluate "
+            "data that holds objects (a synthetic set with absent_rate=1 holds none)"
+        )
     coco_gt = COCO(dict(gt), use_deepcopy=copy_gt)
     if not results:
         return dict.fromkeys(STAT_NAMES, 0.0)
