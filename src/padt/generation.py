@@ -453,8 +453,9 @@ class OVDGrammarLogitsProcessor(LogitsProcessor):
             raise PaDTError("the OVD grammar needs the model's eos_token_id (generation_config)")
         self.max_new_tokens = int(max_new_tokens)
         self.grammars: dict[int, OVDAnswerGrammar] = {}
-        rows = ovd_rows(prompt_ids, encode, decode=decode, prompt_end=prompt_end)
-        for row in rows.nonzero().flatten().tolist():
+        # ovd_rows by the OVD prompt's words; the names read with prompt_end then keep only the rows whose last
+        # message it is (ovd_rows' own rule, without decoding each prompt twice).
+        for row in ovd_rows(prompt_ids, encode).nonzero().flatten().tolist():
             names = prompts.ovd_prompt_names(decode(prompt_ids[row].tolist()), followed_by=prompt_end)
             if names:
                 self.grammars[row] = _grammar(encode, tuple(sorted(set(names))), max_count)  # order is free

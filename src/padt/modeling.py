@@ -608,19 +608,28 @@ class PaDTMixin:
         return model_kwargs
 
 
+def weight_files(folder: str | os.PathLike) -> list[str]:
+    """The safetensors files of a checkpoint folder: the shards its ``model.safetensors.index.json`` names,
+    sorted, else ``model.safetensors``. A broken index raises ``ValueError``, ``KeyError`` or ``OSError``."""
+    folder = os.fspath(folder)
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as f:
+            return [os.path.join(folder, name) for name in sorted(set(json.load(f)["weight_map"].values()))]
+    return [os.path.join(folder, "model.safetensors")]
+
+
 def weights_problem(folder: str | os.PathLike) -> str | None:
     """Why the safetensors weights of a checkpoint folder cannot be read (missing, empty, cut short), or None.
     Only file headers are read; a folder with PyTorch ``.bin`` weights is not checked."""
     folder = os.fspath(folder)
-    index = os.path.join(folder, "model.safetensors.index.json")
-    if os.path.isfile(index):
+    if os.path.isfile(os.path.join(folder, "model.safetensors.index.json")) or os.path.isfile(
+        os.path.join(folder, "model.safetensors")
+    ):
         try:
-            with open(index, encoding="utf-8") as f:
-                files = sorted(set(json.load(f)["weight_map"].values()))
+            files = [os.path.basename(f) for f in weight_files(folder)]
         except (ValueError, KeyError, OSError):
             return "model.safetensors.index.json is not a valid index"
-    elif os.path.isfile(os.path.join(folder, "model.safetensors")):
-        files = ["model.safetensors"]
     else:
         return (
             None if any(os.path.exists(os.path.join(folder, f)) for f in WEIGHT_FILES) else "no model weights"

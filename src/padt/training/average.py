@@ -27,23 +27,20 @@ from typing import TYPE_CHECKING
 import torch
 
 from padt.errors import PaDTError
-from padt.modeling import weights_problem
+from padt.modeling import weight_files, weights_problem
+from padt.training.stages import STAGE_CONFIG, SUMMARY
 
 if TYPE_CHECKING:
     from padt.training.config import AverageStageConfig
 
-SUMMARY = "train_summary.json"
 #: what a training run writes about itself beside its model: not the average's.
-_RUN_FILES = (SUMMARY, "stage_config.yaml", "training_args.bin")
+_RUN_FILES = (SUMMARY, STAGE_CONFIG, "training_args.bin")
 #: config.json keys that say how a model was saved or run, not what it is.
 _NOT_ARCHITECTURE = ("torch_dtype", "dtype", "use_cache", "transformers_version", "_name_or_path")
 
 
 def _weight_files(folder: Path) -> list[Path]:
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        return sorted({folder / name for name in json.loads(index.read_text())["weight_map"].values()})
-    return [folder / "model.safetensors"]
+    return [Path(f) for f in weight_files(folder)]
 
 
 def _architecture(folder: Path) -> dict:

@@ -276,13 +276,10 @@ def _set_generation(out: Path, before: dict[str, Any], after: dict[str, Any]) ->
     the others take their new values."""
     from transformers import GenerationConfig
 
+    from padt.training.trainer import set_generation
+
     generation = GenerationConfig.from_pretrained(out)
-    for key in set(before) - set(after):
-        if hasattr(generation, key):
-            delattr(generation, key)
-    for key, value in after.items():
-        setattr(generation, key, value)
-    generation._from_model_config = False  # else loading rebuilds it from the model config
+    set_generation(generation, after, removed=set(before) - set(after))
     generation.save_pretrained(out)
 
 

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -114,13 +114,10 @@ class PaDTTrainer(Trainer):
         require every weight to arrive.
         """
         model = self.model if model is None else model
+        from padt.modeling import weight_files
+
         folder = Path(resume_from_checkpoint)
-        index = folder / "model.safetensors.index.json"
-        files = (
-            sorted({folder / f for f in json.loads(index.read_text())["weight_map"].values()})
-            if index.is_file()
-            else [folder / "model.safetensors"]
-        )
+        files = [Path(f) for f in weight_files(folder)]
         if (
             self.is_deepspeed_enabled
             or self.is_fsdp_enabled
@@ -356,14 +353,21 @@ def save_final(
     if trainer.args.process_index == 0:
         padt.config.use_cache = True
         if generation:
-            for key, value in generation.items():
-                setattr(padt.generation_config, key, value)
-            padt.generation_config._from_model_config = (
-                False  # else loading rebuilds it from the model config
-            )
+            set_generation(padt.generation_config, generation)
         padt.save_pretrained(out, safe_serialization=True)
         trainer.padt_processor.save_pretrained(out)
     return out
+
+
+def set_generation(generation_config: Any, settings: Mapping[str, Any], removed: Iterable[str] = ()) -> None:
+    """Write a config's ``generation`` settings into a model's ``generation_config`` (in place): the keys in
+    ``removed`` (set before, no longer) are dropped, the others take their values."""
+    for key in removed:
+        if hasattr(generation_config, key):
+            delattr(generation_config, key)
+    for key, value in settings.items():
+        setattr(generation_config, key, value)
+    generation_config._from_model_config = False  # else loading rebuilds it from the model config
 
 
 SUMMARY_FILE = "train_summary.json"
