@@ -1,7 +1,7 @@
 """Copy a trained model into the package as the bundled default, with bfloat16 weights (half the size).
 
     padt train --config configs/bundled.yaml
-    python scripts/export_bundled.py runs/bundled/average
+    python scripts/export_bundled.py runs/bundled/final
 
 ``padt predict``, ``padt demo`` and ``padt eval`` load it (in float32 on a CPU) when no ``--model`` is given.
 """

@@ -461,6 +461,11 @@ def test_a_recipe_averages_its_stages(tmp_path, capsys):
         "padt": padt | {"model": {}},
         "tune": {"model": {"path": "padt"}, "data": padt["data"], "training": {"max_steps": 1}},
         "soup": {"kind": "average", "average": {"models": ["padt", "tune"], "weights": [1, 1]}},
+        "again": {
+            "model": {"path": "soup"},
+            "data": padt["data"],
+            "training": {"max_steps": 1, "learning_rate": 1.0e-7},
+        },
     }
     recipe = tmp_path / "soup.yaml"
     recipe.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -469,6 +474,7 @@ def test_a_recipe_averages_its_stages(tmp_path, capsys):
     soup = stages[2][2]
     assert stages[2][1] == "average" and soup.average.models == [str(root / "padt"), str(root / "tune")]
     assert soup.training.output_dir == str(root / "soup")
+    assert stages[3][2].model.path == str(root / "soup")  # a stage goes on from an average
     bad = tmp_path / "bad.yaml"
     raw["stages"]["soup"]["average"]["weights"] = [1]
     bad.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -480,7 +486,7 @@ def test_a_recipe_averages_its_stages(tmp_path, capsys):
         resolve_stages(bad)
 
     assert main(["train", "--config", str(recipe), *COMMON]) == 0
-    assert "stage 3/3 'soup' (weight averaging)" in capsys.readouterr().out
+    assert "stage 3/4 'soup' (weight averaging)" in capsys.readouterr().out
     run = tmp_path / "run"
     a, b, avg = (load_file(run / name / "model.safetensors") for name in ("padt", "tune", "soup"))
     assert sum(not torch.equal(a[k], b[k]) for k in a) > 10
@@ -490,5 +496,9 @@ def test_a_recipe_averages_its_stages(tmp_path, capsys):
     assert summary["models"] == [str(run / "padt"), str(run / "tune")] and summary["weights"] == [0.5, 0.5]
     assert yaml.safe_load((run / "soup" / "stage_config.yaml").read_text())["kind"] == "average"
     assert json.loads((run / "soup" / "generation_config.json").read_text())["vrt_repeat_penalty"] == 3.0
+    # the stage after the average starts from its weights (one tiny step away from them, far from stage 1's)
+    again = load_file(run / "again" / "model.safetensors")
+    near, far = (sum(float((again[k].float() - m[k].float()).abs().sum()) for k in again) for m in (avg, a))
+    assert 0 < near < far / 10
     assert main(["train", "--config", str(recipe), *COMMON]) == 0
-    assert capsys.readouterr().out.count("finished earlier") == 3
+    assert capsys.readouterr().out.count("finished earlier") == 4
