@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -608,15 +609,17 @@ class PaDTMixin:
         return model_kwargs
 
 
-def weight_files(folder: str | os.PathLike) -> list[str]:
+def weight_files(folder: str | os.PathLike) -> list[Path]:
     """The safetensors files of a checkpoint folder: the shards its ``model.safetensors.index.json`` names,
     sorted, else ``model.safetensors``. A broken index raises ``ValueError``, ``KeyError`` or ``OSError``."""
-    folder = os.fspath(folder)
-    index = os.path.join(folder, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        with open(index, encoding="utf-8") as f:
-            return [os.path.join(folder, name) for name in sorted(set(json.load(f)["weight_map"].values()))]
-    return [os.path.join(folder, "model.safetensors")]
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return [
+            folder / name
+            for name in sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        ]
+    return [folder / "model.safetensors"]
 
 
 def weights_problem(folder: str | os.PathLike) -> str | None:
@@ -627,7 +630,7 @@ def weights_problem(folder: str | os.PathLike) -> str | None:
         os.path.join(folder, "model.safetensors")
     ):
         try:
-            files = [os.path.basename(f) for f in weight_files(folder)]
+            files = [f.name for f in weight_files(folder)]
         except (ValueError, KeyError, OSError):
             return "model.safetensors.index.json is not a valid index"
     else:

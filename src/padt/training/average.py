@@ -39,10 +39,6 @@ _RUN_FILES = (SUMMARY, STAGE_CONFIG, "training_args.bin")
 _NOT_ARCHITECTURE = ("torch_dtype", "dtype", "use_cache", "transformers_version", "_name_or_path")
 
 
-def _weight_files(folder: Path) -> list[Path]:
-    return [Path(f) for f in weight_files(folder)]
-
-
 def _architecture(folder: Path) -> dict:
     """A model's ``config.json`` without what says how it was saved or run (its dtype, ``use_cache``, ...):
     what must agree for weights to be averaged."""
@@ -98,7 +94,7 @@ def average_checkpoints(
     dtypes: dict[str, torch.dtype] = {}
     for number, (folder, share) in enumerate(zip(folders, shares)):
         seen: set[str] = set()
-        for file in _weight_files(folder):
+        for file in weight_files(folder):
             with safe_open(file, framework="pt") as f:
                 names = list(f.keys())  # a safetensors file is not iterable
                 for key in names:
@@ -120,12 +116,12 @@ def average_checkpoints(
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    weight_names = {f.name for f in _weight_files(folders[0])} | {"model.safetensors.index.json"}
+    weight_names = {f.name for f in weight_files(folders[0])} | {"model.safetensors.index.json"}
     for item in folders[0].iterdir():
         if item.is_file() and item.name not in weight_names and item.name not in _RUN_FILES:
             shutil.copy2(item, tmp / item.name)
     # Saved in the first model's layout: one file, or its shards under its index.
-    for file in _weight_files(folders[0]):
+    for file in weight_files(folders[0]):
         with safe_open(file, framework="pt") as f:
             keys = list(f.keys())
             metadata = f.metadata()

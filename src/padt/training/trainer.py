@@ -117,7 +117,7 @@ class PaDTTrainer(Trainer):
         from padt.modeling import weight_files
 
         folder = Path(resume_from_checkpoint)
-        files = [Path(f) for f in weight_files(folder)]
+        files = weight_files(folder)
         if (
             self.is_deepspeed_enabled
             or self.is_fsdp_enabled
