@@ -48,7 +48,7 @@ def test_bundled_model_ships_small_and_loads(pipe):
     assert getattr(pipe.model.config, "padt_answer_format", "vrt") == "vrt"
     assert pipe.model.config.image_position_code is True and pipe.model.image_position is not None
     assert pipe.model.config.prototype_position_code is True and pipe.model.prototype_position is not None
-    assert pipe.model.config.prototype_position_init_std == 0.005  # the recipe's choice (README)
+    assert pipe.model.config.prototype_position_init_std == 0.005  # the recipe's choice (docs)
     generation = pipe.model.generation_config  # what configs/bundled.yaml writes
     assert generation.vrt_repeat_penalty == 4.0 and generation.vrt_reuse_penalty == 10.0
     assert generation.mask_box_weight == 0.4
@@ -125,7 +125,7 @@ def test_the_stage_1_tower_knows_each_object_s_kind(pipe):
 
 
 def test_ovd_end_penalty_lists_more_of_the_objects(pipe, tmp_path):
-    """The OVD end penalty (off in the shipped generation_config: README): on 8 fresh scenes the answers go on to
+    """The OVD end penalty (off in the shipped generation_config: docs/bundled-model.md): on 8 fresh scenes the answers go on to
     name more objects than without it and find more of the true ones; pushed hard, the answers still end in time
     under the shipped OVD grammar, and not without it; an answer to any other prompt is the same with any
     penalty."""

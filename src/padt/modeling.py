@@ -18,7 +18,7 @@ Qwen2.5-VL), and what differs between bases is asked of its adapter (:mod:`padt.
   learned projection of the same code, added to the prototypes only (part of the prototype transform). The
   image position code reaches the prototypes through ``vis_norm``, which starts at zero, so a spatial word
   gets almost no gradient towards it: "leftmost" and "rightmost" pull the prototypes in opposite directions
-  and cancel. A randomly initialised term breaks that tie from the first step (README, "The bundled model").
+  and cancel. A randomly initialised term breaks that tie from the first step (docs/bundled-model.md).
 
 The image placeholder tokens of the prompt still get the merger features (plus the position code when it is
 on), exactly like the stock base model.

@@ -18,7 +18,7 @@ raster order), one prediction per merged patch:
   attention averages over the patches it selects, so a language model reading plain kind features learns the
   area of a kind, not the number of its objects. The head asks every patch of a kind to carry the count, so
   that the language model would only have to look at one of them (measured: the tower does not learn it;
-  README, "The bundled model");
+  docs/bundled-model.md);
 - ``centre``: the kind of the object whose box centre lies in the patch (0 for none): one patch per object,
   whatever its size, so that objects (not patches) of a kind can be counted.
 
