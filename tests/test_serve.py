@@ -206,7 +206,7 @@ def test_decoding_penalties_reach_generation(client):
     scene the bundled model's caption changes without the reuse penalty."""
     from padt.inference import PaDT, default_model
 
-    png, sc = scene_png(1)
+    png, sc = scene_png(3)
     pipe = PaDT.from_pretrained(default_model())
     fields = {"image": data_url(png), "task": "ric", "max_new_tokens": 96}
     default = client.post("/v1/predict", json=fields).json()
