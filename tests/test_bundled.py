@@ -143,10 +143,10 @@ def test_the_stage_1_tower_knows_each_object_s_kind(pipe):
 
 
 def test_ovd_end_penalty_lists_more_of_the_objects(pipe, tmp_path):
-    """The OVD end penalty (off in the shipped generation_config: docs/bundled-model.md): on 8 fresh scenes the answers go on to
-    name more objects than without it and find more of the true ones; pushed hard, the answers still end in time
-    under the shipped OVD grammar, and not without it; an answer to any other prompt is the same with any
-    penalty."""
+    """The OVD end penalty (off in the shipped generation_config: docs/bundled-model.md): on 8 fresh scenes the
+    answers go on to name more objects than without it and find more of the true ones; pushed hard, the answers
+    still end in time under the shipped OVD grammar, and not without it; an answer to any other prompt is the same
+    with any penalty."""
     from padt.evaluation.data import load_data
     from padt.evaluation.metrics import greedy_match
     from padt.prompts import ovd_prompt_names
