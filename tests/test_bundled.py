@@ -257,13 +257,15 @@ def test_duplicates_of_an_ovd_answer_are_marked_and_left_out_of_the_detections(p
 
     rng = np.random.default_rng(2026)  # the demo's first scene, drawn as the demo test above draws it
     scene = make_scene(rng, **dataclasses.asdict(BUNDLED_SCENES))
+    shapes = sorted({o.shape for o in scene.objects})
+    prompt = ", ".join(shapes)  # the demo's OVD prompt: circle, hexagon
     options = dict(task="ovd", max_new_tokens=192, ovd_end_penalty=8.0)
-    [plain] = pipe([scene.image], ["circle, hexagon"], **options)
-    [marked] = pipe([scene.image], ["circle, hexagon"], ovd_duplicate_iou=0.5, **options)
+    [plain] = pipe([scene.image], [prompt], **options)
+    [marked] = pipe([scene.image], [prompt], ovd_duplicate_iou=0.5, **options)
     assert marked.text == plain.text and [o.box_xyxy for o in marked.objects] == [
         o.box_xyxy for o in plain.objects
     ]
-    [without] = pipe([scene.image], ["circle, hexagon"], task="ovd", max_new_tokens=192)
+    [without] = pipe([scene.image], [prompt], task="ovd", max_new_tokens=192)
     assert len(plain.objects) > len(without.objects)  # the penalty makes it go on
     overlap = box_iou_matrix([o.box_xyxy for o in plain.objects], [o.box_xyxy for o in plain.objects])
     kept, expected = [], [None] * len(plain.objects)
@@ -281,12 +283,9 @@ def test_duplicates_of_an_ovd_answer_are_marked_and_left_out_of_the_detections(p
     assert len(marked.to_coco([7])) == n - len(duplicates) and len(plain.to_coco([7])) == n
     assert list(marked.to_supervision().data["object_index"]) == sorted(kept)
     # the answer's other rows: a REC prompt in the same batch is never marked
-    [rec, _] = pipe(
-        [scene.image] * 2, ["the circle", "circle, hexagon"], task=["rec", "ovd"], ovd_duplicate_iou=0.01
-    )
+    [rec, _] = pipe([scene.image] * 2, ["the circle", prompt], task=["rec", "ovd"], ovd_duplicate_iou=0.01)
     assert all(o.duplicate_of is None for o in rec.objects)
 
-    shapes = sorted({o.shape for o in scene.objects})
     coco = {
         "images": [{"id": 0, "width": scene.width, "height": scene.height}],
         "categories": [{"id": k, "name": name} for k, name in enumerate(shapes)],
