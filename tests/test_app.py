@@ -84,7 +84,7 @@ def test_the_page_in_a_real_browser(tmp_path):
     png, scene = scene_png(2026)
     image_path = tmp_path / "scene.png"
     image_path.write_bytes(png)
-    prompt = ", ".join(sorted({o.shape for o in scene.objects}))
+    prompt = ", ".join(scene.kinds)
     with (
         padt_process("app", ["--max-new-tokens", "96"], tmp_path, ready_path="/") as app,
         sync_playwright() as p,

@@ -257,8 +257,9 @@ def test_duplicates_of_an_ovd_answer_are_marked_and_left_out_of_the_detections(p
 
     rng = np.random.default_rng(2026)  # the demo's first scene, drawn as the demo test above draws it
     scene = make_scene(rng, **dataclasses.asdict(BUNDLED_SCENES))
-    shapes = sorted({o.shape for o in scene.objects})
-    prompt = ", ".join(shapes)  # the demo's OVD prompt: circle, hexagon
+    shapes = scene.kinds
+    assert shapes == ["circle", "hexagon"]
+    prompt = ", ".join(shapes)  # the demo's OVD prompt
     options = dict(task="ovd", max_new_tokens=192, ovd_end_penalty=8.0)
     [plain] = pipe([scene.image], [prompt], **options)
     [marked] = pipe([scene.image], [prompt], ovd_duplicate_iou=0.5, **options)

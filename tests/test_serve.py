@@ -476,7 +476,7 @@ def load_requests() -> list[dict]:
             picked = sample_referring_expression(sc, np.random.default_rng(i))
             prompt = picked[1].text if picked else f"the {sc.objects[0].shape}"
         elif task == "ovd":
-            prompt = ", ".join(sorted({o.shape for o in sc.objects}))
+            prompt = ", ".join(sc.kinds)
         else:
             prompt = ""
         specs.append(

@@ -86,7 +86,7 @@ def new_scene(task_label: str, seed: int | None = None) -> tuple[Any, str]:
         picked = sample_referring_expression(scene, rng)
         text = picked[1].text if picked else f"the {scene.objects[0].shape}"
     elif task == "ovd":
-        present = sorted({o.shape for o in scene.objects})
+        present = scene.kinds
         absent = [s for s in SHAPES if s not in present]
         text = ", ".join(present + list(rng.choice(absent, size=min(1, len(absent)), replace=False)))
     elif task == "ric":

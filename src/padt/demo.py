@@ -50,8 +50,7 @@ def run(args: argparse.Namespace) -> int:
         image.save(image_path)
         picked = sample_referring_expression(scene, rng)
         sentence = picked[1].text if picked else f"the {scene.objects[0].shape}"
-        shapes = sorted({o.shape for o in scene.objects})
-        jobs = [("rec", sentence), ("res", sentence), ("ovd", ", ".join(shapes)), ("ric", "")]
+        jobs = [("rec", sentence), ("res", sentence), ("ovd", ", ".join(scene.kinds)), ("ric", "")]
         for task, text in jobs:
             [pred] = pipe([image], [text], task=task, max_new_tokens=args.max_new_tokens)
             overlay = args.out / f"scene{s}_{task}.png"

@@ -130,6 +130,11 @@ class Scene:
     def height(self) -> int:
         return self.image.height
 
+    @property
+    def kinds(self) -> list[str]:
+        """The shapes present, each once, sorted: the class list of the scene's OVD prompt in ``padt demo``."""
+        return sorted({o.shape for o in self.objects})
+
 
 def check_sizes(min_size: int, max_size: int) -> None:
     """A one-line error unless ``MIN_SIDE <= min_size <= max_size <= MAX_SIDE``."""
