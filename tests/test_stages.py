@@ -502,3 +502,99 @@ def test_a_recipe_averages_its_stages(tmp_path, capsys):
     assert 0 < near < far / 10
     assert main(["train", "--config", str(recipe), *COMMON]) == 0
     assert capsys.readouterr().out.count("finished earlier") == 4
+
+
+def test_growing_keeps_what_the_model_computes_and_gives_it_room(tmp_path):
+    from padt.modeling import PaDTForConditionalGeneration
+    from padt.training.grow import grow_checkpoint
+
+    model, processor = _build({"tiny": TINY | {"seed": 5}})
+    model.save_pretrained(tmp_path / "m")
+    processor.save_pretrained(tmp_path / "m")
+    grow_checkpoint(tmp_path / "m", tmp_path / "g", intermediate_size=320, insert_after=[0, 1], seed=1)
+    small = PaDTForConditionalGeneration.from_pretrained(tmp_path / "m")
+    big = PaDTForConditionalGeneration.from_pretrained(tmp_path / "g")
+    text = big.config.text_config
+    layers = small.config.text_config.num_hidden_layers
+    assert (text.num_hidden_layers, text.intermediate_size) == (layers + 2, 320)
+    assert len(text.layer_types) == layers + 2
+    assert [layer.self_attn.layer_idx for layer in big.model.language_model.layers] == list(range(layers + 2))
+    assert sum(p.numel() for p in big.parameters()) > sum(p.numel() for p in small.parameters())
+    assert (tmp_path / "g" / "tokenizer.json").read_bytes() == (
+        tmp_path / "m" / "tokenizer.json"
+    ).read_bytes()
+
+    # One image of 8 x 8 patches (16 VRT cells), then text: the same logits, VRT logits and decoder output.
+    config = small.config
+    g = torch.Generator().manual_seed(0)
+    ids = torch.tensor(
+        [
+            [config.vision_start_token_id]
+            + [config.image_token_id] * 16
+            + [config.vision_end_token_id]
+            + torch.randint(10, 200, (6,), generator=g).tolist()
+        ]
+    )
+    batch = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "pixel_values": torch.randn(64, 3 * 2 * 14 * 14, generator=g),
+        "image_grid_thw": torch.tensor([[1, 8, 8]]),
+    }
+    with torch.no_grad():
+        before, after = small(**batch), big(**batch)
+    assert (
+        before.logits.shape == after.logits.shape and before.logits.shape[-1] > config.text_config.vocab_size
+    )
+    torch.testing.assert_close(after.logits, before.logits, rtol=1e-4, atol=1e-5)
+
+    # Every new weight gets a gradient: the inserted layers learn from the first step, the new MLP units as
+    # soon as their output weights move.
+    big(**batch).logits.square().mean().backward()
+    new = big.model.language_model.layers[1]  # inserted after layer 0
+    assert not new.self_attn.o_proj.weight.detach().any()
+    assert float(new.self_attn.o_proj.weight.grad.abs().max()) > 0
+    assert float(new.mlp.down_proj.weight.grad.abs().max()) > 0
+    first = big.model.language_model.layers[0].mlp.down_proj
+    assert (
+        float(first.weight[:, -64:].abs().max()) == 0.0 and float(first.weight.grad[:, -64:].abs().max()) > 0
+    )
+
+    with pytest.raises(PaDTError, match=r"insert_after \[9\] names no layer"):
+        grow_checkpoint(tmp_path / "m", tmp_path / "bad", insert_after=[9])
+    with pytest.raises(PaDTError, match="is below the model's"):
+        grow_checkpoint(tmp_path / "m", tmp_path / "bad", intermediate_size=8)
+    with pytest.raises(PaDTError, match="model folder not found"):
+        grow_checkpoint(tmp_path / "nope", tmp_path / "bad", insert_after=[0])
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_recipe_grows_a_stage_and_trains_on(tmp_path, capsys):
+    raw = yaml.safe_load(_recipe(tmp_path).read_text())
+    padt = raw["stages"]["padt"]
+    raw["stages"] = {
+        "padt": padt | {"model": {}},
+        "grown": {"kind": "grow", "grow": {"model": "padt", "intermediate_size": 320, "insert_after": [1]}},
+        "again": {"model": {"path": "grown"}, "data": padt["data"], "training": {"max_steps": 1}},
+    }
+    recipe = tmp_path / "grow.yaml"
+    recipe.write_text(yaml.safe_dump(raw, sort_keys=False))
+    root, stages = resolve_stages(recipe, ["training.max_steps=2", "seed=3"])
+    assert stages[1][1] == "grow" and stages[1][2].grow.model == str(root / "padt")
+    assert stages[2][2].model.path == str(root / "grown")
+    bad = tmp_path / "bad.yaml"
+    raw["stages"]["grown"]["grow"] = {"model": "padt"}
+    bad.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(PaDTError, match="otherwise nothing grows"):
+        resolve_stages(bad)
+
+    assert main(["train", "--config", str(recipe), *COMMON]) == 0
+    assert "stage 2/3 'grown' (growing the language model)" in capsys.readouterr().out
+    run = tmp_path / "run"
+    summary = json.loads((run / "grown" / "train_summary.json").read_text())
+    assert summary["num_hidden_layers"][1] == summary["num_hidden_layers"][0] + 1
+    assert summary["intermediate_size"][1] == 320
+    trained = json.loads((run / "again" / "config.json").read_text())["text_config"]
+    assert trained["intermediate_size"] == 320  # the next stage trains the grown model
+    assert main(["train", "--config", str(recipe), *COMMON]) == 0
+    assert capsys.readouterr().out.count("finished earlier") == 3

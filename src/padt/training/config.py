@@ -410,6 +410,38 @@ class AverageStageConfig(_Section):
         return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
 
 
+# ------------------------------------------------------------------------------------------ growing stage
+class GrowSection(_Section):
+    #: the checkpoint to grow: an earlier stage's name or a folder.
+    model: str
+    #: every language-model layer's MLP width after growing (unset: unchanged); not below the current one.
+    intermediate_size: PositiveInt | None = None
+    #: indices of the model's language-model layers after each of which an identity layer is inserted.
+    insert_after: list[NonNegativeInt] = Field(default_factory=list)
+    #: std of the new weights that are not zero (unset: the model's ``initializer_range``).
+    init_std: PositiveFloat | None = None
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _grows(self) -> GrowSection:
+        if self.intermediate_size is None and not self.insert_after:
+            raise ValueError("set intermediate_size, insert_after or both: otherwise nothing grows")
+        return self
+
+
+class GrowStageConfig(_Section):
+    """A stage that grows an earlier stage's language model without changing what it computes
+    (:mod:`padt.training.grow`). It trains nothing, so it takes none of the recipe's shared sections: only
+    ``grow`` and ``training.output_dir``."""
+
+    grow: GrowSection
+    training: OutputSection
+    resume: Literal["auto", True, False] = "auto"
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+
 # ------------------------------------------------------------------------------------------------ loading
 _SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 

@@ -50,6 +50,7 @@ import yaml
 from padt.errors import PaDTError
 from padt.training.config import (
     AverageStageConfig,
+    GrowStageConfig,
     TrainConfig,
     VisionStageConfig,
     _merge,
@@ -58,8 +59,20 @@ from padt.training.config import (
     validate_config,
 )
 
-KINDS = {"vision": "vision pretraining", "padt": "PaDT training", "average": "weight averaging"}
-SCHEMAS = {"vision": VisionStageConfig, "padt": TrainConfig, "average": AverageStageConfig}
+KINDS = {
+    "vision": "vision pretraining",
+    "padt": "PaDT training",
+    "average": "weight averaging",
+    "grow": "growing the language model",
+}
+SCHEMAS = {
+    "vision": VisionStageConfig,
+    "padt": TrainConfig,
+    "average": AverageStageConfig,
+    "grow": GrowStageConfig,
+}
+#: stages that train nothing: they take none of the recipe's shared sections.
+_NOT_TRAINING = ("average", "grow")
 STAGE_CONFIG = "stage_config.yaml"
 SUMMARY = "train_summary.json"
 TIMES = "stages.json"
@@ -118,7 +131,7 @@ def resolve_stages(
         kind = stage.pop("kind", "padt")
         if kind not in KINDS:
             raise PaDTError(f"{path}: stages.{name}.kind must be one of {', '.join(KINDS)}, got {kind!r}")
-        if kind == "average":
+        if kind in _NOT_TRAINING:
             # It trains nothing: the shared sections and the overrides of every stage are not its own, except
             # the resume setting.
             config = stage
@@ -146,6 +159,14 @@ def resolve_stages(
                     raise PaDTError(
                         f"{path}: stages.{name}.average.models names stage {source!r}, which runs later"
                     )
+        grow = config.get("grow")
+        if kind == "grow" and isinstance(grow, dict) and isinstance(grow.get("model"), str):
+            if grow["model"] in outputs:
+                grow["model"] = outputs[grow["model"]]
+            elif grow["model"] in stages:
+                raise PaDTError(
+                    f"{path}: stages.{name}.grow.model names stage {grow['model']!r}, which runs later"
+                )
         synthetic = (config.get("data") or {}).get("synthetic")
         for spec in synthetic if isinstance(synthetic, list) else [synthetic]:
             source = spec.get("out") if isinstance(spec, dict) else None
@@ -171,6 +192,11 @@ def _run_stage(kind: str, config: Any) -> None:
         from padt.training.average import run_average_stage
 
         run_average_stage(config)
+        return
+    if kind == "grow":
+        from padt.training.grow import run_grow_stage
+
+        run_grow_stage(config)
         return
     if kind == "vision":
         from padt.training.vision_pretrain import pretrain_vision
