@@ -38,6 +38,8 @@ from padt.modeling import weight_files, weights_problem
 from padt.training.stages import STAGE_CONFIG, SUMMARY
 
 if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
+
     from padt.training.config import GrowStageConfig
 
 #: what a training run writes about itself beside its model: not the grown model's.
@@ -70,7 +72,9 @@ def _widen(linear: nn.Linear, extra: int, dim: int, std: float, generator: torch
     return grown
 
 
-def _identity_layer(like: nn.Module, text_config, index: int, std: float, generator: torch.Generator):
+def _identity_layer(
+    like: nn.Module, text_config: PretrainedConfig, index: int, std: float, generator: torch.Generator
+) -> nn.Module:
     """A new decoder layer of ``like``'s class whose output projections are zero (the identity on the
     residual stream); norms at one, biases at zero, the other weights ~ N(0, std²)."""
     layer = type(like)(text_config, index).to(next(like.parameters()).dtype)
@@ -86,13 +90,13 @@ def _identity_layer(like: nn.Module, text_config, index: int, std: float, genera
 
 
 def grow_model(
-    model,
+    model: PreTrainedModel,
     intermediate_size: int | None = None,
     insert_after: Sequence[int] = (),
     *,
     init_std: float | None = None,
     seed: int = 0,
-):
+) -> PreTrainedModel:
     """Grow ``model``'s language model in place (see the module's docstring); returns ``model``."""
     config = model.config
     text = config.text_config
