@@ -511,13 +511,22 @@ def test_growing_keeps_what_the_model_computes_and_gives_it_room(tmp_path):
     model, processor = _build({"tiny": TINY | {"seed": 5}})
     model.save_pretrained(tmp_path / "m")
     processor.save_pretrained(tmp_path / "m")
-    grow_checkpoint(tmp_path / "m", tmp_path / "g", intermediate_size=320, insert_after=[0, 1], seed=1)
+    grow_checkpoint(
+        tmp_path / "m",
+        tmp_path / "g",
+        intermediate_size=320,
+        insert_after=[0, 1],
+        vision_intermediate_size=300,
+        seed=1,
+    )
     small = PaDTForConditionalGeneration.from_pretrained(tmp_path / "m")
     big = PaDTForConditionalGeneration.from_pretrained(tmp_path / "g")
     text = big.config.text_config
     layers = small.config.text_config.num_hidden_layers
     assert (text.num_hidden_layers, text.intermediate_size) == (layers + 2, 320)
     assert len(text.layer_types) == layers + 2
+    assert big.config.vision_config.intermediate_size == 300
+    assert {block.mlp.down_proj.in_features for block in big.model.visual.blocks} == {300}
     assert [layer.self_attn.layer_idx for layer in big.model.language_model.layers] == list(range(layers + 2))
     assert sum(p.numel() for p in big.parameters()) > sum(p.numel() for p in small.parameters())
     assert (tmp_path / "g" / "tokenizer.json").read_bytes() == (
@@ -564,6 +573,8 @@ def test_growing_keeps_what_the_model_computes_and_gives_it_room(tmp_path):
         grow_checkpoint(tmp_path / "m", tmp_path / "bad", insert_after=[9])
     with pytest.raises(PaDTError, match="is below the model's"):
         grow_checkpoint(tmp_path / "m", tmp_path / "bad", intermediate_size=8)
+    with pytest.raises(PaDTError, match="vision_intermediate_size 8 is below the model's"):
+        grow_checkpoint(tmp_path / "m", tmp_path / "bad", vision_intermediate_size=8)
     with pytest.raises(PaDTError, match="model folder not found"):
         grow_checkpoint(tmp_path / "nope", tmp_path / "bad", insert_after=[0])
     assert not (tmp_path / "bad").exists()

@@ -418,14 +418,18 @@ class GrowSection(_Section):
     intermediate_size: PositiveInt | None = None
     #: indices of the model's language-model layers after each of which an identity layer is inserted.
     insert_after: list[NonNegativeInt] = Field(default_factory=list)
+    #: every vision-tower block's MLP width after growing (unset: unchanged); not below the current one.
+    vision_intermediate_size: PositiveInt | None = None
     #: std of the new weights that are not zero (unset: the model's ``initializer_range``).
     init_std: PositiveFloat | None = None
     seed: int = 0
 
     @model_validator(mode="after")
     def _grows(self) -> GrowSection:
-        if self.intermediate_size is None and not self.insert_after:
-            raise ValueError("set intermediate_size, insert_after or both: otherwise nothing grows")
+        if self.intermediate_size is None and not self.insert_after and self.vision_intermediate_size is None:
+            raise ValueError(
+                "set intermediate_size, insert_after or vision_intermediate_size: otherwise nothing grows"
+            )
         return self
 
 

@@ -1,4 +1,4 @@
-"""Growing a trained model's language model without changing what it computes.
+"""Growing a trained model's language model (and its vision tower's MLPs) without changing what it computes.
 
 A model trained at one size can go on training at a larger one from where it is, instead of from scratch
 (Net2Net, Chen et al., 2016): its language model is given wider MLPs and more layers such that the grown model
@@ -15,6 +15,7 @@ its own::
 - ``insert_after``: after each of these layers (indices of the trained model's layers) a new layer is
   inserted whose attention output and MLP output projections are zero: on the residual stream it is the
   identity, and it learns from the first step (the gradients of those projections are not zero).
+- ``vision_intermediate_size``: every vision-tower block's MLP gets extra hidden units, as above.
 
 The grown folder is a plain ``from_pretrained`` checkpoint in the model's dtype, with the trained model's
 generation settings, tokenizer and processor.
@@ -72,6 +73,17 @@ def _widen(linear: nn.Linear, extra: int, dim: int, std: float, generator: torch
     return grown
 
 
+def _widen_mlp(mlp: nn.Module, size: int, std: float, generator: torch.Generator) -> None:
+    """Give a SwiGLU MLP ``size`` hidden units: the new ones read the input through weights ~ N(0, std²) and
+    write nothing (their output weights are zero)."""
+    extra = size - mlp.down_proj.in_features
+    mlp.gate_proj = _widen(mlp.gate_proj, extra, 0, std, generator)
+    mlp.up_proj = _widen(mlp.up_proj, extra, 0, std, generator)
+    mlp.down_proj = _widen(mlp.down_proj, extra, 1, std, generator)
+    if hasattr(mlp, "intermediate_size"):
+        mlp.intermediate_size = size
+
+
 def _identity_layer(
     like: nn.Module, text_config: PretrainedConfig, index: int, std: float, generator: torch.Generator
 ) -> nn.Module:
@@ -94,6 +106,7 @@ def grow_model(
     intermediate_size: int | None = None,
     insert_after: Sequence[int] = (),
     *,
+    vision_intermediate_size: int | None = None,
     init_std: float | None = None,
     seed: int = 0,
 ) -> PreTrainedModel:
@@ -111,23 +124,25 @@ def grow_model(
         raise PaDTError(f"grow.insert_after {bad} names no layer: the model has layers 0..{count - 1}")
     if len(set(insert_after)) != len(insert_after):
         raise PaDTError(f"grow.insert_after {list(insert_after)} names a layer twice; name each once")
-    if intermediate_size is not None and intermediate_size < text.intermediate_size:
-        raise PaDTError(
-            f"grow.intermediate_size {intermediate_size} is below the model's {text.intermediate_size}; a grown "
-            "model keeps every unit it has"
-        )
+    vision = config.vision_config
+    for key, size, now in (
+        ("intermediate_size", intermediate_size, text.intermediate_size),
+        ("vision_intermediate_size", vision_intermediate_size, vision.intermediate_size),
+    ):
+        if size is not None and size < now:
+            raise PaDTError(
+                f"grow.{key} {size} is below the model's {now}; a grown model keeps every unit it has"
+            )
     std = text.initializer_range if init_std is None else init_std
     generator = torch.Generator().manual_seed(seed)
-    extra = (intermediate_size or text.intermediate_size) - text.intermediate_size
-    if extra:
+    if intermediate_size is not None and intermediate_size > text.intermediate_size:
         for layer in layers:
-            mlp = layer.mlp
-            mlp.gate_proj = _widen(mlp.gate_proj, extra, 0, std, generator)
-            mlp.up_proj = _widen(mlp.up_proj, extra, 0, std, generator)
-            mlp.down_proj = _widen(mlp.down_proj, extra, 1, std, generator)
-            if hasattr(mlp, "intermediate_size"):
-                mlp.intermediate_size = intermediate_size
+            _widen_mlp(layer.mlp, intermediate_size, std, generator)
         text.intermediate_size = intermediate_size
+    if vision_intermediate_size is not None and vision_intermediate_size > vision.intermediate_size:
+        for block in model.model.visual.blocks:
+            _widen_mlp(block.mlp, vision_intermediate_size, std, generator)
+        vision.intermediate_size = vision_intermediate_size
     if getattr(text, "layer_types", None) is not None:  # set first: a new layer reads its own kind
         kinds = list(text.layer_types)
         for i in sorted(insert_after, reverse=True):
@@ -151,6 +166,7 @@ def grow_checkpoint(
     intermediate_size: int | None = None,
     insert_after: Sequence[int] = (),
     *,
+    vision_intermediate_size: int | None = None,
     init_std: float | None = None,
     seed: int = 0,
 ) -> Path:
@@ -166,7 +182,14 @@ def grow_checkpoint(
         raise PaDTError(f"{out} is the model being grown; write the grown model to another folder")
     dtype = json.loads((source / "config.json").read_text()).get("dtype")
     loaded = PaDTForConditionalGeneration.from_pretrained(source, dtype=dtype or torch.float32)
-    grow_model(loaded, intermediate_size, insert_after, init_std=init_std, seed=seed)
+    grow_model(
+        loaded,
+        intermediate_size,
+        insert_after,
+        vision_intermediate_size=vision_intermediate_size,
+        init_std=init_std,
+        seed=seed,
+    )
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     loaded.save_pretrained(tmp)
@@ -188,16 +211,28 @@ def run_grow_stage(config: GrowStageConfig) -> Path:
     out = Path(config.training.output_dir)
     grow = config.grow
     print(f"padt train: growing {grow.model} -> {out}", flush=True)
-    before = json.loads((Path(grow.model) / "config.json").read_text()).get("text_config", {})
+    trained = json.loads((Path(grow.model) / "config.json").read_text())
+    before, before_vision = trained.get("text_config", {}), trained.get("vision_config", {})
     grow_checkpoint(
-        grow.model, out, grow.intermediate_size, grow.insert_after, init_std=grow.init_std, seed=grow.seed
+        grow.model,
+        out,
+        grow.intermediate_size,
+        grow.insert_after,
+        vision_intermediate_size=grow.vision_intermediate_size,
+        init_std=grow.init_std,
+        seed=grow.seed,
     )
-    after = json.loads((out / "config.json").read_text())["text_config"]
+    grown = json.loads((out / "config.json").read_text())
+    after = grown["text_config"]
     summary = {
         "kind": "grow",
         "model": grow.model,
         "num_hidden_layers": [before.get("num_hidden_layers"), after["num_hidden_layers"]],
         "intermediate_size": [before.get("intermediate_size"), after["intermediate_size"]],
+        "vision_intermediate_size": [
+            before_vision.get("intermediate_size"),
+            grown["vision_config"]["intermediate_size"],
+        ],
         "seconds": round(time.time() - started, 1),
     }
     (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
