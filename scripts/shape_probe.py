@@ -8,7 +8,8 @@
 vision pretraining stage (``runs/bundled/vision``). For every object of the OVD records it averages the model's
 post-merger image features (what the image tokens get) and its VRT prototypes over the object's foreground
 patches, fits a linear classifier of the shape name on 70% of the objects and prints its accuracy on the other
-30%, next to the majority-class rate. A high number says the vision tower encodes shape and the
+30%, next to the majority-class rate, and that accuracy on the held-out objects in thirds by area (a tower whose
+patches are too coarse for small objects names large ones better). A high number says the vision tower encodes shape and the
 language model fails to use it; a number near chance says the vision tower does not encode it.
 
 ``--several`` asks instead whether the features tell one object of a kind from several: for every kind in every
@@ -88,6 +89,20 @@ def several_probe(pipe, records, image_root: Path) -> dict:
     return result
 
 
+def accuracy_by_size(
+    hits: torch.Tensor, areas: torch.Tensor, parts: int = 3
+) -> list[tuple[float, float, float]]:
+    """``(smallest area, largest area, accuracy)`` of the probe on each of ``parts`` equal groups of objects,
+    smallest first (``hits``: whether it named each object right; ``areas``: their areas in pixels)."""
+    order = torch.argsort(areas, stable=True)
+    groups = torch.tensor_split(order, parts)
+    return [
+        (float(areas[g].min()), float(areas[g].max()), float(hits[g].float().mean()))
+        for g in groups
+        if len(g)
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -101,7 +116,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from padt.data.records import read_records
-    from padt.evaluation.probe import linear_probe, majority_rate
+    from padt.evaluation.probe import linear_probe_hits, majority_rate
     from padt.inference import PaDT, default_model
 
     torch.manual_seed(0)
@@ -120,6 +135,7 @@ def main() -> None:
             args.json.write_text(json.dumps(result, indent=2) + "\n")
         return
     feats, labels = object_features(pipe, records, args.data)
+    areas = torch.tensor([obj.area for record in records for obj in record.objects])
     classes = sorted(set(labels))
     y = torch.tensor([classes.index(label) for label in labels])
     train = torch.arange(len(y)) < int(0.7 * len(y))
@@ -131,8 +147,15 @@ def main() -> None:
         if float(x.std()) == 0:  # e.g. the prototypes of a model whose prototype transform is still at zero
             print(f"linear probe on {name}: n/a (all features equal)")
             continue
-        result[name] = linear_probe(x, y, train, len(classes))
+        hits = linear_probe_hits(x, y, train, len(classes))
+        result[name] = hits.float().mean().item()
         print(f"linear probe on {name}: {result[name]:.3f}")
+        by_size = accuracy_by_size(hits, areas[~train])
+        result[f"{name} by size"] = by_size
+        print(
+            "  by object area, thirds of the held-out objects: "
+            + ", ".join(f"{low:.0f}-{high:.0f} px {accuracy:.3f}" for low, high, accuracy in by_size)
+        )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -302,3 +302,23 @@ def test_spatial_words_tells_a_model_that_reads_the_word_from_one_that_ignores_i
     assert spatial.place(queries[0].scene, None, queries[0].target, queries[0].matching) == "no VRT"
     silent = spatial.spatial_words(queries, lambda images, texts: [None] * len(texts))
     assert silent["as written"]["no VRT"] == 1.0 and silent["same_object_both_ways"] == 0.0
+
+
+def test_shape_probe_accuracy_by_size_by_hand():
+    """Held-out hits in thirds by area, smallest first; the probe's accuracy is the mean of its hits."""
+    import torch
+
+    from padt.evaluation.probe import linear_probe, linear_probe_hits
+
+    hits = torch.tensor([True, False, True, True, False, True])
+    areas = torch.tensor([900.0, 100.0, 500.0, 120.0, 480.0, 2000.0])
+    by_size = _script("shape_probe").accuracy_by_size(hits, areas)
+    assert by_size == [(100.0, 120.0, 0.5), (480.0, 500.0, 0.5), (900.0, 2000.0, 1.0)]
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(60) % 3
+    x = torch.nn.functional.one_hot(y, 3).float() * 2 + torch.randn(60, 3, generator=g)
+    train = torch.arange(60) < 40
+    right = linear_probe_hits(x, y, train, 3)
+    assert right.shape == (20,) and right.dtype == torch.bool and 0.6 < right.float().mean() < 1.0
+    assert linear_probe(x, y, train, 3) == right.float().mean().item()

@@ -31,7 +31,22 @@ def linear_probe(
     steps: int = 500,
     l2: float = 1e-3,
 ) -> float:
-    """Held-out accuracy of an L2-regularised linear softmax classifier of ``y`` from ``x``.
+    """Held-out accuracy of an L2-regularised linear softmax classifier of ``y`` from ``x``: the mean of
+    :func:`linear_probe_hits`."""
+    return linear_probe_hits(x, y, train, classes, steps=steps, l2=l2).float().mean().item()
+
+
+def linear_probe_hits(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    train: torch.Tensor,
+    classes: int | None = None,
+    *,
+    steps: int = 500,
+    l2: float = 1e-3,
+) -> torch.Tensor:
+    """Whether an L2-regularised linear softmax classifier of ``y`` from ``x``, fitted on the ``train`` rows,
+    is right on each of the others (bool, in their order): for accuracies by group of objects.
 
     Args:
         x: ``O x D`` features; standardised with the statistics of the training rows.
@@ -58,7 +73,7 @@ def linear_probe(
             loss.backward()
             optimizer.step()
     with torch.no_grad():
-        return ((x[~train] @ weight + bias).argmax(1) == y[~train]).float().mean().item()
+        return (x[~train] @ weight + bias).argmax(1) == y[~train]
 
 
 def majority_rate(y: torch.Tensor, train: torch.Tensor) -> float:
