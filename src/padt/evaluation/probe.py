@@ -23,17 +23,11 @@ def object_features(features: torch.Tensor, patches: Sequence[Sequence[int]]) ->
 
 
 def linear_probe(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    train: torch.Tensor,
-    classes: int | None = None,
-    *,
-    steps: int = 500,
-    l2: float = 1e-3,
+    x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, classes: int | None = None, **options: int | float
 ) -> float:
     """Held-out accuracy of an L2-regularised linear softmax classifier of ``y`` from ``x``: the mean of
-    :func:`linear_probe_hits`."""
-    return linear_probe_hits(x, y, train, classes, steps=steps, l2=l2).float().mean().item()
+    :func:`linear_probe_hits` (``options``: its ``steps`` and ``l2``)."""
+    return linear_probe_hits(x, y, train, classes, **options).float().mean().item()
 
 
 def linear_probe_hits(
