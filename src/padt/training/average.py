@@ -28,13 +28,11 @@ import torch
 
 from padt.errors import PaDTError
 from padt.modeling import weight_files, weights_problem
-from padt.training.stages import STAGE_CONFIG, SUMMARY
+from padt.training.stages import RUN_FILES, SUMMARY
 
 if TYPE_CHECKING:
     from padt.training.config import AverageStageConfig
 
-#: what a training run writes about itself beside its model: not the average's.
-_RUN_FILES = (SUMMARY, STAGE_CONFIG, "training_args.bin")
 #: config.json keys that say how a model was saved or run, not what it is.
 _NOT_ARCHITECTURE = ("torch_dtype", "dtype", "use_cache", "transformers_version", "_name_or_path")
 
@@ -118,7 +116,7 @@ def average_checkpoints(
     tmp.mkdir(parents=True)
     weight_names = {f.name for f in weight_files(folders[0])} | {"model.safetensors.index.json"}
     for item in folders[0].iterdir():
-        if item.is_file() and item.name not in weight_names and item.name not in _RUN_FILES:
+        if item.is_file() and item.name not in weight_names and item.name not in RUN_FILES:
             shutil.copy2(item, tmp / item.name)
     # Saved in the first model's layout: one file, or its shards under its index.
     for file in weight_files(folders[0]):

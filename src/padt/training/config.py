@@ -434,7 +434,7 @@ class GrowSection(_Section):
 
 
 class GrowStageConfig(_Section):
-    """A stage that grows an earlier stage's language model without changing what it computes
+    """A stage that grows an earlier stage's model (language model, vision-tower MLPs) without changing what it computes
     (:mod:`padt.training.grow`). It trains nothing, so it takes none of the recipe's shared sections: only
     ``grow`` and ``training.output_dir``."""
 

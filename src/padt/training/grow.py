@@ -36,15 +36,13 @@ from torch import nn
 
 from padt.errors import PaDTError
 from padt.modeling import weight_files, weights_problem
-from padt.training.stages import STAGE_CONFIG, SUMMARY
+from padt.training.stages import RUN_FILES, SUMMARY
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
 
     from padt.training.config import GrowStageConfig
 
-#: what a training run writes about itself beside its model: not the grown model's.
-_RUN_FILES = (SUMMARY, STAGE_CONFIG, "training_args.bin")
 #: bases whose decoder layers this module knows (attention and SwiGLU MLP, pre-norm, no per-layer state
 #: beyond ``layer_idx``).
 _BASES = ("qwen2_5_vl",)
@@ -195,7 +193,7 @@ def grow_checkpoint(
     loaded.save_pretrained(tmp)
     weights = {f.name for f in weight_files(source)} | {"model.safetensors.index.json", "config.json"}
     for item in source.iterdir():  # generation settings as trained, tokenizer, processor
-        if item.is_file() and item.name not in weights and item.name not in _RUN_FILES:
+        if item.is_file() and item.name not in weights and item.name not in RUN_FILES:
             shutil.copy2(item, tmp / item.name)
     out.mkdir(parents=True, exist_ok=True)
     for item in tmp.iterdir():

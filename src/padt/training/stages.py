@@ -63,7 +63,7 @@ KINDS = {
     "vision": "vision pretraining",
     "padt": "PaDT training",
     "average": "weight averaging",
-    "grow": "growing the language model",
+    "grow": "growing the model",
 }
 SCHEMAS = {
     "vision": VisionStageConfig,
@@ -75,6 +75,8 @@ SCHEMAS = {
 _NOT_TRAINING = ("average", "grow")
 STAGE_CONFIG = "stage_config.yaml"
 SUMMARY = "train_summary.json"
+#: what a training run writes about itself beside its model: not copied into a model made from it.
+RUN_FILES = (SUMMARY, STAGE_CONFIG, "training_args.bin")
 TIMES = "stages.json"
 
 
@@ -144,38 +146,23 @@ def resolve_stages(
         config.setdefault("training", {})
         if not config["training"].get("output_dir"):
             config["training"]["output_dir"] = os.fspath(Path(root) / name)
-        for key in ("vision_from", "path"):  # an earlier stage's name stands for its output folder
-            source = (config.get("model") or {}).get(key)
-            if source in outputs:
-                config["model"][key] = outputs[source]
-            elif source in stages:
-                raise PaDTError(f"{path}: stages.{name}.model.{key} names stage {source!r}, which runs later")
+        at = f"{path}: stages.{name}."  # an earlier stage's name stands for its output folder
+        model = config.get("model") or {}
+        for key in ("vision_from", "path"):
+            if key in model:
+                model[key] = _stage_output(model[key], stages, outputs, f"{at}model.{key}")
         average = config.get("average")
         if kind == "average" and isinstance(average, dict) and isinstance(average.get("models"), list):
-            for i, source in enumerate(average["models"]):
-                if source in outputs:
-                    average["models"][i] = outputs[source]
-                elif source in stages:
-                    raise PaDTError(
-                        f"{path}: stages.{name}.average.models names stage {source!r}, which runs later"
-                    )
+            average["models"] = [
+                _stage_output(source, stages, outputs, f"{at}average.models") for source in average["models"]
+            ]
         grow = config.get("grow")
-        if kind == "grow" and isinstance(grow, dict) and isinstance(grow.get("model"), str):
-            if grow["model"] in outputs:
-                grow["model"] = outputs[grow["model"]]
-            elif grow["model"] in stages:
-                raise PaDTError(
-                    f"{path}: stages.{name}.grow.model names stage {grow['model']!r}, which runs later"
-                )
+        if kind == "grow" and isinstance(grow, dict) and "model" in grow:
+            grow["model"] = _stage_output(grow["model"], stages, outputs, f"{at}grow.model")
         synthetic = (config.get("data") or {}).get("synthetic")
         for spec in synthetic if isinstance(synthetic, list) else [synthetic]:
-            source = spec.get("out") if isinstance(spec, dict) else None
-            if source in outputs:  # an earlier stage's name stands for the dataset it generated
-                spec["out"] = os.fspath(Path(outputs[source]) / "data")
-            elif source in stages:
-                raise PaDTError(
-                    f"{path}: stages.{name}.data.synthetic.out names stage {source!r}, which runs later"
-                )
+            if isinstance(spec, dict) and "out" in spec:  # the dataset that stage generated
+                spec["out"] = _stage_output(spec["out"], stages, outputs, f"{at}data.synthetic.out", "data")
         if (
             (config.get("model") or {}).get("path")
             and "tiny" in config["model"]
@@ -185,6 +172,18 @@ def resolve_stages(
         outputs[name] = config["training"]["output_dir"]
         resolved.append((name, kind, validate_config(config, f"{path}: stages.{name}", SCHEMAS[kind])))
     return Path(root), resolved
+
+
+def _stage_output(
+    source: Any, stages: dict[str, Any], outputs: dict[str, str], where: str, below: str = ""
+) -> Any:
+    """``source`` with an earlier stage's name replaced by that stage's output folder (or ``below`` it); the name
+    of a stage that runs later is refused, anything else is returned as it is."""
+    if not isinstance(source, str) or source not in stages:
+        return source
+    if source not in outputs:
+        raise PaDTError(f"{where} names stage {source!r}, which runs later")
+    return os.fspath(Path(outputs[source]) / below) if below else outputs[source]
 
 
 def _run_stage(kind: str, config: Any) -> None:
