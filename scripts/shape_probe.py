@@ -31,13 +31,24 @@ import torch
 from PIL import Image
 
 
-def encode_image(pipe, path: Path):
-    """The model's vision outputs (``image_embeds``, ``prototypes``, ...) for one image file."""
-    batch = pipe.processor(["x"], [Image.open(path).convert("RGB")])
+def encode_image(pipe, record, image_root: Path):
+    """The model's vision outputs (``image_embeds``, ``prototypes``, ...) for a record's image, and its objects'
+    foreground patches on the grid the model's processor gives it (recomputed where that is not the grid of the
+    record's lists, as training does)."""
+    from padt.training.batch import object_patches
+
+    image = Image.open(image_root / record.images[0]).convert("RGB")
+    batch = pipe.processor(["x"], [image])
+    grid = pipe.processor.geometry.grid_thw_to_vrt_grid(batch.inputs["image_grid_thw"][0])
+    patches = [
+        object_patches(obj, grid, (image.height, image.width), geometry=pipe.processor.geometry)
+        for obj in record.objects
+    ]
     with torch.no_grad():
-        return pipe.model.encode_images(
+        vision = pipe.model.encode_images(
             batch.inputs["pixel_values"].to(pipe.model.dtype), batch.inputs["image_grid_thw"]
         )
+    return vision, patches
 
 
 def object_features(pipe, records, image_root: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -47,8 +58,7 @@ def object_features(pipe, records, image_root: Path) -> tuple[dict[str, torch.Te
     feats: dict[str, list[torch.Tensor]] = {"image features": [], "prototypes": []}
     labels = []
     for record in records:
-        vision = encode_image(pipe, image_root / record.images[0])
-        patches = [obj.patches for obj in record.objects]
+        vision, patches = encode_image(pipe, record, image_root)
         feats["image features"].append(mean_over(vision.image_embeds, patches))
         feats["prototypes"].append(mean_over(vision.prototypes, patches))
         labels.extend(obj.label for obj in record.objects)
@@ -61,12 +71,12 @@ def kind_features(pipe, records, image_root: Path) -> tuple[dict[str, torch.Tens
     feats: dict[str, list[torch.Tensor]] = {"mean": [], "sum": [], "max": [], "patches": []}
     several = []
     for record in records:
-        vision = encode_image(pipe, image_root / record.images[0])
+        vision, object_patches = encode_image(pipe, record, image_root)
         kinds: dict[str, list] = {}
-        for obj in record.objects:
-            kinds.setdefault(obj.label, []).append(obj)
+        for obj, own in zip(record.objects, object_patches, strict=True):
+            kinds.setdefault(obj.label, []).append(own)
         for objects in kinds.values():
-            patches = sorted({p for obj in objects for p in obj.patches})
+            patches = sorted({p for own in objects for p in own})
             rows = vision.image_embeds[torch.tensor(patches)].float()
             feats["mean"].append(rows.mean(0))
             feats["sum"].append(rows.sum(0))

@@ -262,6 +262,20 @@ def test_shape_probe_several_pools_each_kinds_patches(tmp_path):
             row += 1
     assert row == len(several) and True in several and False in several
 
+    # A processor that enlarges the scenes puts them on a finer grid: the objects' patches are recomputed there.
+    from padt.data.patches import foreground_patches
+    from padt.processing import PaDTProcessor
+
+    pipe.processor = PaDTProcessor.from_pretrained(
+        BUNDLED_MODEL, pipe.model.vocab_size, min_pixels=4 * 196 * 196, max_pixels=4 * 224 * 224
+    )
+    vision, patches = _script("shape_probe").encode_image(pipe, records[0], tmp_path)
+    image = Image.open(tmp_path / records[0].images[0])
+    rows, cols = pipe.processor.vrt_grid(image.width, image.height)
+    assert rows * cols == len(vision.image_embeds) >= 4 * 16
+    assert patches == [foreground_patches(dict(o.rle), (rows, cols)) for o in records[0].objects]
+    assert patches != [list(o.patches) for o in records[0].objects]
+
 
 def test_spatial_words_tells_a_model_that_reads_the_word_from_one_that_ignores_it():
     spatial = _script("spatial_words")

@@ -37,6 +37,7 @@ from padt.training.batch import PaDTCollator, StepOptions, build_completions, pa
 from padt.training.config import ComponentsSection, load_config
 from padt.training.trainer import (
     PaDTTrainer,
+    _patch_source,
     apply_components,
     build_dataset,
     build_model_and_processor,
@@ -267,6 +268,35 @@ def test_completions_draw_vrts_from_each_objects_foreground(step_batch):
     first = build_completions(extra, np.random.default_rng(0), StepOptions())[0]
     assert build_completions(extra, np.random.default_rng(0), StepOptions())[0] == first
     assert build_completions(extra, np.random.default_rng(1), StepOptions())[0] != first
+
+
+def test_stored_patch_lists_are_used_only_on_the_grid_they_were_computed_for(step_batch):
+    model, _, dataset, _ = step_batch
+    items = [dataset[i] for i in range(4)]
+    native = PaDTProcessor(tiny_processor(max_pixels=PIXELS), model.vocab_size)
+    stored = [list(o.patches) for _, r, _ in items for o in r.objects]
+
+    def lists(processor, mode):
+        extra = PaDTCollator(processor, patches=mode)(items)["targets"]
+        return [o.patches for sample in extra.objects for o in sample], extra.objects[0][0].grid_cols
+
+    # On the native grid every mode gives the records' own lists.
+    for mode in ("record", "auto", "recompute"):
+        assert lists(native, mode) == (stored, 4)
+    # Scenes enlarged by the processor (112 -> 224 px a side): an 8x8 grid, on which the stored 4x4 lists would
+    # name the wrong cells. `record` refuses, `auto` recomputes them on the 8x8 grid.
+    enlarged = PaDTProcessor(tiny_processor(min_pixels=4 * PIXELS, max_pixels=4 * PIXELS), model.vocab_size)
+    with pytest.raises(
+        PaDTError,
+        match=r"stored patch list is for a 4x4 VRT grid but the processor puts this "
+        r"image on 8x8 .*use padt.patches: recompute or auto",
+    ):
+        PaDTCollator(enlarged, patches="record")(items)
+    auto, cols = lists(enlarged, "auto")
+    assert cols == 8 and auto == lists(enlarged, "recompute")[0] and auto != stored
+    for big, small in zip(auto, stored):  # each native cell of an object holds some of its enlarged cells
+        assert {(p // 8 // 2) * 4 + p % 8 // 2 for p in big} >= set(small) and len(big) >= len(small)
+    assert _patch_source("auto", native) == "auto" and _patch_source("record", native) == "record"
 
 
 def test_vrt_targets_carry_their_objects_foreground_sets(step_batch):

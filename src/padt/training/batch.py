@@ -21,7 +21,7 @@ import torch
 
 from padt.answers import ANSWER_FORMATS, answer_format
 from padt.box_ops import scale_xyxy
-from padt.data.patches import box_foreground_patches, foreground_patches
+from padt.data.patches import box_foreground_patches, foreground_patches, merged_grid_for_image
 from padt.data.records import Record
 from padt.errors import PaDTError
 from padt.losses import (
@@ -81,9 +81,12 @@ class PaDTCollator:
 
     Args:
         processor: the model's :class:`PaDTProcessor`.
-        patches: ``"record"`` uses each object's stored patch list (it must have been computed for the same
-            processor settings); ``"recompute"`` derives it from the mask (or box) on the actual grid, which
-            is always right and costs a resize per object.
+        patches: ``"record"`` uses each object's stored patch list, which is computed on the VRT grid the
+            default base's processor gives the image (:func:`padt.data.patches.merged_grid_for_image`); an
+            image the processor puts on another grid (other ``min_pixels``/``max_pixels``) is an error.
+            ``"recompute"`` derives the list from the mask (or box) on the actual grid, which is always right
+            and costs a resize per object; ``"auto"`` uses the stored list where the grids agree and recomputes
+            it where they do not.
         with_masks: build mask targets (set False when the mask losses are off).
         strict_patches: RefCOCO's ``>`` coverage test when recomputing (§9.3).
     """
@@ -96,8 +99,8 @@ class PaDTCollator:
         with_masks: bool = True,
         strict_patches: bool = False,
     ) -> None:
-        if patches not in ("record", "recompute"):
-            raise PaDTError(f"patches must be 'record' or 'recompute', got {patches!r}")
+        if patches not in ("record", "recompute", "auto"):
+            raise PaDTError(f"patches must be 'record', 'recompute' or 'auto', got {patches!r}")
         self.processor = processor
         self.patches = patches
         self.with_masks = with_masks
@@ -149,32 +152,65 @@ class PaDTCollator:
     def _patches(
         self, obj: Any, grid_hw: tuple[int, int], image_hw: tuple[int, int], where: str
     ) -> list[int]:
-        rows, cols = grid_hw
-        if self.patches == "record":
-            patches = list(obj.patches)
-            if patches and max(patches) >= rows * cols:
-                raise PaDTError(
-                    f"{where}: patch index {max(patches)} is outside the image's {rows}x{cols} VRT grid; the "
-                    "patch lists were computed for other image sizes (use patches: recompute)"
-                )
-        elif obj.rle is not None:
-            patches = foreground_patches(
-                dict(obj.rle), grid_hw, strict=self.strict_patches, geometry=self.processor.geometry
-            )
-        else:
-            h, w = image_hw
-            patches = box_foreground_patches(
-                scale_xyxy(obj.bbox, w, h),
-                (h, w),
-                grid_hw,
-                strict=self.strict_patches,
-                geometry=self.processor.geometry,
-            )
-        if not patches:
+        return object_patches(
+            obj,
+            grid_hw,
+            image_hw,
+            source=self.patches,
+            geometry=self.processor.geometry,
+            strict=self.strict_patches,
+            where=where,
+        )
+
+
+def object_patches(
+    obj: Any,
+    grid_hw: tuple[int, int],
+    image_hw: tuple[int, int],
+    *,
+    source: str = "auto",
+    geometry: Any = None,
+    strict: bool = False,
+    where: str = "object",
+) -> list[int]:
+    """An object's foreground patches on the ``grid_hw`` VRT grid the processor gives its ``image_hw`` image.
+
+    ``source`` (``padt.patches``): ``record`` takes the object's stored list, computed on the grid the default
+    base's processor gives the image (:func:`padt.data.patches.merged_grid_for_image`), and refuses another grid;
+    ``recompute`` derives the list from the mask (or box) on ``grid_hw`` with ``geometry``'s cells; ``auto``
+    takes the stored list where the two grids agree and recomputes it where they do not. An object that covers
+    no patch is an error (``where`` names it).
+    """
+    rows, cols = grid_hw
+    use_record = source == "record"
+    if source != "recompute":
+        stored_grid = merged_grid_for_image(*image_hw)  # the grid the stored lists are computed on
+        if stored_grid != (rows, cols) and use_record:
             raise PaDTError(
-                f"{where}: the object covers no image patch; drop it from the record (docs/method.md §9.3)"
+                f"{where}: the stored patch list is for a {stored_grid[0]}x{stored_grid[1]} VRT grid but the "
+                f"processor puts this image on {rows}x{cols} (its min_pixels/max_pixels differ from the "
+                "default); use padt.patches: recompute or auto"
             )
-        return patches
+        use_record = stored_grid == (rows, cols)
+    if use_record:
+        patches = list(obj.patches)
+        if patches and max(patches) >= rows * cols:
+            raise PaDTError(
+                f"{where}: patch index {max(patches)} is outside the image's {rows}x{cols} VRT grid; the "
+                "patch lists were computed for other image sizes (use patches: recompute)"
+            )
+    elif obj.rle is not None:
+        patches = foreground_patches(dict(obj.rle), grid_hw, strict=strict, geometry=geometry)
+    else:
+        h, w = image_hw
+        patches = box_foreground_patches(
+            scale_xyxy(obj.bbox, w, h), (h, w), grid_hw, strict=strict, geometry=geometry
+        )
+    if not patches:
+        raise PaDTError(
+            f"{where}: the object covers no image patch; drop it from the record (docs/method.md §9.3)"
+        )
+    return patches
 
 
 @dataclass

@@ -152,9 +152,9 @@ class PaDTSection(_Section):
     #: factor on the token loss of the counts in OVD answers (1 = the reference)
     count_token_weight: NonNegativeFloat = StepOptions.count_token_weight
     warmup_steps: NonNegativeInt = 300
-    #: where each object's foreground patches come from: ``record`` (the record's list, computed for the default
-    #: base's 28-px cells), ``recompute`` (from the mask on the processor's actual grid), ``auto`` (``record``
-    #: when the model's cells are the default base's, else ``recompute``).
+    #: where each object's foreground patches come from: ``record`` (the record's list, computed on the grid the
+    #: default base's processor gives the image; another grid is an error), ``recompute`` (from the mask on the
+    #: processor's actual grid), ``auto`` (the record's list where the grids agree, else ``recompute``).
     patches: Literal["auto", "record", "recompute"] = "auto"
     strict_patches: bool = False
     loss_weights: dict[str, NonNegativeFloat] = Field(default_factory=dict)

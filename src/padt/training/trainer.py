@@ -286,13 +286,14 @@ def training_arguments(config: TrainConfig) -> TrainingArguments:
 
 
 def _patch_source(patches: str, processor: PaDTProcessor) -> str:
-    """``padt.patches: auto``: the records' patch lists are for the default base's cells; another base
-    recomputes them on its own grid."""
+    """``padt.patches: auto``: the records' patch lists are for the default base's cells and pixel limits; another
+    base recomputes them on its own grid, and the default base's collator recomputes them for the images its
+    processor puts on another grid (other ``min_pixels``/``max_pixels``)."""
     if patches != "auto":
         return patches
     from padt.backbones import default_geometry
 
-    return "record" if processor.geometry.cell_px == default_geometry().cell_px else "recompute"
+    return "auto" if processor.geometry.cell_px == default_geometry().cell_px else "recompute"
 
 
 def build_trainer(config: TrainConfig) -> PaDTTrainer:
