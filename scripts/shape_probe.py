@@ -9,8 +9,10 @@ vision pretraining stage (``runs/bundled/vision``). For every object of the OVD 
 post-merger image features (what the image tokens get) and its VRT prototypes over the object's foreground
 patches, fits a linear classifier of the shape name on 70% of the objects and prints its accuracy on the other
 30%, next to the majority-class rate, and that accuracy on the held-out objects in thirds by area (a tower whose
-patches are too coarse for small objects names large ones better). A high number says the vision tower encodes shape and the
-language model fails to use it; a number near chance says the vision tower does not encode it.
+patches are too coarse for small objects names large ones better). A high number says the vision tower encodes
+shape and the language model fails to use it; a number near chance says the vision tower does not encode it.
+The objects' patches are those training uses: recomputed where the model's processor puts an image on another
+grid than the records' lists.
 
 ``--several`` asks instead whether the features tell one object of a kind from several: for every kind in every
 image it pools the image features over the patches of all the objects of that kind, by their mean, their sum and
@@ -71,9 +73,9 @@ def kind_features(pipe, records, image_root: Path) -> tuple[dict[str, torch.Tens
     feats: dict[str, list[torch.Tensor]] = {"mean": [], "sum": [], "max": [], "patches": []}
     several = []
     for record in records:
-        vision, object_patches = encode_image(pipe, record, image_root)
+        vision, own_patches = encode_image(pipe, record, image_root)
         kinds: dict[str, list] = {}
-        for obj, own in zip(record.objects, object_patches, strict=True):
+        for obj, own in zip(record.objects, own_patches, strict=True):
             kinds.setdefault(obj.label, []).append(own)
         for objects in kinds.values():
             patches = sorted({p for own in objects for p in own})

@@ -275,6 +275,14 @@ def test_shape_probe_several_pools_each_kinds_patches(tmp_path):
     assert rows * cols == len(vision.image_embeds) >= 4 * 16
     assert patches == [foreground_patches(dict(o.rle), (rows, cols)) for o in records[0].objects]
     assert patches != [list(o.patches) for o in records[0].objects]
+    for own, obj in zip(patches, records[0].objects):  # every cell named overlaps the object's box
+        x1, y1, x2, y2 = obj.bbox  # normalised
+        for p in own:
+            r, c = divmod(p, cols)
+            assert c / cols < x2 and (c + 1) / cols > x1 and r / rows < y2 and (r + 1) / rows > y1, (
+                p,
+                obj.bbox,
+            )
 
 
 def test_spatial_words_tells_a_model_that_reads_the_word_from_one_that_ignores_it():

@@ -37,7 +37,6 @@ from padt.training.batch import PaDTCollator, StepOptions, build_completions, pa
 from padt.training.config import ComponentsSection, load_config
 from padt.training.trainer import (
     PaDTTrainer,
-    _patch_source,
     apply_components,
     build_dataset,
     build_model_and_processor,
@@ -296,7 +295,12 @@ def test_stored_patch_lists_are_used_only_on_the_grid_they_were_computed_for(ste
     assert cols == 8 and auto == lists(enlarged, "recompute")[0] and auto != stored
     for big, small in zip(auto, stored):  # each native cell of an object holds some of its enlarged cells
         assert {(p // 8 // 2) * 4 + p % 8 // 2 for p in big} >= set(small) and len(big) >= len(small)
-    assert _patch_source("auto", native) == "auto" and _patch_source("record", native) == "record"
+    # Another base's cells (32 px): its grid for these scenes is the same 4x4 (128 px -> 4 cells), but the
+    # stored lists are for 28-px cells, so `record` refuses and `auto` recomputes with 32-px cells.
+    qwen3 = PaDTProcessor(tiny_processor(max_pixels=128 * 128, backbone="qwen3_vl"), model.vocab_size)
+    with pytest.raises(PaDTError, match=r"stored patch list is for 28-px cells but the model's are 32 px"):
+        PaDTCollator(qwen3, patches="record")(items)
+    assert lists(qwen3, "auto") == lists(qwen3, "recompute")
 
 
 def test_vrt_targets_carry_their_objects_foreground_sets(step_batch):

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from padt.answers import ANSWER_FORMATS, answer_format
+from padt.backbones import default_geometry
 from padt.box_ops import scale_xyxy
 from padt.data.patches import box_foreground_patches, foreground_patches, merged_grid_for_image
 from padt.data.records import Record
@@ -83,7 +84,8 @@ class PaDTCollator:
         processor: the model's :class:`PaDTProcessor`.
         patches: ``"record"`` uses each object's stored patch list, which is computed on the VRT grid the
             default base's processor gives the image (:func:`padt.data.patches.merged_grid_for_image`); an
-            image the processor puts on another grid (other ``min_pixels``/``max_pixels``) is an error.
+            image the processor puts on another grid (other ``min_pixels``/``max_pixels``), or another base's
+            cells, is an error.
             ``"recompute"`` derives the list from the mask (or box) on the actual grid, which is always right
             and costs a resize per object; ``"auto"`` uses the stored list where the grids agree and recomputes
             it where they do not.
@@ -175,23 +177,30 @@ def object_patches(
 ) -> list[int]:
     """An object's foreground patches on the ``grid_hw`` VRT grid the processor gives its ``image_hw`` image.
 
-    ``source`` (``padt.patches``): ``record`` takes the object's stored list, computed on the grid the default
-    base's processor gives the image (:func:`padt.data.patches.merged_grid_for_image`), and refuses another grid;
+    ``source`` (``padt.patches``): ``record`` takes the object's stored list, computed with the default base's
+    cells on the grid its processor gives the image (:func:`padt.data.patches.merged_grid_for_image`), and
+    refuses other cells (``geometry``, another base) or another grid (other ``min_pixels``/``max_pixels``);
     ``recompute`` derives the list from the mask (or box) on ``grid_hw`` with ``geometry``'s cells; ``auto``
-    takes the stored list where the two grids agree and recomputes it where they do not. An object that covers
-    no patch is an error (``where`` names it).
+    takes the stored list where it applies and recomputes it where it does not. An object that covers no patch
+    is an error (``where`` names it).
     """
     rows, cols = grid_hw
-    use_record = source == "record"
+    use_record = False
     if source != "recompute":
-        stored_grid = merged_grid_for_image(*image_hw)  # the grid the stored lists are computed on
-        if stored_grid != (rows, cols) and use_record:
-            raise PaDTError(
-                f"{where}: the stored patch list is for a {stored_grid[0]}x{stored_grid[1]} VRT grid but the "
-                f"processor puts this image on {rows}x{cols} (its min_pixels/max_pixels differ from the "
-                "default); use padt.patches: recompute or auto"
+        default_cell = default_geometry().cell_px
+        if geometry is not None and geometry.cell_px != default_cell:
+            problem = f"is for {default_cell}-px cells but the model's are {geometry.cell_px} px"
+        else:
+            stored_grid = merged_grid_for_image(*image_hw)  # the grid the stored lists are computed on
+            problem = (
+                f"is for a {stored_grid[0]}x{stored_grid[1]} VRT grid but the processor puts this image on "
+                f"{rows}x{cols} (its min_pixels/max_pixels differ from the default)"
+                if stored_grid != (rows, cols)
+                else ""
             )
-        use_record = stored_grid == (rows, cols)
+        if problem and source == "record":
+            raise PaDTError(f"{where}: the stored patch list {problem}; use padt.patches: recompute or auto")
+        use_record = not problem
     if use_record:
         patches = list(obj.patches)
         if patches and max(patches) >= rows * cols:

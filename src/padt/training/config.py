@@ -152,9 +152,10 @@ class PaDTSection(_Section):
     #: factor on the token loss of the counts in OVD answers (1 = the reference)
     count_token_weight: NonNegativeFloat = StepOptions.count_token_weight
     warmup_steps: NonNegativeInt = 300
-    #: where each object's foreground patches come from: ``record`` (the record's list, computed on the grid the
-    #: default base's processor gives the image; another grid is an error), ``recompute`` (from the mask on the
-    #: processor's actual grid), ``auto`` (the record's list where the grids agree, else ``recompute``).
+    #: where each object's foreground patches come from: ``record`` (the record's list, computed with the default
+    #: base's cells on the grid its processor gives the image; other cells or another grid are an error),
+    #: ``recompute`` (from the mask on the processor's actual grid), ``auto`` (the record's list where it
+    #: applies, else ``recompute``; padt.training.batch.object_patches).
     patches: Literal["auto", "record", "recompute"] = "auto"
     strict_patches: bool = False
     loss_weights: dict[str, NonNegativeFloat] = Field(default_factory=dict)

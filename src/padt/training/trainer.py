@@ -285,17 +285,6 @@ def training_arguments(config: TrainConfig) -> TrainingArguments:
         ) from None
 
 
-def _patch_source(patches: str, processor: PaDTProcessor) -> str:
-    """``padt.patches: auto``: the records' patch lists are for the default base's cells and pixel limits; another
-    base recomputes them on its own grid, and the default base's collator recomputes them for the images its
-    processor puts on another grid (other ``min_pixels``/``max_pixels``)."""
-    if patches != "auto":
-        return patches
-    from padt.backbones import default_geometry
-
-    return "auto" if processor.geometry.cell_px == default_geometry().cell_px else "recompute"
-
-
 def build_trainer(config: TrainConfig) -> PaDTTrainer:
     """Model, data, collator and trainer for ``config`` (see :mod:`padt.training.config`)."""
     args = training_arguments(config)
@@ -324,7 +313,7 @@ def build_trainer(config: TrainConfig) -> PaDTTrainer:
     dataset = build_dataset(config, Path(args.output_dir))
     collator = PaDTCollator(
         processor,
-        patches=_patch_source(padt_cfg.patches, processor),
+        patches=padt_cfg.patches,
         with_masks=criterion.wants("loss_mask_dice", "loss_mask_focal"),
         strict_patches=padt_cfg.strict_patches,
     )
